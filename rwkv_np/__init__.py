@@ -1,0 +1,41 @@
+"""rwkv_np: RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") in NumPy.
+
+    import rwkv_np
+    model = rwkv_np.load_model("path/to/RWKV-4-Pile-169M.pth")
+    logits, state = model.forward([510, 3158, 8516], mode="parallel")
+    logits, state = model.forward([30], state, mode="recurrent")
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import RWKVConfig
+from .errors import ArgumentError, CheckpointError, DownloadError, RWKVError
+from .model import RWKV
+from .state import State
+
+__all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
+           "ArgumentError", "DownloadError"]
+__version__ = "0.1.0"
+
+
+def load_model(path: str | os.PathLike) -> RWKV:
+    """Load an RWKV-4 checkpoint: a BlinkDL .pth, a Hugging Face folder or file (safetensors or
+    pytorch_model.bin), an rwkv.cpp FP32/FP16 file, or a name such as "169m" that was downloaded
+    with `python -m rwkv_np download 169m`. The format is detected from the bytes.
+    """
+    from .loading import load_checkpoint
+
+    if not os.path.exists(path):
+        from .download import is_model_name, resolve_model
+
+        if is_model_name(str(path)):
+            path = resolve_model(str(path))
+    checkpoint = load_checkpoint(path)
+    model = RWKV(checkpoint.weights, checkpoint.config)
+    model.checkpoint_path = checkpoint.path
+    model.checkpoint_format = checkpoint.format
+    model.source_dtype = checkpoint.source_dtype
+    model.tokenizer_path = checkpoint.tokenizer_path
+    return model

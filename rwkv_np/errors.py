@@ -1,0 +1,21 @@
+"""The exceptions rwkv_np raises on bad input.
+
+Every error a user can provoke (a bad checkpoint, a bad argument, a token out of range) is one of
+these, with a message that names the file or argument and says what is wrong.
+"""
+
+
+class RWKVError(Exception):
+    """Base class of every error rwkv_np raises on purpose."""
+
+
+class CheckpointError(RWKVError, ValueError):
+    """A checkpoint file or folder cannot be loaded: the message names it and says why."""
+
+
+class ArgumentError(RWKVError, ValueError):
+    """An argument (token ids, a sampling option, a state) is invalid: the message names it."""
+
+
+class DownloadError(RWKVError, RuntimeError):
+    """A model could not be downloaded or found in the local cache."""
