@@ -1,0 +1,333 @@
+"""Load an RWKV-4 checkpoint, in any format we support, into the model-ready weights dict. No PyTorch.
+
+The format is detected from the bytes, never from the file name. Every reader in `rwkv_np.formats`
+returns lazy tensors; here names are mapped to BlinkDL's, the config is inferred from the shapes and
+EVERY tensor is checked before any weight is copied, then each is converted to float32 once.
+"""
+
+import json
+import mmap
+import os
+import re
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import RWKVConfig
+from .errors import CheckpointError, RWKVError
+from .formats import BadFile, LazyTensor, read_rwkv_cpp, read_safetensors, read_torch_zip
+from .formats.rwkv_cpp import MAGIC as RWKV_CPP_MAGIC
+
+SUPPORTED = ("supported formats: a BlinkDL .pth (torch.save zip archive); a Hugging Face RWKV-4 folder "
+             "(config.json + model.safetensors or pytorch_model.bin); a .safetensors file with BlinkDL or "
+             "Hugging Face names; an rwkv.cpp FP32 or FP16 .bin")
+TOKENIZER_NAMES = ("tokenizer.json", "20B_tokenizer.json")
+MAX_JSON_BYTES = 16 << 20
+
+_VECTORS = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_decay", "att.time_first",
+            "att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r")
+_SQUARE = ("att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight",
+           "ffn.receptance.weight")
+# Names that only RWKV-5/6/7 checkpoints have (BlinkDL and Hugging Face spellings).
+_NEWER_RWKV = re.compile(r"time_faaaa|\.ln_x\.|\.gate\.|time_maa|time_decay_w\d|time_state|"
+                         r"\.(att|attention)\.(w0|w1|w2|a0|a1|a2|v0|v1|v2|g1|g2|k_k|k_a|r_k|x_[rwkvag])$")
+_HF_RENAMES = [(r"^rwkv\.embeddings\.", "emb."), (r"^rwkv\.", ""), (r"\.pre_ln\.", ".ln0."),
+               (r"\.attention\.", ".att."), (r"\.feed_forward\.", ".ffn."), (r"time_mix_key$", "time_mix_k"),
+               (r"time_mix_value$", "time_mix_v"), (r"time_mix_receptance$", "time_mix_r")]
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    weights:        model-ready dict (BlinkDL names, float32 C-contiguous; `att.decay` = w of eq. 14)
+    config:         sizes inferred from the weights' shapes
+    format:         "pth", "hf-safetensors", "hf-bin", "safetensors" or "rwkv.cpp"
+    source_dtype:   dtype holding most of the elements on disk: "float32", "bfloat16" or "float16"
+    path:           the file or folder loaded
+    tokenizer_path: tokenizer.json / 20B_tokenizer.json found beside the file or in the folder
+    """
+
+    weights: dict[str, np.ndarray]
+    config: RWKVConfig
+    format: str
+    source_dtype: str
+    path: Path
+    tokenizer_path: Path | None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem."""
+    path = Path(path)
+    try:
+        return _load(path)
+    except RWKVError:
+        raise
+    except MemoryError:
+        raise CheckpointError(f"{path}: not enough memory to hold the weights in float32") from None
+    except Exception as e:  # last line of defence: a bug in a reader must still name the file
+        raise CheckpointError(f"{path}: internal error while reading ({type(e).__name__}: {str(e)[:200]}); "
+                              "the file is probably malformed - please report this") from e
+
+
+def _load(path: Path) -> Checkpoint:
+    if path.is_dir():
+        return _load_folder(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder; {SUPPORTED}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file or folder; {SUPPORTED}")
+    with ExitStack() as stack:
+        fmt, tensors, cpp_header = _read_file(path, stack)
+        if fmt == "pth" and _is_hf(tensors):
+            fmt = "hf-bin"
+        return _build(path, tensors, fmt, hf_config=None, cpp_header=cpp_header,
+                      tokenizer_dir=path.parent)
+
+
+def _load_folder(folder: Path) -> Checkpoint:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: a folder must be a Hugging Face model folder with config.json, "
+                              f"but there is none; {SUPPORTED}")
+    hf_config = _read_json(cfg_path)
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object")
+    model_type = hf_config.get("model_type")
+    if isinstance(model_type, str) and re.fullmatch(r"rwkv[-_]?[567]", model_type):
+        raise CheckpointError(f"{cfg_path}: model_type {model_type!r}: this looks like an RWKV-5/6/7 "
+                              "checkpoint; rwkv_np supports RWKV-4 only")
+    if model_type not in (None, "rwkv"):
+        raise CheckpointError(f"{cfg_path}: model_type {str(model_type)[:50]!r} is not 'rwkv' (RWKV-4)")
+    with ExitStack() as stack:
+        for fmt, single, index in (("hf-safetensors", "model.safetensors", "model.safetensors.index.json"),
+                                   ("hf-bin", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+            if (folder / single).is_file():
+                _, tensors, _ = _read_file(folder / single, stack)
+                break
+            if (folder / index).is_file():
+                tensors = _read_shards(folder / index, stack)
+                break
+        else:
+            raise CheckpointError(f"{folder}: has config.json but neither model.safetensors nor "
+                                  "pytorch_model.bin (nor their .index.json shard lists)")
+        return _build(folder, tensors, fmt, hf_config=hf_config, cpp_header=None, tokenizer_dir=folder)
+
+
+def _read_shards(index_path: Path, stack: ExitStack) -> dict[str, LazyTensor]:
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: no weight_map of tensor name -> shard file")
+    tensors: dict[str, LazyTensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or shard in (".", ".."):  # shards live in the folder itself
+            raise CheckpointError(f"{index_path}: shard {shard[:100]!r} is not a file name in the folder")
+        if not (index_path.parent / shard).is_file():
+            raise CheckpointError(f"{index_path}: shard {shard[:100]!r} is missing")
+        _, part, _ = _read_file(index_path.parent / shard, stack)
+        for name in part.keys() & tensors.keys():
+            raise CheckpointError(f"{index_path}: tensor {name!r} appears in two shards")
+        tensors.update(part)
+    return tensors
+
+
+def _read_json(path: Path) -> object:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes; not a config file")
+        return json.loads(data.decode("utf-8"))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: cannot read as JSON ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor], dict | None]:
+    """Map the file and parse it with the reader its first bytes call for: (format, tensors, cpp header)."""
+    buf = stack.enter_context(_Mapped(path))
+    head = bytes(buf[:16])
+    try:
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            return "pth", read_torch_zip(buf), None
+        if len(head) >= 4 and int.from_bytes(head[:4], "little") == RWKV_CPP_MAGIC:
+            tensors, header = read_rwkv_cpp(buf)
+            return "rwkv.cpp", tensors, header
+        if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 40:
+            return "safetensors", read_safetensors(buf)[0], None
+    except BadFile as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise CheckpointError(f"{path}: a bare pickle, i.e. the legacy (pre-1.6, non-zip) torch.save format, "
+                              "which is not supported (unpickling it safely is not possible); re-save it with "
+                              "a recent PyTorch: torch.save(torch.load(f), f)")
+    raise CheckpointError(f"{path}: not a recognised checkpoint (starts with {head[:8]!r}); {SUPPORTED}")
+
+
+class _Mapped:
+    """Context manager: the file's bytes as a read-only mmap, unmapped on exit when no view is alive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> mmap.mmap:
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    raise CheckpointError(f"{self.path}: the file is empty; {SUPPORTED}")
+                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read the file ({e.strerror or e})") from None
+        return self.mm
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a view is still alive (e.g. in a traceback); the map goes when it is collected
+
+
+def _is_hf(tensors: dict[str, LazyTensor]) -> bool:
+    return any(k.startswith("rwkv.") for k in tensors)
+
+
+def _hf_to_blinkdl(name: str) -> str:
+    for pattern, repl in _HF_RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict | None,
+           cpp_header: dict | None, tokenizer_dir: Path) -> Checkpoint:
+    newer = sorted(k for k in tensors if _NEWER_RWKV.search(k))
+    if newer:
+        raise CheckpointError(f"{path}: has tensors like {newer[0]!r}: this looks like an RWKV-5/6/7 "
+                              "checkpoint; rwkv_np supports RWKV-4 only")
+    if _is_hf(tensors):
+        original = {_hf_to_blinkdl(k): k for k in tensors}
+        if len(original) != len(tensors):
+            raise CheckpointError(f"{path}: Hugging Face names map onto the same BlinkDL name twice")
+        tensors = {new: tensors[old] for new, old in original.items()}
+    else:
+        original = {k: k for k in tensors}
+    eps = 1e-5
+    if hf_config is not None:
+        value = hf_config.get("layer_norm_epsilon", eps)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+            raise CheckpointError(f"{path}: config.json layer_norm_epsilon {str(value)[:50]} is not a small "
+                                  "positive number")
+        eps = float(value)
+    config = _infer_config(path, tensors, original, eps)
+    _validate_shapes(path, tensors, original, config)
+    _cross_check(path, config, hf_config, cpp_header)
+    counts = Counter()
+    for t in tensors.values():
+        counts[t.dtype] += t.numel
+    weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp")
+    tokenizer = next((tokenizer_dir / n for n in TOKENIZER_NAMES if (tokenizer_dir / n).is_file()), None)
+    return Checkpoint(weights, config, fmt, counts.most_common(1)[0][0], path, tokenizer)
+
+
+def _infer_config(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str],
+                  eps: float) -> RWKVConfig:
+    emb = tensors.get("emb.weight")
+    if emb is None:
+        found = ", ".join(sorted(original.values())[:6]) or "no tensors at all"
+        raise CheckpointError(f"{path}: no emb.weight (or rwkv.embeddings.weight) tensor, so not an RWKV-4 "
+                              f"checkpoint (found: {found})")
+    if len(emb.shape) != 2 or 0 in emb.shape:
+        raise CheckpointError(f"{path}: tensor {original['emb.weight']} has shape {emb.shape}, expected "
+                              "(vocab_size, n_embd)")
+    vocab_size, n_embd = emb.shape
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d{1,9})\.", k))}
+    if not layers:
+        raise CheckpointError(f"{path}: no blocks.N tensors; an RWKV-4 checkpoint has at least one block")
+    n_layer = max(layers) + 1
+    if len(layers) != n_layer:
+        missing = sorted(set(range(n_layer)) - layers)[:5]
+        raise CheckpointError(f"{path}: block indices must run 0..{n_layer - 1} without gaps; blocks "
+                              f"{missing} are missing")
+    ffn_key = tensors.get("blocks.0.ffn.key.weight")
+    if ffn_key is None:
+        raise CheckpointError(f"{path}: missing tensor blocks.0.ffn.key.weight (needed for the FFN width)")
+    if len(ffn_key.shape) != 2 or ffn_key.shape[0] == 0:
+        raise CheckpointError(f"{path}: tensor {original['blocks.0.ffn.key.weight']} has shape "
+                              f"{ffn_key.shape}, expected (ffn_dim, {n_embd})")
+    return RWKVConfig(n_layer, n_embd, vocab_size, ffn_key.shape[0], eps)
+
+
+def expected_shapes(config: RWKVConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an RWKV-4 checkpoint (raw BlinkDL names) with its shape; vectors as (C,)."""
+    C, V, F = config.n_embd, config.vocab_size, config.ffn_dim
+    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    for i in range(config.n_layer):
+        shapes.update({f"blocks.{i}.{n}": (C,) for n in _VECTORS})
+        shapes.update({f"blocks.{i}.{n}": (C, C) for n in _SQUARE})
+        shapes[f"blocks.{i}.ffn.key.weight"] = (F, C)
+        shapes[f"blocks.{i}.ffn.value.weight"] = (C, F)
+    shapes.update({"ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)})
+    return shapes
+
+
+def _shape_ok(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    if len(expected) == 1:  # time_mix is (1, 1, C) in .pth/HF files and (C,) in rwkv.cpp ones
+        return found[-1:] == expected and all(d == 1 for d in found[:-1])
+    return found == expected
+
+
+def _validate_shapes(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str],
+                     config: RWKVConfig) -> None:
+    expected = expected_shapes(config)
+    problems = [f"missing tensor {n} (expected shape {s})" for n, s in expected.items() if n not in tensors]
+    problems += [f"unexpected tensor {original[n][:100]} of shape {t.shape}"
+                 for n, t in tensors.items() if n not in expected]
+    problems += [f"tensor {original[n]} has shape {tensors[n].shape}, expected {s}"
+                 for n, s in expected.items() if n in tensors and not _shape_ok(tensors[n].shape, s)]
+    if problems:
+        more = f" (and {len(problems) - 5} more problems)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{path}: not a valid RWKV-4 checkpoint for n_layer={config.n_layer}, "
+                              f"n_embd={config.n_embd}, vocab_size={config.vocab_size}, "
+                              f"ffn_dim={config.ffn_dim}: " + "; ".join(problems[:5]) + more)
+
+
+def _cross_check(path: Path, config: RWKVConfig, hf_config: dict | None, cpp_header: dict | None) -> None:
+    claims = {}
+    if hf_config is not None:
+        claims = {"num_hidden_layers": ("n_layer", hf_config.get("num_hidden_layers")),
+                  "hidden_size": ("n_embd", hf_config.get("hidden_size")),
+                  "attention_hidden_size": ("n_embd", hf_config.get("attention_hidden_size")),
+                  "vocab_size": ("vocab_size", hf_config.get("vocab_size")),
+                  "intermediate_size": ("ffn_dim", hf_config.get("intermediate_size"))}
+        where = "config.json"
+    if cpp_header is not None:
+        claims = {k: (k.replace("n_vocab", "vocab_size"), cpp_header[k]) for k in ("n_vocab", "n_embd", "n_layer")}
+        where = "the rwkv.cpp header"
+    for key, (field, value) in claims.items():
+        if value is not None and value != getattr(config, field):
+            raise CheckpointError(f"{path}: {where} says {key}={str(value)[:30]} but the weights have "
+                                  f"{field}={getattr(config, field)}")
+
+
+def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
+                 decay_is_neg_stored: bool) -> dict[str, np.ndarray]:
+    weights = {}
+    for name, shape in expected_shapes(config).items():
+        a = tensors[name].read().reshape(shape)
+        if not np.isfinite(a).all():
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
+        if name.endswith("att.time_decay"):
+            # .pth/HF store the raw parameter (w = exp(raw)); rwkv.cpp stores -exp(raw) already
+            with np.errstate(over="ignore"):  # overflow is reported just below, naming the tensor
+                a = -a if decay_is_neg_stored else np.exp(a.astype(np.float64)).astype(np.float32)
+            if not (np.isfinite(a).all() and (a >= 0).all()):
+                raise CheckpointError(f"{path}: tensor {original[name]} gives a decay exp(time_decay) that is "
+                                      "negative or overflows float32")
+            name = name.replace("att.time_decay", "att.decay")
+        weights[name] = a
+    return weights

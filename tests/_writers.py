@@ -1,0 +1,191 @@
+"""Checkpoint writers for tests, without PyTorch: torch.save-style zips, safetensors, rwkv.cpp files.
+
+They write exactly the layouts the real tools write (checked against the fixtures in ../shared), so
+tests can build valid files of any size and then break them on purpose.
+"""
+
+import io
+import json
+import pickle
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+STORAGE_TYPES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage"}
+
+
+def tiny_weights(n_layer: int = 1, C: int = 8, V: int = 16, F: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Raw BlinkDL state dict (time_decay raw, time_mix (1, 1, C)) of a small random RWKV-4, float32."""
+    rng = np.random.default_rng(seed)
+    w = {"emb.weight": rng.normal(0, 0.5, (V, C)), "blocks.0.ln0.weight": 1 + rng.normal(0, 0.1, C),
+         "blocks.0.ln0.bias": rng.normal(0, 0.1, C)}
+    for i in range(n_layer):
+        b = f"blocks.{i}."
+        for n in ("ln1", "ln2"):
+            w[b + n + ".weight"], w[b + n + ".bias"] = 1 + rng.normal(0, 0.1, C), rng.normal(0, 0.1, C)
+        w[b + "att.time_decay"] = rng.uniform(-6, 2, C)
+        w[b + "att.time_first"] = rng.uniform(-1, 1.5, C)
+        for n in ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r"):
+            w[b + n] = rng.uniform(0, 1, (1, 1, C))
+        for n in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
+            w[b + n + ".weight"] = rng.normal(0, C ** -0.5, (C, C))
+        w[b + "ffn.key.weight"] = rng.normal(0, C ** -0.5, (F, C))
+        w[b + "ffn.value.weight"] = rng.normal(0, F ** -0.5, (C, F))
+    w["ln_out.weight"], w["ln_out.bias"] = 1 + rng.normal(0, 0.1, C), rng.normal(0, 0.1, C)
+    w["head.weight"] = rng.normal(0, C ** -0.5, (V, C))
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in w.items()}
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even like torch's .to(bfloat16)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 and widened back to float32."""
+    return (bf16_bits(x).astype(np.uint32) << 16).view(np.float32)
+
+
+def encode(x: np.ndarray, dtype: str) -> bytes:
+    """Little-endian bytes of x stored as dtype ("float32", "float16", "bfloat16")."""
+    if dtype == "bfloat16":
+        return bf16_bits(x).astype("<u2").tobytes()
+    return np.ascontiguousarray(x, {"float32": "<f4", "float16": "<f2"}[dtype]).tobytes()
+
+
+# ---- pickle opcodes, as torch.save's pickler (protocol 2) emits them --------------------------------
+
+def p_str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return pickle.BINUNICODE + struct.pack("<I", len(b)) + b
+
+
+def p_int(n: int) -> bytes:
+    if 0 <= n < 256:
+        return pickle.BININT1 + bytes([n])
+    if 0 <= n < 65536:
+        return pickle.BININT2 + struct.pack("<H", n)
+    if -2 ** 31 <= n < 2 ** 31:
+        return pickle.BININT + struct.pack("<i", n)
+    b = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return pickle.LONG1 + bytes([len(b)]) + b
+
+
+def p_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def p_tuple(*items: bytes) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def p_tensor(storage_key: str, numel: int, shape: tuple, stride: tuple | None = None, offset: int = 0,
+             dtype: str = "float32") -> bytes:
+    """Pickle ops that push _rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict())."""
+    if stride is None:
+        stride = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+    pid = p_tuple(p_str("storage"), p_global("torch", STORAGE_TYPES[dtype]), p_str(storage_key), p_str("cpu"),
+                  p_int(numel)) + pickle.BINPERSID
+    args = p_tuple(pid, p_int(offset), p_tuple(*map(p_int, shape)), p_tuple(*map(p_int, stride)),
+                   pickle.NEWFALSE, p_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE)
+    return p_global("torch._utils", "_rebuild_tensor_v2") + args + pickle.REDUCE
+
+
+def p_state_dict(entries: list[tuple[str, bytes]]) -> bytes:
+    """A whole pickle: {name: <ops pushing the value>} as torch writes it."""
+    body = b"".join(p_str(name) + ops for name, ops in entries)
+    return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + body + pickle.SETITEMS + pickle.STOP
+
+
+def zip_bytes(members: list[tuple[str, bytes]], compress: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip archive with exactly these members, in order (duplicates and odd names allowed)."""
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names, which some tests want
+        with zipfile.ZipFile(out, "w", compression=compress) as zf:
+            for name, data in members:
+                zf.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data, compress_type=compress)
+    return out.getvalue()
+
+
+def write_zip(path: Path, members: list[tuple[str, bytes]], compress: int = zipfile.ZIP_STORED) -> Path:
+    path.write_bytes(zip_bytes(members, compress))
+    return path
+
+
+def torch_zip_members(tensors: dict[str, np.ndarray], dtype: str = "float32", prefix: str = "archive",
+                      pickle_bytes: bytes | None = None) -> list[tuple[str, bytes]]:
+    """Members of a torch.save archive holding tensors (one storage each) stored as dtype."""
+    entries, storages = [], []
+    for i, (name, x) in enumerate(tensors.items()):
+        entries.append((name, p_tensor(str(i), x.size, x.shape, dtype=dtype)))
+        storages.append((f"{prefix}/data/{i}", encode(x, dtype)))
+    data_pkl = p_state_dict(entries) if pickle_bytes is None else pickle_bytes
+    return ([(f"{prefix}/data.pkl", data_pkl), (f"{prefix}/.format_version", b"1"),
+             (f"{prefix}/byteorder", b"little")] + storages + [(f"{prefix}/version", b"3\n")])
+
+
+def write_torch_zip(path: Path, tensors: dict[str, np.ndarray], dtype: str = "float32",
+                    prefix: str = "archive") -> Path:
+    return write_zip(path, torch_zip_members(tensors, dtype, prefix))
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], dtype: str = "float32", header_extra: dict | None = None) -> bytes:
+    """A safetensors file (the library's layout: u64 header length, JSON padded with spaces, data)."""
+    code = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]
+    header, blobs, pos = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, x in tensors.items():
+        blob = encode(x, dtype)
+        header[name] = {"dtype": code, "shape": list(x.shape), "data_offsets": [pos, pos + len(blob)]}
+        blobs.append(blob)
+        pos += len(blob)
+    header.update(header_extra or {})
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def rwkv_cpp_bytes(tensors: dict[str, np.ndarray], data_type: int = 0, header: tuple | None = None) -> bytes:
+    """An rwkv.cpp file of a raw BlinkDL state dict: time_decay -> -exp, time_* squeezed, 2-D in data_type."""
+    V, C = tensors["emb.weight"].shape
+    n_layer = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+    out = [struct.pack("<6i", 0x67676D66, 100, V, C, n_layer, data_type) if header is None
+           else struct.pack("<6i", *header)]
+    for name, x in tensors.items():
+        x = np.asarray(x, np.float32)
+        if name.endswith("time_decay"):
+            x = -np.exp(x.astype(np.float64)).astype(np.float32)
+        if ".time_" in name:
+            x = x.reshape(-1)
+        t = data_type if x.ndim == 2 else 0
+        key = name.encode()
+        out.append(struct.pack(f"<3i{x.ndim}i", x.ndim, len(key), t, *reversed(x.shape)) + key
+                   + encode(x, "float16" if t == 1 else "float32"))
+    return b"".join(out)
+
+
+def to_hf_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """BlinkDL names -> Hugging Face RwkvForCausalLM names."""
+    out = {}
+    for k, v in tensors.items():
+        n = k.replace(".att.", ".attention.").replace(".ffn.", ".feed_forward.").replace(".ln0.", ".pre_ln.")
+        n = n.replace("time_mix_k", "time_mix_key").replace("time_mix_v", "time_mix_value")
+        n = n.replace("time_mix_r", "time_mix_receptance")
+        n = "rwkv.embeddings.weight" if n == "emb.weight" else n if n == "head.weight" else "rwkv." + n
+        out[n] = v
+    return out
+
+
+def expected_model_weights(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model-ready dict rwkv_np should make from a raw float32 BlinkDL state dict."""
+    out = {}
+    for k, v in raw.items():
+        if k.endswith("att.time_decay"):
+            out[k.replace("time_decay", "decay")] = np.exp(v.astype(np.float64)).astype(np.float32)
+        else:
+            out[k] = v.reshape(-1) if ".time_" in k else v
+    return out
