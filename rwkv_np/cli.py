@@ -1,0 +1,178 @@
+"""The `rwkv-np` / `python -m rwkv_np` command line: generate, download, train.
+
+Errors we raise on purpose (RWKVError) print one line "error: ..." on stderr and exit 2.
+Ctrl-C during generation prints the stats line and exits 130, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import ArgumentError, RWKVError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def default_model_path() -> Path:
+    """The model shipped in rwkv_np/assets/*.safetensors (the first by name if several)."""
+    found = sorted(ASSETS.glob("*.safetensors"))
+    if not found:
+        raise ArgumentError(f"no --model given and no shipped model in {ASSETS}/*.safetensors: pass "
+                            f"--model PATH (a checkpoint file or folder) or a name like 169m "
+                            f"(after `python -m rwkv_np download 169m`)")
+    return found[0]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the text to continue; '-' reads it from standard input. An empty prompt "
+                                  "starts a NeoX model from <|endoftext|>; a byte-level model needs text")
+    p.add_argument("--model", "-m", default=None,
+                   help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
+                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name: 169m, 430m, 1b5, 3b, 7b, "
+                        "14b (default: the model shipped in rwkv_np/assets/)")
+    p.add_argument("--max-tokens", "-n", type=_int, default=200,
+                   help="generate at most this many tokens, 0 to 10^7 (default: %(default)s)")
+    p.add_argument("--temperature", "-t", type=float, default=1.0,
+                   help="divide the logits by this before sampling; 0 = greedy, always the most likely "
+                        "token (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.85,
+                   help="nucleus sampling: draw only from the most likely tokens whose probabilities add up "
+                        "to this, in (0, 1]; 1 = off (default: %(default)s)")
+    p.add_argument("--top-k", type=_int, default=0,
+                   help="draw only from the k most likely tokens; 0 = off (default: %(default)s)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from the logit of every token already generated once or more, to "
+                        "discourage repetition (default: %(default)s)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this times the number of times a token was generated from its logit "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=_int, default=None,
+                   help="random seed (integer >= 0): the same seed, model and options give the same text "
+                        "(default: a fresh random seed)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the output contains TEXT (not printed); repeat for several stop strings")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer JSON file (GPT-NeoX-20B 20B_tokenizer.json) for vocab-50277 models (default: "
+                        "the file beside the checkpoint, then the Hugging Face cache); byte-level models need none")
+    p.add_argument("--mode", choices=("parallel", "recurrent"), default="parallel",
+                   help="how the prompt is read: parallel (whole prompt at once, fast) or recurrent (token by "
+                        "token); same result. New tokens are always one recurrent step each (default: %(default)s)")
+
+
+def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rwkv-np", description="RWKV-4 language models in NumPy.")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,download,train}")
+    gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
+                         description="Continue PROMPT with an RWKV-4 model, streaming text to stdout. At the "
+                                     "end one line on stderr gives prompt and generation speed in tokens/s.")
+    add_generate_arguments(gen)
+    from .download import model_names
+
+    dl = sub.add_parser("download", help="fetch a released RWKV-4 Pile checkpoint into the Hugging Face cache",
+                        description="Download BlinkDL's RWKV-4 Pile checkpoint and the GPT-NeoX-20B tokenizer "
+                                    "into the Hugging Face cache (HF_HOME), checking size and sha256. Afterwards "
+                                    "`generate --model NAME` finds them without network.")
+    dl.add_argument("name", choices=model_names(), help="model size")
+    tr = sub.add_parser("train", help="train a small byte-level model (see `train --help`)",
+                        description="Train a small byte-level RWKV-4.")
+    if with_train:  # imported only for `train`: it is not needed to generate
+        try:
+            from .train import add_train_arguments
+        except ImportError as e:
+            raise ArgumentError(f"train: training is not available in this installation ({e})") from None
+        add_train_arguments(tr)
+    return parser
+
+
+def _load(args):
+    """(model, tokenizer) for the generate options; the tests replace this."""
+    import rwkv_np
+    from .tokenizer import get_tokenizer
+
+    model_arg = args.model if args.model is not None else default_model_path()
+    model = rwkv_np.load_model(model_arg)
+    beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
+    if beside is None and os.path.exists(str(model_arg)):
+        beside = model_arg
+    tokenizer = get_tokenizer(model.config.vocab_size, args.tokenizer, beside)
+    return model, tokenizer
+
+
+def run_generate(args) -> int:
+    from .generate import generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model, tokenizer = _load(args)
+    gen = generate(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                   top_p=args.top_p, top_k=args.top_k, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed,
+                   mode=args.mode)
+    code = 0
+    try:
+        for piece in gen:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(gen.stats.summary(), file=sys.stderr, flush=True)
+    return code
+
+
+def run_download(args) -> int:
+    from .download import download
+
+    path = download(args.name)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # stdout may be a pipe with a narrow encoding: never die on a character it cannot show
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
+    positionals = [a for a in argv if not a.startswith("-")]
+    want_train = bool(positionals) and positionals[0] == "train"
+    try:
+        parser = build_parser(with_train=want_train)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_ERROR
+        if args.command == "generate":
+            return run_generate(args)
+        if args.command == "download":
+            return run_download(args)
+        from .train import run_train
+
+        return int(run_train(args) or 0)
+    except RWKVError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, as other Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Text <-> token ids: raw UTF-8 bytes (vocab 256) or the GPT-NeoX-20B BPE (vocab 50277).
+
+Both tokenizers decode to *bytes*, not str, so a streaming printer can hold back a multi-byte
+character split across tokens (`Utf8Stream`) instead of printing garbage.
+"""
+
+from __future__ import annotations
+
+import codecs
+from functools import cached_property
+from pathlib import Path
+
+from .errors import ArgumentError, DownloadError
+
+NEOX_VOCAB_SIZE = 50277
+TOKENIZER_FILENAMES = ("20B_tokenizer.json", "tokenizer.json")
+
+
+def text_to_utf8(text: str) -> bytes:
+    """UTF-8 bytes of `text`, never raising.
+
+    Command-line arguments that were not valid UTF-8 reach Python as lone surrogates
+    (surrogateescape); they turn back into the original bytes. Any other lone surrogate, which
+    UTF-8 cannot encode, becomes U+FFFD.
+    """
+    try:
+        return text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text).encode("utf-8")
+
+
+def _check_ids(ids, vocab_size: int, what: str) -> list[int]:
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ArgumentError(f"{what}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+class ByteTokenizer:
+    """Vocab-256 models: one token per UTF-8 byte. There is no BOS/EOS token."""
+
+    vocab_size = 256
+    eos_id = None  # byte 0 is an ordinary character here, not an end-of-text marker
+
+    def encode(self, text: str) -> list[int]:
+        return list(text_to_utf8(text))
+
+    def decode_bytes(self, ids) -> bytes:
+        return bytes(_check_ids(ids, 256, "decode_bytes"))
+
+    def decode(self, ids) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2): printable char -> the byte it stands for.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...) are
+    shifted to code points 256.. in byte order, so every byte has a visible, unique symbol.
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + shift)] = b
+            shift += 1
+    return table
+
+
+class NeoXTokenizer:
+    """The GPT-NeoX-20B BPE of the RWKV-4 Pile models, through the `tokenizers` library."""
+
+    eos_id = 0  # "<|endoftext|>": documents in the Pile are separated by it
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        try:
+            self._tok = Tokenizer.from_file(str(self.path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise ArgumentError(f"--tokenizer {self.path}: cannot read it as a tokenizers JSON file ({e})") from None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        # tokenizers cannot take lone surrogates; go through bytes and U+FFFD instead
+        clean = text_to_utf8(text).decode("utf-8", errors="replace")
+        return self._tok.encode(clean, add_special_tokens=False).ids
+
+    @cached_property
+    def _token_bytes(self) -> list[bytes]:
+        """Token id -> the exact bytes it stands for (added tokens are stored as plain text)."""
+        alphabet = _byte_level_alphabet()
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
+        out = []
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            if piece is None:
+                out.append(b"")
+            elif piece in added or any(c not in alphabet for c in piece):
+                out.append(piece.encode("utf-8"))
+            else:
+                out.append(bytes(alphabet[c] for c in piece))
+        return out
+
+    def decode_bytes(self, ids) -> bytes:
+        table = self._token_bytes
+        return b"".join(table[i] for i in _check_ids(ids, self.vocab_size, "decode_bytes"))
+
+    def decode(self, ids) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+class Utf8Stream:
+    """Turns a stream of byte chunks into text, emitting only whole characters.
+
+    A character split across chunks is held until its last byte arrives; bytes that can never
+    form a character come out as U+FFFD as soon as that is certain (at most 3 bytes are held),
+    and `flush()` turns a dangling incomplete sequence at the end into U+FFFD.
+    """
+
+    def __init__(self):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, data: bytes) -> str:
+        return self._decoder.decode(data, final=False)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+def _find_beside(path: Path) -> Path | None:
+    if path.is_file() and path.suffix == ".json":  # already the tokenizer file (the loader found it)
+        return path
+    folder = path if path.is_dir() else path.parent
+    for name in TOKENIZER_FILENAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def get_tokenizer(vocab_size: int, tokenizer_path: str | Path | None = None,
+                  checkpoint_tokenizer_path: str | Path | None = None):
+    """The tokenizer for a model with `vocab_size` tokens.
+
+    vocab 256 -> ByteTokenizer (unless `tokenizer_path` is given). Otherwise a NeoXTokenizer from,
+    in order: `tokenizer_path` (--tokenizer); `checkpoint_tokenizer_path` when it is a .json file, or
+    a 20B_tokenizer.json / tokenizer.json beside that checkpoint file or inside that checkpoint
+    folder; the copy that
+    `python -m rwkv_np download` put into the Hugging Face cache.
+    """
+    if tokenizer_path is not None:
+        path = Path(tokenizer_path)
+        if not path.is_file():
+            raise ArgumentError(f"--tokenizer {path}: no such file")
+        tok = NeoXTokenizer(path)
+    elif vocab_size == 256:
+        return ByteTokenizer()
+    else:
+        path = _find_beside(Path(checkpoint_tokenizer_path)) if checkpoint_tokenizer_path else None
+        if path is None:
+            from .download import cached_tokenizer_path
+
+            path = cached_tokenizer_path()
+        if path is None:
+            where = f" beside {checkpoint_tokenizer_path}" if checkpoint_tokenizer_path else ""
+            raise DownloadError(
+                f"no tokenizer found for a model with vocab {vocab_size}: none of {', '.join(TOKENIZER_FILENAMES)}"
+                f"{where} nor in the Hugging Face cache. Pass --tokenizer PATH/20B_tokenizer.json, or fetch it "
+                f"with `python -m rwkv_np download 169m` (it downloads the GPT-NeoX-20B tokenizer too)")
+        tok = NeoXTokenizer(path)
+    if tok.vocab_size > vocab_size:
+        # ids the model has no row for would only fail later, mid-prompt
+        raise ArgumentError(f"--tokenizer {tok.path}: its vocabulary has {tok.vocab_size} tokens but the model "
+                            f"only {vocab_size}")
+    return tok

@@ -1,0 +1,126 @@
+"""Sampling: greedy, temperature, top-k, top-p, penalties, banned tokens, bad options."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rwkv_np.errors import ArgumentError
+from rwkv_np.sampling import apply_penalties, sample_logits
+
+P = np.array([0.5, 0.3, 0.2])
+LOGITS = np.log(P).astype(np.float32)
+N = 8000
+# a frequency from N draws has standard deviation sqrt(p(1-p)/N) <= 0.0056; 0.025 is > 4 sigma
+TOL = 0.025
+
+
+def freqs(logits, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    draws = [sample_logits(logits, rng=rng, **kw) for _ in range(N)]
+    return np.bincount(draws, minlength=len(logits)) / N
+
+
+def test_greedy_is_argmax_lowest_on_ties():
+    assert sample_logits([1.0, 3.0, 3.0, -np.inf], temperature=0) == 1
+    # greedy ignores top-k / top-p and needs no rng
+    assert sample_logits(LOGITS, temperature=0, top_k=3, top_p=0.1) == 0
+
+
+def test_temperature_one_follows_softmax():
+    np.testing.assert_allclose(freqs(LOGITS), P, atol=TOL)
+
+
+def test_temperature_two_flattens():
+    q = np.sqrt(P) / np.sqrt(P).sum()  # softmax(log p / 2)
+    np.testing.assert_allclose(freqs(LOGITS, temperature=2.0), q, atol=TOL)
+
+
+def test_top_k_keeps_k():
+    f = freqs(LOGITS, top_k=2)
+    assert f[2] == 0
+    np.testing.assert_allclose(f[:2], P[:2] / P[:2].sum(), atol=TOL)
+
+
+def test_top_p_keeps_the_set_reaching_p():
+    f = freqs(LOGITS, top_p=0.7)  # 0.5 < 0.7 <= 0.5 + 0.3: tokens 0 and 1
+    assert f[2] == 0
+    np.testing.assert_allclose(f[:2], [0.625, 0.375], atol=TOL)
+    assert set(np.flatnonzero(freqs(LOGITS, top_p=0.45))) == {0}
+
+
+def test_banned_tokens_never_drawn():
+    logits = np.array([0.0, -np.inf, 0.0, -np.inf], dtype=np.float32)
+    f = freqs(logits)
+    assert f[1] == 0 and f[3] == 0
+    np.testing.assert_allclose(f[[0, 2]], [0.5, 0.5], atol=TOL)
+
+
+def test_single_survivor():
+    logits = np.full(50277, -np.inf, dtype=np.float32)
+    logits[123] = -5.0
+    rng = np.random.default_rng(1)
+    assert {sample_logits(logits, rng=rng, temperature=1.3, top_p=0.2, top_k=7) for _ in range(50)} == {123}
+    x = np.random.default_rng(2).normal(size=1000)
+    assert sample_logits(x, top_k=1, rng=rng) == int(np.argmax(x))
+
+
+def test_huge_logits_stay_finite():
+    # float32 exp would overflow at 89; the max-subtracted float64 softmax does not
+    logits = np.array([1e4, 1e4 - 1, -1e4], dtype=np.float32)
+    f = freqs(logits, temperature=0.5)
+    np.testing.assert_allclose(f, [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2)), 0], atol=TOL)
+
+
+def test_seed_repeats():
+    a = [sample_logits(LOGITS, rng=np.random.default_rng(7)) for _ in range(5)]
+    r1, r2 = np.random.default_rng(42), np.random.default_rng(42)
+    assert [sample_logits(LOGITS, rng=r1) for _ in range(100)] == [sample_logits(LOGITS, rng=r2) for _ in range(100)]
+    assert len(set(a)) == 1
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(temperature=float("nan")), r"temperature must be a finite number >= 0 \(0 = greedy\), got nan"),
+    (dict(temperature=-0.5), r"temperature .* got -0.5"),
+    (dict(temperature=float("inf")), r"temperature .* got inf"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\] \(1 = off\), got 0.0"),
+    (dict(top_p=1.5), r"top_p .* got 1.5"),
+    (dict(top_p=float("nan")), r"top_p .* got nan"),
+    (dict(top_k=-1), r"top_k must be an integer >= 0 \(0 = off\), got -1"),
+    (dict(top_k=2.5), r"top_k .* got 2.5"),
+])
+def test_bad_options_name_the_argument(kw, message):
+    with pytest.raises(ArgumentError, match=message):
+        sample_logits(LOGITS, rng=np.random.default_rng(0), **kw)
+
+
+def test_bad_logits():
+    with pytest.raises(ArgumentError, match="every token is banned"):
+        sample_logits([-np.inf, -np.inf], rng=np.random.default_rng(0))
+    with pytest.raises(ArgumentError, match="NaN or \\+inf"):
+        sample_logits([0.0, np.nan], rng=np.random.default_rng(0))
+    with pytest.raises(ArgumentError, match=r"1-D array \(V,\), got shape \(2, 2\)"):
+        sample_logits(np.zeros((2, 2)), rng=np.random.default_rng(0))
+
+
+def test_penalties():
+    logits = np.array([1.0, 2.0, -np.inf, 0.5], dtype=np.float32)
+    counts = np.array([0, 3, 1, 1])
+    out = apply_penalties(logits, counts, presence_penalty=0.5, frequency_penalty=0.25)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, [1.0, 2.0 - 0.5 - 0.75, -np.inf, 0.5 - 0.5 - 0.25])
+    np.testing.assert_array_equal(apply_penalties(logits, counts), logits.astype(np.float64))
+
+
+def test_top_p_filter_head_and_full_sort_agree():
+    from rwkv_np.sampling import _top_p_filter
+
+    rng = np.random.default_rng(3)
+    for scale in (0.01, 1.0, 4.0):  # flat (nucleus beyond the sorted head) to peaked (inside it)
+        p = np.exp(rng.normal(size=5000) * scale)
+        p /= p.sum()
+        for top_p in (0.1, 0.5, 0.9, 0.999):
+            order = np.argsort(-p, kind="stable")
+            n_keep = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1
+            kept = np.flatnonzero(_top_p_filter(p, top_p, head=64))
+            assert set(kept) == set(order[:n_keep])
