@@ -101,7 +101,9 @@ def _load(args):
     from .tokenizer import get_tokenizer
 
     model_arg = args.model if args.model is not None else default_model_path()
-    model = rwkv_np.load_model(model_arg)
+    # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
+    # widen each weight exactly to float32, so the numbers equal those of float32 weights
+    model = rwkv_np.load_model(model_arg, keep_16bit=True, mmap_embedding=True)
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):
         beside = model_arg

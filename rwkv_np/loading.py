@@ -2,7 +2,8 @@
 
 The format is detected from the bytes, never from the file name. Every reader in `rwkv_np.formats`
 returns lazy tensors; here names are mapped to BlinkDL's, the config is inferred from the shapes and
-EVERY tensor is checked before any weight is copied, then each is converted to float32 once.
+EVERY tensor is checked before any weight is copied, then each is converted to float32 once (or, with
+`keep_16bit`, copied as stored; with `mmap_embedding`, the embedding is not copied at all).
 """
 
 import json
@@ -43,7 +44,8 @@ _HF_RENAMES = [(r"^rwkv\.embeddings\.", "emb."), (r"^rwkv\.", ""), (r"\.pre_ln\.
 class Checkpoint:
     """A loaded checkpoint.
 
-    weights:        model-ready dict (BlinkDL names, float32 C-contiguous; `att.decay` = w of eq. 14)
+    weights:        model-ready dict (BlinkDL names, float32 C-contiguous; `att.decay` = w of eq. 14);
+                    with keep_16bit, 16-bit matrices stay as stored (float16, or bfloat16 as uint16)
     config:         sizes inferred from the weights' shapes
     format:         "pth", "hf-safetensors", "hf-bin", "safetensors" or "rwkv.cpp"
     source_dtype:   dtype holding most of the elements on disk: "float32", "bfloat16" or "float16"
@@ -59,11 +61,21 @@ class Checkpoint:
     tokenizer_path: Path | None
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem."""
+def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, mmap_embedding: bool = False) -> Checkpoint:
+    """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem.
+
+    keep_16bit: matrices stored as bfloat16 or float16 are returned as stored, not widened to
+        float32: float16 arrays, and bfloat16 bit patterns as uint16 (numpy has no bfloat16).
+        Half the memory; rwkv_np.RWKV widens them exactly inside its products.
+    mmap_embedding: the embedding (V, C), when it can be used as stored (float32, or 16-bit with
+        keep_16bit), becomes a read-only view of the memory-mapped file instead of a copy: a model
+        reads one row of it per token, so only the pages of those rows count in memory. The file
+        must not be modified or truncated while the weights are in use. (The other matrices are
+        read whole for every token; as copies they sit in huge pages, where that is faster.)
+    """
     path = Path(path)
     try:
-        return _load(path)
+        return _load(path, keep_16bit, mmap_embedding)
     except RWKVError:
         raise
     except MemoryError:
@@ -73,9 +85,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               "the file is probably malformed - please report this") from e
 
 
-def _load(path: Path) -> Checkpoint:
+def _load(path: Path, keep_16bit: bool = False, mmap_embedding: bool = False) -> Checkpoint:
+    options = dict(keep_16bit=keep_16bit, mmap_embedding=mmap_embedding)
     if path.is_dir():
-        return _load_folder(path)
+        return _load_folder(path, options)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder; {SUPPORTED}")
     if not path.is_file():
@@ -85,10 +98,10 @@ def _load(path: Path) -> Checkpoint:
         if fmt == "pth" and _is_hf(tensors):
             fmt = "hf-bin"
         return _build(path, tensors, fmt, hf_config=None, cpp_header=cpp_header,
-                      tokenizer_dir=path.parent)
+                      tokenizer_dir=path.parent, **options)
 
 
-def _load_folder(folder: Path) -> Checkpoint:
+def _load_folder(folder: Path, options: dict) -> Checkpoint:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder}: a folder must be a Hugging Face model folder with config.json, "
@@ -114,7 +127,7 @@ def _load_folder(folder: Path) -> Checkpoint:
         else:
             raise CheckpointError(f"{folder}: has config.json but neither model.safetensors nor "
                                   "pytorch_model.bin (nor their .index.json shard lists)")
-        return _build(folder, tensors, fmt, hf_config=hf_config, cpp_header=None, tokenizer_dir=folder)
+        return _build(folder, tensors, fmt, hf_config=hf_config, cpp_header=None, tokenizer_dir=folder, **options)
 
 
 def _read_shards(index_path: Path, stack: ExitStack) -> dict[str, LazyTensor]:
@@ -189,7 +202,11 @@ class _Mapped:
         try:
             self.mm.close()
         except BufferError:
-            pass  # a view is still alive (e.g. in a traceback); the map goes when it is collected
+            # a view is still alive (the embedding with mmap_embedding, or a traceback); the map goes
+            # when it is collected. The checks paged the whole file in: give the pages back, so
+            # that only those the model reads again count in this process's memory
+            if hasattr(self.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                self.mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _is_hf(tensors: dict[str, LazyTensor]) -> bool:
@@ -203,7 +220,8 @@ def _hf_to_blinkdl(name: str) -> str:
 
 
 def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict | None,
-           cpp_header: dict | None, tokenizer_dir: Path) -> Checkpoint:
+           cpp_header: dict | None, tokenizer_dir: Path, keep_16bit: bool = False,
+           mmap_embedding: bool = False) -> Checkpoint:
     newer = sorted(k for k in tensors if _NEWER_RWKV.search(k))
     if newer:
         raise CheckpointError(f"{path}: has tensors like {newer[0]!r}: this looks like an RWKV-5/6/7 "
@@ -228,7 +246,8 @@ def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict
     counts = Counter()
     for t in tensors.values():
         counts[t.dtype] += t.numel
-    weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp")
+    weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp",
+                           keep_16bit=keep_16bit, mmap_embedding=mmap_embedding)
     tokenizer = next((tokenizer_dir / n for n in TOKENIZER_NAMES if (tokenizer_dir / n).is_file()), None)
     return Checkpoint(weights, config, fmt, counts.most_common(1)[0][0], path, tokenizer)
 
@@ -313,13 +332,35 @@ def _cross_check(path: Path, config: RWKVConfig, hf_config: dict | None, cpp_hea
                                   f"{field}={getattr(config, field)}")
 
 
+# inf/NaN have an all-ones exponent: the bits to test, by stored dtype
+_EXPONENT = {np.dtype(np.float32): (np.uint32, 0x7F800000), np.dtype(np.uint16): (np.uint16, 0x7F80),
+             np.dtype(np.float16): (np.uint16, 0x7C00)}
+
+
+def _checked(a: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
+    """(a, or a copy of it, and the number of its inf/NaN elements): one pass over the bytes."""
+    from .kernels import copy_count_non_finite
+
+    bits, exponent = _EXPONENT[a.dtype]
+    out = np.empty_like(a) if copy else a
+    dst = out.reshape(-1).view(bits) if copy else np.empty(0, bits)
+    bad = copy_count_non_finite(a.reshape(-1).view(bits), dst, bits(exponent))
+    return out, int(bad)
+
+
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
-                 decay_is_neg_stored: bool) -> dict[str, np.ndarray]:
+                 decay_is_neg_stored: bool, keep_16bit: bool = False,
+                 mmap_embedding: bool = False) -> dict[str, np.ndarray]:
     weights = {}
     for name, shape in expected_shapes(config).items():
-        a = tensors[name].read().reshape(shape)
-        if not np.isfinite(a).all():
-            bad = int(np.count_nonzero(~np.isfinite(a)))
+        t = tensors[name]
+        if len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
+            a = t.stored(copy=False)  # a view of the file's bytes when they allow it
+            a, bad = _checked(a, copy=not a.flags.writeable and not (mmap_embedding and name == "emb.weight"))
+        else:
+            a = t.read().reshape(shape)
+            bad = _checked(a, copy=False)[1]
+        if bad:
             raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
         if name.endswith("att.time_decay"):
             # .pth/HF store the raw parameter (w = exp(raw)); rwkv.cpp stores -exp(raw) already

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numba
 import numpy as np
 
 from .config import RWKVConfig
 from .errors import ArgumentError
 from .state import AA, ATT_X, BB, FFN_X, PP, State
 from .wkv import wkv_numba
+from . import kernels as K
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -105,9 +107,15 @@ def rwkv(tokens: np.ndarray, state: np.ndarray, params: dict, config: RWKVConfig
 
 
 class RWKV:
-    """An RWKV-4 language model with float32 weights.
+    """An RWKV-4 language model: float32 arithmetic, weights float32 or kept 16-bit.
 
     weights: the model-ready dict of `rwkv_np.loading` (BlinkDL names, `att.decay` = the paper's w).
+    The matrices (emb, head and every projection) may also be 16-bit as stored in a checkpoint:
+    float16 arrays, or bfloat16 bit patterns held as uint16 (numpy has no bfloat16). They are
+    widened to float32 exactly, element by element, inside the products; vectors are float32.
+
+    `forward` runs the compiled kernels of rwkv_np/kernels.py, which fuse the functions above;
+    `params` (float32, nested per block) feeds those functions directly, e.g. `rwkv(...)`.
     """
 
     #: the parallel form reads long inputs in chunks of this many tokens, so that memory stays
@@ -117,7 +125,20 @@ class RWKV:
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):
         self.config = config or _config_from_shapes(weights)
         self.weights = weights
-        self.params = _nest(weights, self.config.n_layer)
+        self._params = None
+        self._fast = _FastWeights(weights, self.config)
+
+    @property
+    def weight_dtype(self) -> str:
+        """How the matrices are held in memory: "float32", "bfloat16" or "float16"."""
+        return self._fast.kind
+
+    @property
+    def params(self) -> dict:
+        """The weights nested per block (params["blocks"][i]["att"]["key.weight"]), all float32."""
+        if self._params is None:
+            self._params = _nest({k: _as_float32(v) for k, v in self.weights.items()}, self.config.n_layer)
+        return self._params
 
     def init_state(self) -> State:
         """The state before any token."""
@@ -135,20 +156,19 @@ class RWKV:
         tokens = self._check_tokens(tokens)
         s = self._check_state(state).data.copy()
         if mode == "parallel":
-            steps = [tokens[i:i + self.chunk_size] for i in range(0, len(tokens), self.chunk_size)]
+            outputs = []
+            for start in range(0, len(tokens), self.chunk_size):
+                chunk = tokens[start:start + self.chunk_size]
+                last = start + self.chunk_size >= len(tokens)
+                logits = self._fast.parallel(chunk, s, head=return_all or last, return_all=return_all)
+                if return_all:
+                    outputs.append(logits)
+            logits = np.concatenate(outputs) if return_all else logits
         elif mode == "recurrent":
-            steps = [tokens[i:i + 1] for i in range(len(tokens))]
+            logits = self._fast.recurrent(tokens, s, return_all)
         else:
             raise ArgumentError(f"mode: expected 'parallel' or 'recurrent', got {mode!r}")
-        outputs = []
-        for n, chunk in enumerate(steps):
-            last = n == len(steps) - 1
-            logits, s = rwkv(chunk, s, self.params, self.config, head=return_all or last,
-                             return_all=return_all)
-            if return_all:
-                outputs.append(logits)
-        logits = np.concatenate(outputs) if return_all else logits
-        return logits.astype(np.float32, copy=False), State(s)
+        return logits, State(s)
 
     def _check_tokens(self, tokens) -> np.ndarray:
         arr = np.asarray(tokens)
@@ -205,3 +225,121 @@ def _nest(weights: dict[str, np.ndarray], n_layer: int) -> dict:
                 p[name] = value
         params["blocks"].append(p)
     return params
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """A weight as float32; uint16 arrays are bfloat16 bit patterns (the top half of a float32)."""
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class _FastWeights:
+    """The weights laid out for rwkv_np/kernels.py, and the two forms of the network run with them.
+
+    Matrices are not copied: float32 and 16-bit arrays are handed to the kernels as they are (fp16
+    as its int16 bit pattern, since Numba has no float16 on the CPU). Only the per-layer vectors
+    are gathered into one (L, N_VECS, C) table.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
+        L = config.n_layer
+        matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}.weight" for i in range(L) for n in _MATRICES]
+        dtypes = {np.dtype(weights[n].dtype) for n in matrices}
+        kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
+        self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
+
+        def stored(a: np.ndarray) -> np.ndarray:
+            a = np.ascontiguousarray(_as_float32(a) if self.kind == "float32" else a)
+            return a.view(np.int16) if a.dtype == np.float16 else a
+
+        kept = {n: stored(weights[n]) for n in matrices}
+        self.emb, self.head = kept["emb.weight"], kept["head.weight"]
+        # the recurrent kernel takes the matrices by address (one compiled signature for any
+        # model); self.matrices and self.emb / self.head keep them alive
+        self.kind_like = np.empty(0, self.emb.dtype)
+        self.matrices = {n: tuple(kept[f"blocks.{i}.{n}.weight"] for i in range(L)) for n in _MATRICES}
+        self.vecs = np.ascontiguousarray(np.stack(
+            [np.stack([weights[f"blocks.{i}.{n}"] for n in K.VEC_NAMES]) for i in range(L)]), dtype=np.float32)
+        self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32)
+        self.ln_out = np.stack([weights["ln_out.weight"], weights["ln_out.bias"]]).astype(np.float32)
+        self.addr = np.zeros((K.N_MATRICES, max(L, 2)), np.int64)
+        for row, n in enumerate(_MATRICES):
+            self.addr[row, :L] = [a.ctypes.data for a in self.matrices[n]]
+        self.addr[K.N_MATRICES - 1, :2] = self.emb.ctypes.data, self.head.ctypes.data
+        self.eps = config.layer_norm_eps
+        self.config = config
+        # weights read per token below which the threads' hand-offs (four a layer) cost more
+        # than the products they share: a C = 256 model reads ~5M weights
+        self.small = config.n_params < 4_000_000
+
+    def recurrent(self, tokens: np.ndarray, s: np.ndarray, return_all: bool) -> np.ndarray:
+        """The recurrent form over tokens (T,); state s (L, 5, C) advanced in place. Logits (V,) or (T, V)."""
+        out = np.empty((len(tokens) if return_all else 1, self.config.vocab_size), np.float32)
+        threads = numba.get_num_threads()
+        if self.small:
+            numba.set_num_threads(1)  # a few microseconds of work per loop: one thread, no waiting
+        try:
+            c = self.config
+            K.recurrent_tokens(tokens, self.kind_like, self.addr, c.vocab_size, c.ffn_dim, self.ln0, self.vecs,
+                               self.ln_out, self.eps, s, out, return_all)
+        finally:
+            numba.set_num_threads(threads)
+        return out if return_all else out[0]
+
+    def _f32(self, w: np.ndarray, scratch: list) -> np.ndarray:
+        # BLAS reads float32 only: widen a 16-bit matrix into a buffer reused by every layer
+        if w.dtype == np.float32:
+            return w
+        if scratch[0] is None or scratch[0].size < w.size:
+            scratch[0] = np.empty(w.size, np.float32)
+        out = scratch[0][:w.size].reshape(w.shape)
+        K.widen_into(w, out)
+        return out
+
+    def parallel(self, tokens: np.ndarray, s: np.ndarray, head: bool, return_all: bool) -> np.ndarray | None:
+        """The parallel form over one chunk of tokens (T,): every projection one BLAS product over T.
+
+        State s (L, 5, C) advanced in place. Logits (V,), (T, V) with return_all, or None without head.
+        """
+        T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
+        eps, m, scratch = self.eps, self.matrices, [None]
+        rows = self.emb[tokens]
+        x = layer_norm(_as_float32(rows.view(np.float16) if self.kind == "float16" else rows),
+                       self.ln0[0], self.ln0[1], eps)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        mixed = np.empty((3, T, C), np.float32)
+        k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))
+        kf = np.empty((T, F), np.float32)
+        for i in range(self.config.n_layer):
+            p = self.vecs[i]
+            last = K.norm_shift_mix(x, p[K.LN1_W], p[K.LN1_B], eps, s[i, ATT_X].copy(),
+                                    p[[K.ATT_MK, K.ATT_MV, K.ATT_MR]], mixed)
+            s[i, ATT_X] = last
+            np.matmul(mixed[0], self._f32(m["att.key"][i], scratch).T, out=k)  # eq. 12
+            np.matmul(mixed[1], self._f32(m["att.value"][i], scratch).T, out=v)  # eq. 13
+            np.matmul(mixed[2], self._f32(m["att.receptance"][i], scratch).T, out=r)  # eq. 11
+            K.wkv_gate(p[K.DECAY], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
+            x += np.matmul(y, self._f32(m["att.output"][i], scratch).T, out=k)
+            last = K.norm_shift_mix(x, p[K.LN2_W], p[K.LN2_B], eps, s[i, FFN_X].copy(),
+                                    p[[K.FFN_MK, K.FFN_MR]], mixed[:2])
+            s[i, FFN_X] = last
+            np.matmul(mixed[0], self._f32(m["ffn.key"][i], scratch).T, out=kf)  # eq. 17
+            K.square_relu(kf)
+            np.matmul(mixed[1], self._f32(m["ffn.receptance"][i], scratch).T, out=r)  # eq. 16
+            K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value"][i], scratch).T, out=v))  # eq. 18
+        if not head:
+            return None
+        xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
+        if not return_all:
+            out = np.empty(self.config.vocab_size, np.float32)
+            K.matvec(self.head, np.ascontiguousarray(xn[0]), out)
+            return out
+        out = np.empty((T, self.config.vocab_size), np.float32)
+        rows = 8192  # widen the head a slice at a time: it is the largest matrix
+        for a in range(0, self.config.vocab_size, rows):
+            np.matmul(xn, self._f32(self.head[a:a + rows], scratch).T, out=out[:, a:a + rows])
+        return out
+
+
+_MATRICES = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.receptance", "ffn.value")

@@ -69,6 +69,24 @@ class LazyTensor:
                 base, self.shape, tuple(s * itemsize for s in self.strides), writeable=False)
         return to_float32(view, self.dtype)
 
+    def stored(self, copy: bool) -> np.ndarray:
+        """The tensor in its stored dtype (bfloat16 as its uint16 bit pattern), C-contiguous: a
+        read-only view into buf when copy is False and the bytes allow it (contiguous, aligned),
+        else a new array."""
+        np_dtype, itemsize = STORED_DTYPES[self.dtype]
+        if self.numel == 0:
+            return np.zeros(self.shape, np_dtype)
+        if self.strides is not None or self.offset % itemsize:
+            wide = self.read()  # exact, and narrowing back is exact too
+            if self.dtype == "bfloat16":
+                return (wide.view(np.uint32) >> 16).astype(np.uint16)
+            return wide.astype(np_dtype, copy=False)
+        view = np.frombuffer(self.buf, np_dtype, count=self.numel, offset=self.offset).reshape(self.shape)
+        if copy:
+            return view.copy()
+        view.flags.writeable = False
+        return view
+
 
 def to_float32(view: np.ndarray, dtype: str) -> np.ndarray:
     """Widen stored elements to a fresh float32 C-contiguous array; bf16 is the top half of a float32."""

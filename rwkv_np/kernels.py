@@ -1,0 +1,363 @@
+"""Compiled kernels for the fast paths of `rwkv_np.model.RWKV`: the same equations as model.py,
+fused so that every weight is read once per token and nothing waits on Python.
+
+Recurrent form (generation): one token costs a matrix-vector product with every weight matrix, so
+its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through all layers in
+one call; per layer four parallel loops over output rows, each row's elementwise work (token
+shift, WKV of eq. 14, gates) done right where its dot products are, so no (C,) vector goes back
+to Python and no thread waits for another more than four times a layer.
+
+Parallel form (prompts): the projections are matrix-matrix products (BLAS); the kernels here fuse
+the elementwise work between them (LayerNorm + token shift + mixes; WKV scan + output gate;
+squared ReLU; gated residual add) so each (T, C) activation is read and written once.
+
+Weights may be float32, or 16-bit kept as stored: bfloat16 bit patterns as uint16, float16 bit
+patterns as int16 (Numba has no float16 on the CPU). `widen` turns one element into float32
+exactly (bf16 is the top half of a float32; fp16 -> float32 is exact), and every product
+accumulates in float32.
+"""
+
+import os
+
+# Threads that finish a parallel loop spin briefly (GOMP_SPINCOUNT 1000: ~20 us), then sleep until
+# the next one. The recurrent form runs ~50 parallel loops a token with a few microseconds of
+# serial work between them. libgomp's default (spin ~300,000 times) is fastest on an idle machine,
+# but on one whose cores are shared a spinning thread holds its core while the thread it waits for
+# cannot run: measured with another process busy on one of 2 cores, 2.6 tok/s (fp32 169M) against
+# 44 tok/s sleeping at once. Sleeping at once costs ~50 us a wake-up here: 94 tok/s (bf16) on an
+# idle machine against 110 with the short spin, which keeps 65 tok/s (82 sleeping) with a core
+# busy. A user's own settings win. Read by libgomp when Numba first loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import carray, njit, prange, types  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
+
+# error_model="numpy" everywhere: a division by zero gives inf instead of raising, which spares
+# every division a branch and lets the loops around them vectorise.
+# the dot products may reorder their float32 sums (that is what lets them use SIMD lanes);
+# nothing else in these kernels is compiled with fast-math
+_DOT_MATH = {"reassoc", "contract", "nsz"}
+
+# rows of the per-layer vector table `vecs` (L, N_VECS, C)
+LN1_W, LN1_B, LN2_W, LN2_B, ATT_MK, ATT_MV, ATT_MR, DECAY, FIRST, FFN_MK, FFN_MR = range(11)
+N_VECS = 11
+VEC_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_mix_k", "att.time_mix_v",
+             "att.time_mix_r", "att.decay", "att.time_first", "ffn.time_mix_k", "ffn.time_mix_r")
+# state rows, as in rwkv_np/state.py
+_ATT_X, _AA, _BB, _PP, _FFN_X = range(5)
+
+
+@intrinsic
+def _bf16_to_f32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _fp16_to_f32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(bits), codegen
+
+
+def widen(v):
+    """One stored weight element as float32 (float32, bf16 bits as uint16, fp16 bits as int16)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(widen, inline="always")
+def _widen_overload(v):
+    if v == types.float32:
+        return lambda v: v
+    if v == types.uint16:
+        return lambda v: _bf16_to_f32(v)
+    if v == types.int16:
+        return lambda v: _fp16_to_f32(v)
+    return None
+
+
+@njit(fastmath=_DOT_MATH, cache=True, error_model="numpy")
+def _dot(w, x):
+    """sum_j w[j] x[j] of a stored weight row w (n,) and float32 x (n,), accumulated in float32."""
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += widen(w[j]) * x[j]
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_norm_into(x, g, b, eps, out):
+    # statistics in float64: C terms, so float32 rounding of the result is all that remains
+    n = x.shape[0]
+    mean = 0.0
+    for j in range(n):
+        mean += x[j]
+    mean /= n
+    var = 0.0
+    for j in range(n):
+        d = x[j] - mean
+        var += d * d
+    inv = 1.0 / np.sqrt(var / n + eps)
+    for j in range(n):
+        out[j] = np.float32((x[j] - mean) * inv) * g[j] + b[j]
+
+
+@intrinsic
+def _bits_to_f64(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(bits), codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693147180369123816490  # ln 2 split in two so that n * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+# 1/k! for k = 13..2: Taylor terms of e^r for |r| <= ln(2)/2; r^13/13! is at most 1.7e-16
+_INV_FACT = tuple(1.0 / float(np.prod(np.arange(1, k + 1))) for k in range(13, 1, -1))
+
+
+@njit(inline="always", error_model="numpy")
+def _exp_nonpos(x):
+    """e^x for x <= 0 in float64, within 2 ulp of libm; 0 below -708 (the smallest normal).
+
+    Written out (range reduction + polynomial) because a libm call cannot be vectorised: this
+    lets the WKV loop run 8 channels per instruction."""
+    xc = max(x, -708.0)
+    n = np.rint(xc * _LOG2E)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    p = 0.0
+    for c in _INV_FACT:
+        p = p * r + c
+    p = (p * r + 1.0) * r + 1.0
+    scale = _bits_to_f64((np.int64(n) + 1023) << 52)  # 2^n, n in [-1021, 0]
+    return p * scale if x >= -708.0 else 0.0
+
+
+@njit(inline="always", error_model="numpy")
+def _wkv_terms(p, ww):
+    """(e^(p - q), e^(ww - q)) with q = max(p, ww): one factor is 1, the other e^-|p - ww|
+    (the same numbers as rwkv_np.wkv's four exponentials, with two of them known)."""
+    d = p - ww
+    e = _exp_nonpos(-abs(d))
+    return (1.0, e) if d >= 0.0 else (e, 1.0)
+
+
+@njit(inline="always", error_model="numpy")
+def _sigmoid(x):
+    """1 / (1 + e^-x) of a float32, computed in float64 with the vectorisable exponential."""
+    e = _exp_nonpos(-abs(np.float64(x)))
+    # numerator 1 for x >= 0, e^x otherwise; written as a max so that loops over it vectorise
+    return np.float32(max(e, np.float64(x >= 0)) / (1.0 + e))
+
+
+@intrinsic
+def _address_as_pointer(typingctx, address, like):
+    ptr = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address, like), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def _matrix(address, like, rows, cols):
+    """The (rows, cols) C-contiguous array of like's dtype at a memory address."""
+    return carray(_address_as_pointer(address, like), (rows, cols))
+
+
+N_MATRICES = 8  # rows of the address table of recurrent_tokens
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def recurrent_tokens(tokens, kind, addr, V, F, ln0, vecs, ln_out, eps, state, logits, all_logits):
+    """The recurrent form over tokens (T,), advancing state (L, 5, C) float32 in place.
+
+    The stored weights, all of the dtype of `kind` (an empty array), are passed by address:
+    addr (N_MATRICES, L) int64 of att.key, att.value, att.receptance, att.output (C, C),
+    ffn.key (F, C), ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row
+    emb (V, C) and in column 1 head (V, C). Addresses keep the compiled signature the same for
+    any number of layers and for read-only (memory-mapped) or writable arrays; the caller keeps
+    the arrays alive. ln0 / ln_out (2, C) and vecs (L, N_VECS, C) are float32. Logits go to
+    logits (T, V) when all_logits, else to logits (1, V) for the last token only.
+    """
+    L, C = vecs.shape[0], vecs.shape[2]
+    emb = _matrix(addr[7, 0], kind, V, C)
+    head = _matrix(addr[7, 1], kind, V, C)
+    x = np.empty(C, np.float32)
+    xn = np.empty(C, np.float32)
+    xk = np.empty(C, np.float32)
+    xv = np.empty(C, np.float32)
+    xr = np.empty(C, np.float32)
+    y = np.empty(C, np.float32)
+    kk = np.empty(F, np.float32)
+    one = np.float32(1.0)
+    for t in range(tokens.shape[0]):
+        row = emb[tokens[t]]
+        for j in range(C):
+            xn[j] = widen(row[j])
+        _layer_norm_into(xn, ln0[0], ln0[1], eps, x)
+        for i in range(L):
+            p = vecs[i]
+            s = state[i]
+            # time mixing (eqs. 11-15)
+            _layer_norm_into(x, p[LN1_W], p[LN1_B], eps, xn)
+            for j in range(C):
+                xk[j] = xn[j] * p[ATT_MK, j] + s[_ATT_X, j] * (one - p[ATT_MK, j])
+                xv[j] = xn[j] * p[ATT_MV, j] + s[_ATT_X, j] * (one - p[ATT_MV, j])
+                xr[j] = xn[j] * p[ATT_MR, j] + s[_ATT_X, j] * (one - p[ATT_MR, j])
+                s[_ATT_X, j] = xn[j]
+            wk, wv, wr = _matrix(addr[0, i], kind, C, C), _matrix(addr[1, i], kind, C, C), _matrix(addr[2, i], kind, C, C)
+            for c in prange(C):
+                k = _dot(wk[c], xk)
+                v = _dot(wv[c], xv)
+                r = _dot(wr[c], xr)
+                # eq. 14 for channel c: rwkv_np.wkv._scan_channel's float64 arithmetic
+                a, b, pp = np.float64(s[_AA, c]), np.float64(s[_BB, c]), np.float64(s[_PP, c])
+                k64, v64 = np.float64(k), np.float64(v)
+                e1, e2 = _wkv_terms(pp, np.float64(p[FIRST, c]) + k64)
+                wkv = np.float32((e1 * a + e2 * v64) / (e1 * b + e2))
+                ww = pp - np.float64(p[DECAY, c])
+                e1, e2 = _wkv_terms(ww, k64)
+                s[_AA, c] = e1 * a + e2 * v64
+                s[_BB, c] = e1 * b + e2
+                s[_PP, c] = max(ww, k64)
+                y[c] = _sigmoid(r) * wkv
+            wo = _matrix(addr[3, i], kind, C, C)
+            for c in prange(C):
+                x[c] += _dot(wo[c], y)
+            # channel mixing (eqs. 16-18)
+            _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
+            for j in range(C):
+                xk[j] = xn[j] * p[FFN_MK, j] + s[_FFN_X, j] * (one - p[FFN_MK, j])
+                xr[j] = xn[j] * p[FFN_MR, j] + s[_FFN_X, j] * (one - p[FFN_MR, j])
+                s[_FFN_X, j] = xn[j]
+            wk = _matrix(addr[4, i], kind, F, C)
+            for f in prange(F):
+                k = max(_dot(wk[f], xk), np.float32(0.0))
+                kk[f] = k * k
+            wr, wv = _matrix(addr[5, i], kind, C, C), _matrix(addr[6, i], kind, C, F)
+            for c in prange(C):
+                x[c] += _sigmoid(_dot(wr[c], xr)) * _dot(wv[c], kk)
+        if all_logits or t == tokens.shape[0] - 1:
+            out = logits[t if all_logits else 0]
+            _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
+            for v_ in prange(head.shape[0]):
+                out[v_] = _dot(head[v_], xn)
+
+
+# ---- parallel form: the elementwise work between the BLAS products -----------------------------
+# These run on the calling thread: BLAS owns the threads here, and a second pool spinning between
+# the products would take the cores BLAS needs (measured: 2 Numba threads made prompts slower).
+
+@njit(cache=True, error_model="numpy")
+def norm_shift_mix(x, g, b, eps, x_prev, mus, outs):
+    """LayerNorm of x (T, C), token shift from x_prev (C,), and one mix per row of mus (M, C)
+    into outs (M, T, C). Returns the LayerNorm output of the last token (C,)."""
+    T, C = x.shape
+    xn = np.empty_like(x)
+    for t in range(T):
+        _layer_norm_into(x[t], g, b, eps, xn[t])
+    one = np.float32(1.0)
+    for t in range(T):
+        prev = x_prev if t == 0 else xn[t - 1]
+        for m in range(mus.shape[0]):
+            for j in range(C):
+                outs[m, t, j] = xn[t, j] * mus[m, j] + prev[j] * (one - mus[m, j])
+    return xn[T - 1].copy()
+
+
+@njit(cache=True, error_model="numpy")
+def wkv_gate(w, u, k, v, r, aa, bb, pp, out):
+    """out (T, C) = sigmoid(r) * wkv of eq. 14 over k, v (T, C); aa, bb, pp (C,) advanced in place.
+
+    rwkv_np.wkv._scan_channel's float64 arithmetic with the channels in the inner loops: they are
+    independent, so the compiler can run 8 of them per instruction. Each loop writes one array
+    and reads few, which is what lets it prove the vectorised loop safe."""
+    T, C = k.shape
+    a, b, p = aa.astype(np.float64), bb.astype(np.float64), pp.astype(np.float64)
+    w64, u64 = w.astype(np.float64), u.astype(np.float64)
+    kt, vt = np.empty(C), np.empty(C)
+    ww, e = np.empty(C), np.empty(C)
+    for t in range(T):
+        for c in range(C):
+            kt[c] = k[t, c]
+        for c in range(C):
+            vt[c] = v[t, c]
+        # output: the past at exponent p against the current token at u + k (eq. 14)
+        for c in range(C):
+            ww[c] = u64[c] + kt[c]
+        for c in range(C):
+            e[c] = _exp_nonpos(-abs(p[c] - ww[c]))
+        for c in range(C):
+            e1, e2 = (1.0, e[c]) if p[c] >= ww[c] else (e[c], 1.0)
+            wkv = np.float32((e1 * a[c] + e2 * vt[c]) / (e1 * b[c] + e2))
+            out[t, c] = _sigmoid(r[t, c]) * wkv
+        # state: the past decayed by e^-w, plus the current token without the bonus
+        for c in range(C):
+            ww[c] = p[c] - w64[c]
+        for c in range(C):
+            e[c] = _exp_nonpos(-abs(ww[c] - kt[c]))
+        for c in range(C):
+            a[c] = a[c] + e[c] * vt[c] if ww[c] >= kt[c] else e[c] * a[c] + vt[c]
+        for c in range(C):
+            b[c] = b[c] + e[c] if ww[c] >= kt[c] else e[c] * b[c] + 1.0
+        for c in range(C):
+            p[c] = max(ww[c], kt[c])
+    aa[:] = a
+    bb[:] = b
+    pp[:] = p
+
+
+@njit(cache=True, error_model="numpy")
+def square_relu(k):
+    """k (T, F) <- max(k, 0)^2 in place (eq. 18)."""
+    for t in range(k.shape[0]):
+        for j in range(k.shape[1]):
+            z = max(k[t, j], np.float32(0.0))
+            k[t, j] = z * z
+
+
+@njit(cache=True, error_model="numpy")
+def add_gated(x, r, val):
+    """x (T, C) += sigmoid(r) * val (eq. 18's gate and the residual add), in place."""
+    for t in range(x.shape[0]):
+        xt, rt, vt = x[t], r[t], val[t]
+        for j in range(xt.shape[0]):
+            xt[j] += _sigmoid(rt[j]) * vt[j]
+
+
+@njit(cache=True, error_model="numpy")
+def widen_into(w, out):
+    """out (N, K) float32 <- stored weights w (N, K), exactly (the 16-bit parallel form hands
+    out to BLAS: a matrix product reuses each weight T times, so widening once per chunk is cheap)."""
+    for n in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            out[n, j] = widen(w[n, j])
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def matvec(w, x, out):
+    """out (N,) = w (N, K) @ x (K,) for stored weights w, accumulated in float32."""
+    for n in prange(w.shape[0]):
+        out[n] = _dot(w[n], x)
+
+
+# ---- loading: one pass over a checkpoint's tensor ---------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def copy_count_non_finite(src, dst, exponent):
+    """dst <- src (1-D bit patterns: uint32 of float32, uint16 of bf16 / fp16; dst may be a
+    0-length array for no copy). Returns how many elements have an all-ones exponent (inf, NaN)."""
+    bad = 0
+    copy = dst.shape[0] == src.shape[0]
+    for i in range(src.shape[0]):
+        b = src[i]
+        bad += (b & exponent) == exponent
+        if copy:
+            dst[i] = b
+    return bad
