@@ -1,0 +1,472 @@
+"""Helpers for the notebooks: find the models and the held-out text, measure losses, ablate, time.
+
+Every ablation returns a *new* model built from a copy of the weights; the original is untouched.
+Nothing here redefines the network: the activations are recomputed with the functions of
+rwkv_np.model, and a test checks that they reproduce the model's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import ArgumentError, DownloadError
+from .model import RWKV, channel_mixing, layer_norm, mix, time_mixing, token_shift
+from .state import AA, ATT_X, BB, FFN_X, PP
+from .wkv import PP_EMPTY, wkv_naive, wkv_numba
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+CACHED_SHAKESPEARE = Path.home() / ".cache" / "rwkv_np" / "tinyshakespeare.txt"
+HELDOUT_FRACTION = 0.1  # the trainer holds out the last 10% of the file (rwkv_np.train.load_bytes)
+
+# u standing in for "-infinity" (no bonus for the current token). Literal -inf makes the first
+# token's wkv 0/0 = NaN: with an empty past both sums of eq. 14 are e^{u+k_0} = 0. Any finite u
+# gives wkv_0 = v_0 exactly (the only token there is), which is also the limit u -> -inf; and
+# e^{-1e4} is exactly 0 in float64, so from t = 1 on the current token's weight is exactly 0.
+U_NO_BONUS = -1e4
+
+
+# ---------------------------------------------------------------------------------- models and data
+
+def default_model_path() -> Path:
+    """The checkpoint the notebooks study: $RWKV_NP_NOTEBOOK_MODEL if set, else the shipped model
+    (rwkv_np/assets/*.safetensors, as `rwkv-np generate` uses by default)."""
+    override = os.environ.get("RWKV_NP_NOTEBOOK_MODEL")
+    if override:
+        return Path(override)
+    from .cli import default_model_path as shipped
+
+    return shipped()
+
+
+def default_model() -> RWKV:
+    """The model of `default_model_path()`, loaded."""
+    from . import load_model
+
+    return load_model(default_model_path())
+
+
+def training_context(path: str | Path | None = None, default: int = 256) -> int:
+    """The context length the model was trained with, from the JSON metadata beside the checkpoint
+    (a "ctx_len" or "context_length" entry at any depth, as the trainer's arguments carry it);
+    `default` when there is none."""
+    path = Path(path) if path is not None else default_model_path()
+
+    def find(obj):
+        if isinstance(obj, dict):
+            for key in ("ctx_len", "context_length"):
+                if isinstance(obj.get(key), int):
+                    return obj[key]
+            for value in obj.values():
+                found = find(value)
+                if found is not None:
+                    return found
+        return None
+
+    for meta in (path.with_suffix(".json"), Path(str(path) + ".json")):
+        if meta.is_file():
+            try:
+                found = find(json.loads(meta.read_text()))
+            except (OSError, ValueError):
+                found = None
+            if found is not None:
+                return int(found)
+    return default
+
+
+AUTO_PILE_MODELS = 3  # found in the cache without being named: 169m, 430m, 1b5
+
+
+def pile_model_path() -> str | Path | None:
+    """A Pile (vocab 50277) checkpoint available offline, or None.
+
+    $RWKV_NP_MODEL first (a path, or a name like 169m), then the smallest of 169m, 430m, 1b5 found
+    in the Hugging Face download cache (`python -m rwkv_np download 169m` puts it there); larger
+    cached models are used only when named in $RWKV_NP_MODEL, since a notebook would crawl with them.
+    """
+    with warnings.catch_warnings():  # huggingface_hub's tqdm warns about ipywidgets inside Jupyter
+        warnings.simplefilter("ignore")
+        return _pile_model_path()
+
+
+def _pile_model_path() -> str | Path | None:
+    from .download import is_model_name, model_names, resolve_model
+
+    env = os.environ.get("RWKV_NP_MODEL")
+    if env:
+        if os.path.exists(env):
+            return Path(env)
+        if is_model_name(env):
+            try:
+                return resolve_model(env)
+            except DownloadError:
+                return None
+        return None
+    for name in model_names()[:AUTO_PILE_MODELS]:
+        try:
+            return resolve_model(name)
+        except DownloadError:
+            continue
+    return None
+
+
+PILE_HOWTO = ("No Pile model found (neither $RWKV_NP_MODEL nor the Hugging Face download cache). To add one: "
+              "`python -m rwkv_np download 169m` (about 340 MB), then re-run this notebook.")
+
+
+def pile_model() -> RWKV | None:
+    """The model of `pile_model_path()` loaded, or None (print PILE_HOWTO then)."""
+    path = pile_model_path()
+    if path is None:
+        return None
+    from . import load_model
+
+    return load_model(path)
+
+
+def heldout_path() -> Path | None:
+    """Tiny shakespeare: ../shared/data (CI) or the trainer's download cache; None if neither."""
+    for path in (SHARED_SHAKESPEARE, CACHED_SHAKESPEARE):
+        if path.is_file():
+            return path
+    return None
+
+
+def heldout_tokens(n_bytes: int = 8192, path: str | Path | None = None) -> np.ndarray | None:
+    """The first n_bytes of the held-out part (last 10%) of tiny shakespeare, as byte ids (n,).
+
+    None when the file is nowhere to be found (see `heldout_path`).
+    """
+    path = Path(path) if path is not None else heldout_path()
+    if path is None or not path.is_file():
+        return None
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    start = int((1 - HELDOUT_FRACTION) * len(data))
+    return data[start:start + n_bytes].astype(np.int64)
+
+
+HELDOUT_MISSING = (f"Held-out text not found: put tiny shakespeare at {CACHED_SHAKESPEARE} (it is downloaded there "
+                   f"by `python -m rwkv_np train`) or at {SHARED_SHAKESPEARE}; skipping the loss measurements.")
+
+
+# ---------------------------------------------------------------------------------- loss
+
+def token_losses(model: RWKV, tokens: Sequence[int] | np.ndarray, ctx: int = 256) -> np.ndarray:
+    """Cross-entropy in nats of each next-token prediction, windows of ctx tokens from the initial state.
+
+    tokens (N,) is cut into windows of ctx + 1 tokens sharing their border token; each window is read
+    from a fresh state, as in training, and its last ctx tokens are predicted. Returns (n_predicted,).
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if ctx < 1:
+        raise ArgumentError(f"ctx must be >= 1, got {ctx}")
+    if tokens.ndim != 1 or len(tokens) < 2:
+        raise ArgumentError(f"tokens: need a 1-D sequence of at least 2 ids, got shape {tokens.shape}")
+    out = []
+    for start in range(0, len(tokens) - 1, ctx):
+        window = tokens[start:start + ctx + 1]
+        logits, _ = model.forward(window[:-1], return_all=True)
+        z = logits.astype(np.float64)
+        z -= z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        out.append(-logp[np.arange(len(window) - 1), window[1:]])
+    return np.concatenate(out)
+
+
+def heldout_loss(model: RWKV, tokens: Sequence[int] | np.ndarray, ctx: int = 256) -> float:
+    """Mean next-token cross-entropy in nats (windows of ctx, see `token_losses`)."""
+    return float(token_losses(model, tokens, ctx).mean())
+
+
+def bits(nats: float) -> float:
+    """Nats -> bits (for a byte-level model: bits per byte)."""
+    return nats / np.log(2.0)
+
+
+# ---------------------------------------------------------------------------------- ablations
+
+def _copy_weights(model: RWKV) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in model.weights.items()}
+
+
+def _layers(model: RWKV, layers: int | Iterable[int] | None) -> list[int]:
+    n = model.config.n_layer
+    if layers is None:
+        return list(range(n))
+    out = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    for i in out:
+        if not 0 <= i < n:
+            raise ArgumentError(f"layers: {i} is not a layer of this model (0..{n - 1})")
+    return [int(i) for i in out]
+
+
+def with_time_first(model: RWKV, value: float | np.ndarray, layers: int | Iterable[int] | None = None) -> RWKV:
+    """A copy of model with u (att.time_first) set to `value` in `layers` (None: all).
+
+    Use U_NO_BONUS for "u = -infinity" (see its comment: literal -inf gives NaN at t = 0).
+    """
+    w = _copy_weights(model)
+    for i in _layers(model, layers):
+        key = f"blocks.{i}.att.time_first"
+        w[key] = np.broadcast_to(np.asarray(value, np.float32), w[key].shape).copy()
+    return RWKV(w, model.config)
+
+
+def without_token_shift(model: RWKV, layers: int | Iterable[int] | None = None,
+                        parts: Sequence[str] = ("att", "ffn")) -> RWKV:
+    """A copy of model with every mu = 1 (no token shift) in the given layers and sub-blocks.
+
+    mu * x_t + (1 - mu) * x_{t-1} with mu = 1 is x_t: each projection sees only the current token.
+    parts: "att" (eqs. 11-13) and/or "ffn" (eqs. 16-17).
+    """
+    bad = [p for p in parts if p not in ("att", "ffn")]
+    if bad:
+        raise ArgumentError(f"parts: expected 'att' and/or 'ffn', got {bad[0]!r}")
+    w = _copy_weights(model)
+    for i in _layers(model, layers):
+        for part in parts:
+            for key in w:
+                if key.startswith(f"blocks.{i}.{part}.time_mix_"):
+                    w[key] = np.ones_like(w[key])
+    return RWKV(w, model.config)
+
+
+def without_sublayer(model: RWKV, layer: int, part: str) -> RWKV:
+    """A copy of model whose time mixing ("att") or channel mixing ("ffn") of `layer` adds nothing
+    to the residual stream: its last matrix (att.output / ffn.value) is zeroed."""
+    if part not in ("att", "ffn"):
+        raise ArgumentError(f"part: expected 'att' or 'ffn', got {part!r}")
+    (i,) = _layers(model, layer)
+    w = _copy_weights(model)
+    key = f"blocks.{i}.att.output.weight" if part == "att" else f"blocks.{i}.ffn.value.weight"
+    w[key] = np.zeros_like(w[key])
+    return RWKV(w, model.config)
+
+
+# ---------------------------------------------------------------------------------- looking inside
+
+def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Every intermediate of a parallel pass from the initial state, per layer.
+
+    Keys (arrays (T, C) unless noted): x_att (LayerNorm before time mixing), r, k, v (eqs. 11-13),
+    wkv (eq. 14), att_out (eq. 15), x_ffn (LayerNorm before channel mixing), ffn_r, ffn_k (eqs.
+    16-17, before the activation), ffn_hidden (relu(ffn_k)^2, (T, F)), ffn_out (eq. 18).
+    """
+    tokens = model._check_tokens(tokens)
+    P, eps = model.params, model.config.layer_norm_eps
+    state = model.init_state().data
+    x = layer_norm(P["emb.weight"][tokens], P["ln0.weight"], P["ln0.bias"], eps)
+    out = []
+    for i, bp in enumerate(P["blocks"]):
+        a, f, s = bp["att"], bp["ffn"], state[i]
+        d: dict[str, np.ndarray] = {}
+        d["x_att"] = xa = layer_norm(x, bp["ln1.weight"], bp["ln1.bias"], eps)
+        xx = token_shift(xa, s[ATT_X])
+        d["r"] = mix(xa, xx, a["time_mix_r"]) @ a["receptance.weight"].T
+        d["k"] = mix(xa, xx, a["time_mix_k"]) @ a["key.weight"].T
+        d["v"] = mix(xa, xx, a["time_mix_v"]) @ a["value.weight"].T
+        d["wkv"] = wkv_numba(a["decay"], a["time_first"], d["k"], d["v"], s[AA], s[BB], s[PP])[0]
+        d["att_out"], _ = time_mixing(xa, s[ATT_X:PP + 1], a)
+        x = x + d["att_out"]
+        d["x_ffn"] = xf = layer_norm(x, bp["ln2.weight"], bp["ln2.bias"], eps)
+        xx = token_shift(xf, s[FFN_X])
+        d["ffn_r"] = mix(xf, xx, f["time_mix_r"]) @ f["receptance.weight"].T
+        d["ffn_k"] = mix(xf, xx, f["time_mix_k"]) @ f["key.weight"].T
+        d["ffn_hidden"] = np.square(np.maximum(d["ffn_k"], 0.0))
+        d["ffn_out"], _ = channel_mixing(xf, s[FFN_X], f)
+        x = x + d["ffn_out"]
+        out.append(d)
+    return out
+
+
+def implied_attention(w: float, u: float, k: np.ndarray) -> np.ndarray:
+    """The (T, T) weights eq. 14 gives position t's output over positions i <= t, for one channel.
+
+    w: the channel's decay (positive), u: its bonus, k (T,): its keys. Row t holds
+    e^{-(t-1-i) w + k_i} for i < t and e^{u + k_t} at i = t, normalised to sum 1; zero above the
+    diagonal. So wkv[:, c] = implied_attention(w[c], u[c], k[:, c]) @ v[:, c].
+    """
+    k = np.asarray(k, np.float64)
+    T = len(k)
+    t = np.arange(T)[:, None]
+    i = np.arange(T)[None, :]
+    logits = np.where(i < t, -(t - 1 - i) * float(w) + k[None, :], -np.inf)
+    logits[np.arange(T), np.arange(T)] = float(u) + k
+    logits -= logits.max(1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(1, keepdims=True)
+
+
+def current_token_share(u: float | np.ndarray, w: float | np.ndarray, n_past: int | np.ndarray) -> np.ndarray:
+    """Share of eq. 14's weight the current token gets when all keys are equal:
+    e^u / (e^u + sum_{j<n_past} e^{-j w}); broadcasts over its arguments."""
+    u, w, n = (np.asarray(a, np.float64) for a in (u, w, n_past))
+    past = np.where(w > 0, -np.expm1(-n * w) / -np.expm1(-np.where(w > 0, w, 1.0)), n)
+    return np.exp(u) / (np.exp(u) + past)
+
+
+def current_token_weights(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """Per layer, the weight eq. 14 gives the current token on real text: (T, C) arrays of
+    e^{u + k_t} / (e^{u + k_t} + sum_{i<t} e^{-(t-1-i) w + k_i}), i.e. the diagonal of
+    `implied_attention` for every channel. Computed in float64 with log-sum-exp."""
+    out = []
+    for i, d in enumerate(trace(model, tokens)):
+        a = model.params["blocks"][i]["att"]
+        w, u = np.asarray(a["decay"], np.float64), np.asarray(a["time_first"], np.float64)
+        k = d["k"].astype(np.float64)
+        log_past = np.full(k.shape[1], -np.inf)  # log of the decayed past sum b_{t-1}
+        share = np.empty_like(k)
+        for t in range(len(k)):
+            now = u + k[t]
+            share[t] = np.exp(now - np.logaddexp(now, log_past))
+            log_past = np.logaddexp(log_past - w, k[t])
+        out.append(share)
+    return out
+
+
+def half_life(decay: np.ndarray) -> np.ndarray:
+    """Tokens after which a channel's weight has halved: ln 2 / w (w = the model's att.decay > 0)."""
+    return np.log(2.0) / np.asarray(decay, np.float64)
+
+
+def decays(model: RWKV) -> np.ndarray:
+    """The learned w of every layer, (n_layer, C) float64."""
+    return np.stack([np.asarray(model.weights[f"blocks.{i}.att.decay"], np.float64)
+                     for i in range(model.config.n_layer)])
+
+
+def layer_param(model: RWKV, name: str) -> np.ndarray:
+    """A per-layer vector of every layer, (n_layer, C): name like "att.time_first", "ffn.time_mix_k"."""
+    return np.stack([np.asarray(model.weights[f"blocks.{i}.{name}"], np.float64)
+                     for i in range(model.config.n_layer)])
+
+
+# ---------------------------------------------------------------------------------- cost and size
+
+def token_mixing_params(T: int, C: int) -> dict[str, int]:
+    """Parameters of one token-mixing layer of width C with context T.
+
+    attention: W_q, W_k, W_v, W_o (4 C^2), no positional parameter of its own;
+    AFT-full: W_q, W_k, W_v, W_o plus the learned pairwise bias w (T x T);
+    RWKV-4: W_r, W_k, W_v, W_o plus the decay w and bonus u (C each) and three mu (C each).
+    """
+    proj = 4 * C * C
+    return {"attention": proj, "AFT-full": proj + T * T, "RWKV-4": proj + 2 * C + 3 * C}
+
+
+def rwkv_state_bytes(n_layer: int, n_embd: int, itemsize: int = 4) -> int:
+    """Bytes of RWKV-4's state: 5 vectors of C per layer, whatever the context length."""
+    return 5 * n_layer * n_embd * itemsize
+
+
+def kv_cache_bytes(n_layer: int, n_embd: int, T: int, itemsize: int = 4) -> int:
+    """Bytes of a transformer's key/value cache of the same width and depth after T tokens."""
+    return 2 * n_layer * T * n_embd * itemsize
+
+
+def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The fastest of `repeat` calls of fn, in seconds (the least disturbed by other processes)."""
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return float(best)
+
+
+def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repeat: int = 2,
+                naive_max: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seconds to compute eq. 14 over T tokens and C channels, per T in lengths (best of repeats).
+
+    Keys: "T", "naive" (wkv_naive, O(T^2); NaN above naive_max), "recurrent" (wkv_numba, O(T)).
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.01, 3.0, C).astype(np.float32)
+    u = rng.normal(0, 1, C).astype(np.float32)
+    aa, bb, pp = np.zeros(C, np.float32), np.zeros(C, np.float32), np.full(C, PP_EMPTY, np.float32)
+    for T in (2, max(lengths)):  # compile / start the thread pool before timing anything
+        wkv_numba(w, u, np.zeros((T, C), np.float32), np.zeros((T, C), np.float32), aa, bb, pp)
+    naive, rec = [], []
+    for T in lengths:
+        k = rng.normal(0, 1, (T, C)).astype(np.float32)
+        v = rng.normal(0, 1, (T, C)).astype(np.float32)
+        rec.append(best_time(lambda: wkv_numba(w, u, k, v, aa, bb, pp), repeat))
+        if naive_max is None or T <= naive_max:
+            naive.append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
+        else:
+            naive.append(np.nan)
+    return {"T": np.asarray(lengths), "naive": np.asarray(naive), "recurrent": np.asarray(rec)}
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Single-head causal softmax attention, for comparison: q, k, v (T, C) -> (T, C).
+
+    Row t is sum_{i<=t} e^{q_t . k_i / sqrt C} v_i / sum_{i<=t} e^{q_t . k_i / sqrt C}: a (T, T)
+    score matrix, hence O(T^2 C) time and O(T^2) memory.
+    """
+    T, C = q.shape
+    scores = (q @ k.T) / np.sqrt(C)
+    scores[np.arange(T)[:, None] < np.arange(T)[None, :]] = -np.inf  # the future is masked
+    scores -= scores.max(1, keepdims=True)
+    weights = np.exp(scores)
+    return (weights / weights.sum(1, keepdims=True)) @ v
+
+
+def attention_timings(lengths: Sequence[int], C: int = 64, repeat: int = 3, seed: int = 0) -> np.ndarray:
+    """Seconds of `causal_attention` over T tokens and C channels, per T in lengths (best of repeats)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for T in lengths:
+        q, k, v = (rng.normal(0, 1, (T, C)).astype(np.float32) for _ in range(3))
+        out.append(best_time(lambda: causal_attention(q, k, v), repeat))
+    return np.asarray(out)
+
+
+def recurrent_step_times(model: RWKV, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Seconds of each one-token recurrent step while reading tokens (N,): (N,)."""
+    state = model.init_state()
+    out = np.empty(len(tokens))
+    for n, tok in enumerate(tokens):
+        t0 = time.perf_counter()
+        _, state = model.forward([int(tok)], state, mode="recurrent")
+        out[n] = time.perf_counter() - t0
+    return out
+
+
+def attention_step_seconds(T: int, C: int, n_layer: int, ffn_dim: int | None = None, repeat: int = 5,
+                           seed: int = 0) -> float:
+    """Seconds of one decoding step of a minimal single-head transformer of the same size, at position T.
+
+    Per layer: q, k, v projections, append to the KV cache of T positions, softmax(q K^T / sqrt C) V,
+    output projection, a 4C ReLU feed-forward. A stand-in to show how the cost grows with T (the
+    O(T C) attention read), not a tuned transformer.
+    """
+    F = ffn_dim or 4 * C
+    rng = np.random.default_rng(seed)
+    Wqkv = rng.normal(0, C ** -0.5, (3 * C, C)).astype(np.float32)
+    Wo = rng.normal(0, C ** -0.5, (C, C)).astype(np.float32)
+    W1 = rng.normal(0, C ** -0.5, (F, C)).astype(np.float32)
+    W2 = rng.normal(0, F ** -0.5, (C, F)).astype(np.float32)
+    K = rng.normal(0, 1, (n_layer, T + 1, C)).astype(np.float32)
+    V = rng.normal(0, 1, (n_layer, T + 1, C)).astype(np.float32)
+    x0 = rng.normal(0, 1, C).astype(np.float32)
+
+    def step():
+        x = x0
+        for layer in range(n_layer):
+            q, k, v = np.split(Wqkv @ x, 3)
+            K[layer, T], V[layer, T] = k, v
+            s = K[layer] @ q * (C ** -0.5)
+            p = np.exp(s - s.max())
+            x = x + Wo @ ((p / p.sum()) @ V[layer])
+            x = x + W2 @ np.maximum(W1 @ x, 0)
+        return x
+
+    return best_time(step, repeat)

@@ -1,0 +1,282 @@
+"""rwkv_np.analysis: the notebooks' helpers, each checked against a number worked out by hand or an
+independent computation."""
+
+import json
+
+import numpy as np
+import pytest
+
+import rwkv_np.model
+from rwkv_np import analysis as A
+from rwkv_np.errors import ArgumentError
+from rwkv_np.model import RWKV, layer_norm
+from rwkv_np.wkv import wkv_naive
+
+L, C, V, F = 2, 16, 32, 64
+
+
+def random_model(seed: int = 0) -> RWKV:
+    """A small model with trained-looking weights (decays 0.02..5, mu in (0, 1), non-zero FFN)."""
+    rng = np.random.default_rng(seed)
+    n = lambda *shape, s=0.3: rng.normal(0, s, shape).astype(np.float32)  # noqa: E731
+    w = {"emb.weight": n(V, C, s=1.0), "blocks.0.ln0.weight": 1 + n(C, s=0.1), "blocks.0.ln0.bias": n(C, s=0.1),
+         "ln_out.weight": 1 + n(C, s=0.1), "ln_out.bias": n(C, s=0.1), "head.weight": n(V, C)}
+    for i in range(L):
+        b = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + n(C, s=0.1), n(C, s=0.1)
+        for name in ("k", "v", "r"):
+            w[b + "att.time_mix_" + name] = rng.uniform(0.05, 0.95, C).astype(np.float32)
+        w[b + "att.time_first"] = rng.uniform(-1, 2, C).astype(np.float32)
+        w[b + "att.decay"] = np.exp(rng.uniform(-4, 1.6, C)).astype(np.float32)
+        for m in ("key", "value", "receptance", "output"):
+            w[b + f"att.{m}.weight"] = n(C, C)
+        w[b + "ffn.time_mix_k"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
+        w[b + "ffn.time_mix_r"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
+        w[b + "ffn.key.weight"], w[b + "ffn.value.weight"] = n(F, C), n(C, F)
+        w[b + "ffn.receptance.weight"] = n(C, C)
+    return RWKV(w)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model()
+
+
+TOKENS = np.random.default_rng(1).integers(0, V, 40)
+
+
+def logits_of(m, tokens=TOKENS):
+    return m.forward(tokens, return_all=True)[0]
+
+
+def reference_logits(m, tokens=TOKENS):
+    """The functional form, rwkv_np.model.rwkv: built from the functions the tests patch."""
+    return rwkv_np.model.rwkv(np.asarray(tokens), m.init_state().data.copy(), m.params, m.config, return_all=True)[0]
+
+
+# ------------------------------------------------------------------------- trace / implied attention
+
+def test_trace_reproduces_the_models_logits(model):
+    tr = A.trace(model, TOKENS)
+    P = model.params
+    x = layer_norm(P["emb.weight"][TOKENS], P["ln0.weight"], P["ln0.bias"])
+    for d in tr:
+        x = x + d["att_out"] + d["ffn_out"]
+    logits = layer_norm(x, P["ln_out.weight"], P["ln_out.bias"]) @ P["head.weight"].T
+    # same float32 operations in the same order as model.forward: identical up to BLAS blocking
+    np.testing.assert_allclose(logits, logits_of(model), atol=1e-5)
+    assert tr[1]["ffn_hidden"].shape == (len(TOKENS), F)
+    assert (tr[1]["ffn_hidden"] >= 0).all()
+
+
+def test_trace_wkv_is_eq14_of_its_k_and_v(model):
+    d = A.trace(model, TOKENS)[1]
+    a = model.params["blocks"][1]["att"]
+    ref = wkv_naive(a["decay"].astype(np.float64), a["time_first"].astype(np.float64),
+                    d["k"].astype(np.float64), d["v"].astype(np.float64))
+    # |v| ~ 1 and wkv is a convex combination of v's: float32 rounding of the result, ~1e-7 relative
+    np.testing.assert_allclose(d["wkv"], ref, atol=1e-5)
+
+
+def test_implied_attention_hand_worked():
+    # w = ln 2, u = 0, k = 0: the token one step back weighs e^{-0 w} = 1, two back e^{-ln2} = 0.5
+    a = A.implied_attention(np.log(2), 0.0, np.zeros(3))
+    expected = np.array([[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.4, 0.4]])
+    np.testing.assert_allclose(a, expected, atol=1e-15)
+
+
+def test_implied_attention_times_v_is_wkv(model):
+    d = A.trace(model, TOKENS)[0]
+    a = model.params["blocks"][0]["att"]
+    for c in (0, 7, 15):
+        attn = A.implied_attention(a["decay"][c], a["time_first"][c], d["k"][:, c])
+        np.testing.assert_allclose(attn.sum(1), 1.0, atol=1e-12)
+        assert np.all(np.triu(attn, 1) == 0)
+        np.testing.assert_allclose(attn @ d["v"][:, c].astype(np.float64), d["wkv"][:, c], atol=1e-5)
+
+
+def test_current_token_share():
+    # e^0 / (e^0 + 1 + 0.5) = 0.4 with two past tokens at w = ln 2
+    assert A.current_token_share(0.0, np.log(2), 2) == pytest.approx(0.4, abs=1e-15)
+    assert A.current_token_share(-3.0, 0.5, 0) == 1.0  # nothing to share with
+    # w = 0: n equal past weights
+    assert A.current_token_share(np.log(3), 0.0, 6) == pytest.approx(3 / 9, abs=1e-15)
+
+
+def test_half_life_and_decays(model):
+    np.testing.assert_allclose(A.half_life([np.log(2), np.log(2) / 10]), [1.0, 10.0], rtol=1e-15)
+    d = A.decays(model)
+    assert d.shape == (L, C)
+    np.testing.assert_array_equal(d[1], model.weights["blocks.1.att.decay"].astype(np.float64))
+    np.testing.assert_array_equal(A.layer_param(model, "ffn.time_mix_k")[0], model.weights["blocks.0.ffn.time_mix_k"])
+
+
+# ------------------------------------------------------------------------- ablations
+
+def test_u_no_bonus_is_past_only_and_v0_at_the_start(model):
+    ablated = A.with_time_first(model, A.U_NO_BONUS)
+    assert np.all(model.weights["blocks.0.att.time_first"] != A.U_NO_BONUS)  # original untouched
+    d = A.trace(ablated, TOKENS)[0]
+    w = model.weights["blocks.0.att.decay"].astype(np.float64)
+    k, v = d["k"].astype(np.float64), d["v"].astype(np.float64)
+    np.testing.assert_allclose(d["wkv"][0], v[0], atol=1e-6)  # the only token there is
+    for t in (1, 5, 39):
+        weights = np.exp(-(t - 1 - np.arange(t))[:, None] * w + k[:t])  # past only, no current token
+        np.testing.assert_allclose(d["wkv"][t], (weights * v[:t]).sum(0) / weights.sum(0), atol=1e-5)
+    assert np.isfinite(logits_of(ablated)).all()
+    # literal -inf: with an empty past eq. 14 is 0/0 at t = 0 -- why U_NO_BONUS is finite
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(wkv_naive(w, np.full(C, -np.inf), k[:3], v[:3])[0]).all()
+
+
+def test_with_time_first_per_layer(model):
+    m = A.with_time_first(model, 0.0, layers=[1])
+    assert np.all(m.weights["blocks.1.att.time_first"] == 0)
+    np.testing.assert_array_equal(m.weights["blocks.0.att.time_first"], model.weights["blocks.0.att.time_first"])
+    assert not np.allclose(logits_of(m), logits_of(model), atol=1e-3)
+
+
+def test_mu_one_equals_a_model_without_token_shift(model, monkeypatch):
+    m = A.without_token_shift(model)
+    ablated = reference_logits(m)
+    # independent: the original weights, with the interpolation replaced by "the current token only"
+    monkeypatch.setattr(rwkv_np.model, "mix", lambda x, x_shift, mu: x)
+    # x * 1 + x_prev * 0 is exactly x in floating point, so the two agree bit for bit
+    np.testing.assert_array_equal(ablated, reference_logits(model))
+    # and the compiled forward of the ablated model computes the same (float32 kernels vs NumPy: ~1e-6)
+    monkeypatch.undo()
+    np.testing.assert_allclose(logits_of(m), ablated, atol=1e-5)
+
+
+def test_mu_one_in_one_layer_and_one_part(model):
+    m = A.without_token_shift(model, layers=1, parts=("att",))
+    assert all(np.all(m.weights[f"blocks.1.att.time_mix_{x}"] == 1) for x in "kvr")
+    np.testing.assert_array_equal(m.weights["blocks.1.ffn.time_mix_k"], model.weights["blocks.1.ffn.time_mix_k"])
+    np.testing.assert_array_equal(m.weights["blocks.0.att.time_mix_k"], model.weights["blocks.0.att.time_mix_k"])
+    d0, d1 = A.trace(model, TOKENS), A.trace(m, TOKENS)
+    np.testing.assert_array_equal(d1[0]["att_out"], d0[0]["att_out"])  # layer 0 untouched
+    a = m.params["blocks"][1]["att"]
+    np.testing.assert_allclose(d1[1]["k"], d1[1]["x_att"] @ a["key.weight"].T, atol=1e-6)
+
+
+def test_without_sublayer_equals_skipping_it(model, monkeypatch):
+    for part, fn in (("att", "time_mixing"), ("ffn", "channel_mixing")):
+        ablated = A.without_sublayer(model, 1, part)
+        tr = A.trace(ablated, TOKENS)
+        assert np.all(tr[1][f"{part}_out"] == 0)
+        target = model.params["blocks"][1][part]
+        original = getattr(rwkv_np.model, fn)
+
+        def skip(x, s, p, original=original, target=target):
+            out, new_state = original(x, s, p)
+            return (np.zeros_like(out) if p is target else out), new_state
+
+        with monkeypatch.context() as mp:
+            mp.setattr(rwkv_np.model, fn, skip)
+            np.testing.assert_array_equal(reference_logits(ablated), reference_logits(model))
+        np.testing.assert_allclose(logits_of(ablated), reference_logits(ablated), atol=1e-5)
+
+
+def test_ablation_arguments_are_checked(model):
+    with pytest.raises(ArgumentError, match="layers: 2 is not a layer"):
+        A.with_time_first(model, 0.0, layers=[2])
+    with pytest.raises(ArgumentError, match="parts: expected 'att' and/or 'ffn', got 'ffm'"):
+        A.without_token_shift(model, parts=("ffm",))
+    with pytest.raises(ArgumentError, match="part: expected 'att' or 'ffn'"):
+        A.without_sublayer(model, 0, "mlp")
+
+
+# ------------------------------------------------------------------------- losses and data
+
+def test_uniform_model_loss_is_ln_vocab(model):
+    w = dict(model.weights, **{"head.weight": np.zeros((V, C), np.float32)})
+    assert A.heldout_loss(RWKV(w), TOKENS, ctx=7) == pytest.approx(np.log(V), abs=1e-12)
+    assert A.bits(np.log(2)) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_token_losses_windows_from_fresh_states(model):
+    tokens = TOKENS[:12]
+    got = A.token_losses(model, tokens, ctx=5)
+    expected = []
+    for start in (0, 5, 10):  # windows [0:6], [5:11], [10:12]: 5 + 5 + 1 predictions
+        window = tokens[start:start + 6]
+        state = None
+        for j in range(len(window) - 1):
+            logits, state = model.forward([window[j]], state, mode="recurrent")
+            z = logits.astype(np.float64)
+            expected.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[window[j + 1]])
+    assert got.shape == (11,)
+    # parallel vs recurrent float32 logits agree to ~1e-6; the log-softmax adds no more
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ArgumentError, match="ctx must be >= 1"):
+        A.token_losses(model, tokens, ctx=0)
+
+
+def test_heldout_tokens_are_the_last_tenth(tmp_path):
+    f = tmp_path / "text.txt"
+    data = bytes(range(200)) * 5  # 1000 bytes: held out from 900
+    f.write_bytes(data)
+    np.testing.assert_array_equal(A.heldout_tokens(50, f), np.frombuffer(data[900:950], np.uint8))
+    assert len(A.heldout_tokens(500, f)) == 100
+    assert A.heldout_tokens(10, tmp_path / "missing.txt") is None
+
+
+def test_training_context_from_metadata(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    assert A.training_context(ckpt, default=99) == 99
+    (tmp_path / "m.json").write_text(json.dumps({"train": {"args": {"ctx_len": 384}}}))
+    assert A.training_context(ckpt) == 384
+
+
+def test_model_paths_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKV_NP_NOTEBOOK_MODEL", str(tmp_path / "x.safetensors"))
+    assert A.default_model_path() == tmp_path / "x.safetensors"
+    monkeypatch.setenv("RWKV_NP_MODEL", str(tmp_path))
+    assert A.pile_model_path() == tmp_path
+    monkeypatch.setenv("RWKV_NP_MODEL", str(tmp_path / "nothing-here"))
+    assert A.pile_model_path() is None
+
+
+# ------------------------------------------------------------------------- sizes and timings
+
+def test_parameter_counts():
+    p = A.token_mixing_params(T=1024, C=768)
+    assert p == {"attention": 4 * 768 ** 2, "AFT-full": 4 * 768 ** 2 + 1024 ** 2, "RWKV-4": 4 * 768 ** 2 + 5 * 768}
+    assert p["attention"] == 2_359_296 and p["AFT-full"] == 3_407_872
+
+
+def test_state_and_kv_cache_sizes():
+    assert A.rwkv_state_bytes(12, 768) == 184_320  # 169M Pile model: 5 x 12 x 768 float32
+    assert A.kv_cache_bytes(12, 768, 1024) == 75_497_472  # 2 x 12 x 1024 x 768 x 4 bytes
+    assert A.kv_cache_bytes(12, 768, 1) * 5 == A.rwkv_state_bytes(12, 768) * 2
+
+
+def test_timing_helpers(model):
+    t = A.wkv_timings([8, 16], C=4, repeat=1, naive_repeat=1, naive_max=8)
+    np.testing.assert_array_equal(t["T"], [8, 16])
+    assert t["naive"][0] > 0 and np.isnan(t["naive"][1]) and (t["recurrent"] > 0).all()
+    steps = A.recurrent_step_times(model, TOKENS[:5])
+    assert steps.shape == (5,) and (steps > 0).all()
+    assert A.attention_step_seconds(T=10, C=8, n_layer=2, repeat=1) > 0
+    assert A.best_time(lambda: None, repeat=2) >= 0
+
+
+def test_current_token_weights_are_the_attention_diagonal(model):
+    shares = A.current_token_weights(model, TOKENS)
+    assert len(shares) == L and shares[0].shape == (len(TOKENS), C)
+    np.testing.assert_array_equal(shares[1][0], 1.0)  # t = 0: no past to share with
+    d = A.trace(model, TOKENS)[1]
+    a = model.params["blocks"][1]["att"]
+    for c in (3, 11):
+        diag = np.diag(A.implied_attention(a["decay"][c], a["time_first"][c], d["k"][:, c]))
+        np.testing.assert_allclose(shares[1][:, c], diag, rtol=1e-12)  # two float64 routes
+
+
+def test_causal_attention_hand_worked_and_timed():
+    # q = 0: every allowed position scores 0, so row t is the plain mean of v_0..v_t
+    v = np.arange(6, dtype=np.float64).reshape(3, 2)
+    out = A.causal_attention(np.zeros((3, 2)), np.ones((3, 2)), v)
+    np.testing.assert_allclose(out, [[0, 1], [1, 2], [2, 3]], atol=1e-15)
+    t = A.attention_timings([4, 8], C=2, repeat=1)
+    assert t.shape == (2,) and (t > 0).all()
