@@ -151,8 +151,6 @@ def ceilings(quick: bool) -> dict[str, float]:
 
 def child(path: str, keep_16bit: bool, what: str) -> dict:
     """Runs in a fresh process: load, first logits, then `what` ("gen" or "prompt")."""
-    import rwkv_np
-
     status = Path("/proc/self/status")
 
     def rss(field: str) -> float:
@@ -206,17 +204,11 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
 
 
 def load(path: str, keep_16bit: bool):
-    """What rwkv_np.load_model does, with the loader's options: the embedding memory-mapped, and
-    16-bit matrices kept as stored when keep_16bit."""
-    import inspect
-
+    """rwkv_np.load_model as the command line calls it: the embedding memory-mapped, and 16-bit
+    matrices kept as stored when keep_16bit."""
     import rwkv_np
-    from rwkv_np.loading import load_checkpoint
 
-    if "mmap_embedding" in inspect.signature(rwkv_np.load_model).parameters:
-        return rwkv_np.load_model(path, keep_16bit=keep_16bit, mmap_embedding=True)
-    ck = load_checkpoint(path, keep_16bit=keep_16bit, mmap_embedding=True)
-    return rwkv_np.RWKV(ck.weights, ck.config)
+    return rwkv_np.load_model(path, keep_16bit=keep_16bit, mmap_embedding=True)
 
 
 def warm_kernel_cache(folder: Path) -> None:
