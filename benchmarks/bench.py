@@ -10,7 +10,10 @@ measured in the same run, so the fractions stay meaningful on a shared machine:
     matmul GFLOP/s   a large float32 matrix product (BLAS)
     generation ceiling = bandwidth / bytes of weights read per token (all but the embedding)
     prompt ceiling     = GFLOP/s / (2 x block parameters per token)
-Each model figure runs in a fresh subprocess, so its load time and peak RSS are its own.
+Every measurement runs in a fresh subprocess, so each load time and peak RSS is its own; this
+process only writes the checkpoints and prints (it never imports Numba: a library mapped by two
+processes is counted in the RSS of both and cannot be released by either, see
+rwkv_np.kernels.release_compiler_pages).
 """
 
 from __future__ import annotations
@@ -161,10 +164,15 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
 
     res = {}
     t0 = time.perf_counter()
+    import rwkv_np  # numpy is imported already; this is numba and rwkv_np
+
+    res["import_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     model = load(path, keep_16bit)
     logits, state = model.forward([0], mode="recurrent")
     res["load_s"] = time.perf_counter() - t0
     res["weight_dtype"] = model.weight_dtype
+    model.warm_up()  # as the command line does: both forms loaded, Numba's compiler code released
     res["load_peak_mib"] = rss("VmHWM")
     rng = np.random.default_rng(0)
     if what == "gen":
@@ -204,11 +212,11 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
 
 
 def load(path: str, keep_16bit: bool):
-    """rwkv_np.load_model as the command line calls it: the embedding memory-mapped, and 16-bit
+    """rwkv_np.load_model as the command line calls it: the embedding left in the file, and 16-bit
     matrices kept as stored when keep_16bit."""
     import rwkv_np
 
-    return rwkv_np.load_model(path, keep_16bit=keep_16bit, mmap_embedding=True)
+    return rwkv_np.load_model(path, keep_16bit=keep_16bit, lazy_embedding=True)
 
 
 def warm_kernel_cache(folder: Path) -> None:
@@ -224,9 +232,12 @@ def warm_kernel_cache(folder: Path) -> None:
         model.forward([1, 2], mode="recurrent")
 
 
-def run_child(path: Path, keep_16bit: bool, what: str, threads: int) -> dict:
+def run_child(path: Path, keep_16bit: bool, what: str, threads: int, quick: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--threads", str(threads), "--child", str(path), str(int(keep_16bit)), what]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+    out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
+                         env=os.environ.copy())
+    if out.returncode:
+        raise SystemExit(f"benchmark step {what!r} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -272,9 +283,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import numba
+    from importlib.metadata import version  # not `import numba`: see the module docstring
+
     return (f"{cpu}, {os.cpu_count()} logical cores; Python {sys.version.split()[0]}, NumPy {np.__version__}, "
-            f"Numba {numba.__version__} ({os.environ.get('NUMBA_NUM_THREADS')} threads), "
+            f"Numba {version('numba')} ({os.environ.get('NUMBA_NUM_THREADS')} threads), "
             f"BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')}; OpenMP waits "
             f"{os.environ.get('OMP_WAIT_POLICY', 'rwkv_np default')}, GOMP_SPINCOUNT "
             f"{os.environ.get('GOMP_SPINCOUNT', 'rwkv_np default')}")
@@ -288,16 +300,17 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rwkv_np_bench_") as tmp:
         paths = write_checkpoints(Path(tmp))
-        warm_kernel_cache(Path(tmp))
-        ceil = ceilings(args.quick)
+        run_child(Path(tmp), False, "warm", args.threads)
+        ceil = run_child(Path(tmp), False, "ceilings", args.threads, args.quick)
         runs = {
             "fp32": run_child(paths["float32"], False, "gen", args.threads),
             "bf16": run_child(paths["bfloat16"], True, "gen", args.threads),
             "prompt": run_child(paths["float32"], False, "prompt", args.threads),
             "bf16_as_fp32": run_child(paths["bfloat16"], False, "gen", args.threads),
         }
-        ceil_after = ceilings(True)  # again: how much did the machine's load change meanwhile?
-    wkv = wkv_kernels(args.quick)
+        # again: how much did the machine's load change meanwhile?
+        ceil_after = run_child(Path(tmp), False, "ceilings", args.threads, True)
+        wkv = run_child(Path(tmp), False, "wkv", args.threads, args.quick)
     report(ceil, ceil_after, runs, wkv)
 
 
@@ -334,6 +347,7 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
         print(f"| peak RSS while generating, {name} | {r['gen_peak_mib']:.0f} MiB | weights + 60 = {limit:.0f} MiB "
               f"| {r['gen_peak_mib'] / limit:.0%} | |")
     print(f"| load to first logits, bf16 .pth kept 16-bit | {bf16['load_s']:.2f} s | target 0.5 s | | |")
+    print(f"| (before that: import rwkv_np, i.e. numba) | {bf16['import_s']:.2f} s | | | |")
     print(f"| load to first logits, fp32 .pth | {fp32['load_s']:.2f} s | | | |")
     print(f"| load to first logits, bf16 .pth widened to float32 | {widened['load_s']:.2f} s | | | |")
     print()
@@ -351,6 +365,16 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
 if __name__ == "__main__":
     if "--child" in sys.argv:
         i = sys.argv.index("--child")
-        print(json.dumps(child(sys.argv[i + 1], bool(int(sys.argv[i + 2])), sys.argv[i + 3])))
+        where, keep, what, quick = sys.argv[i + 1], bool(int(sys.argv[i + 2])), sys.argv[i + 3], "--quick" in sys.argv
+        if what == "warm":
+            warm_kernel_cache(Path(where))
+            result = {}
+        elif what == "ceilings":
+            result = ceilings(quick)
+        elif what == "wkv":
+            result = wkv_kernels(quick)
+        else:
+            result = child(where, keep, what)
+        print(json.dumps(result))
     else:
         main()

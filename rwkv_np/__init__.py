@@ -20,14 +20,15 @@ __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "Checkpoint
 __version__ = "0.1.0"
 
 
-def load_model(path: str | os.PathLike, keep_16bit: bool = False, mmap_embedding: bool = False) -> RWKV:
+def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> RWKV:
     """Load an RWKV-4 checkpoint: a BlinkDL .pth, a Hugging Face folder or file (safetensors or
     pytorch_model.bin), an rwkv.cpp FP32/FP16 file, or a name such as "169m" that was downloaded
     with `python -m rwkv_np download 169m`. The format is detected from the bytes.
 
     keep_16bit: keep bf16/fp16 matrices as stored (half the memory, about twice the generation
         speed); arithmetic stays float32 and the results equal those of the widened weights.
-    mmap_embedding: leave the embedding memory-mapped from the file (only rows read count).
+    lazy_embedding: leave the embedding in the file and read the rows each forward pass needs
+        (it then takes no memory; the file must stay unchanged while the model is in use).
     """
     from .loading import load_checkpoint
 
@@ -36,7 +37,7 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, mmap_embedding
 
         if is_model_name(str(path)):
             path = resolve_model(str(path))
-    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, mmap_embedding=mmap_embedding)
+    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
     model = RWKV(checkpoint.weights, checkpoint.config)
     model.checkpoint_path = checkpoint.path
     model.checkpoint_format = checkpoint.format

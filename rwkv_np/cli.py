@@ -103,7 +103,8 @@ def _load(args):
     model_arg = args.model if args.model is not None else default_model_path()
     # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
     # widen each weight exactly to float32, so the numbers equal those of float32 weights
-    model = rwkv_np.load_model(model_arg, keep_16bit=True, mmap_embedding=True)
+    model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True)
+    model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):
         beside = model_arg

@@ -171,23 +171,25 @@ def _matrix(address, like, rows, cols):
 
 
 N_MATRICES = 8  # rows of the address table of recurrent_tokens
+LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2  # which tokens recurrent_tokens computes logits for
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def recurrent_tokens(tokens, kind, addr, V, F, ln0, vecs, ln_out, eps, state, logits, all_logits):
-    """The recurrent form over tokens (T,), advancing state (L, 5, C) float32 in place.
+def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
+    """The recurrent form over tokens whose embedding rows are rows (T, C), advancing state
+    (L, 5, C) float32 in place.
 
-    The stored weights, all of the dtype of `kind` (an empty array), are passed by address:
-    addr (N_MATRICES, L) int64 of att.key, att.value, att.receptance, att.output (C, C),
-    ffn.key (F, C), ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row
-    emb (V, C) and in column 1 head (V, C). Addresses keep the compiled signature the same for
-    any number of layers and for read-only (memory-mapped) or writable arrays; the caller keeps
-    the arrays alive. ln0 / ln_out (2, C) and vecs (L, N_VECS, C) are float32. Logits go to
-    logits (T, V) when all_logits, else to logits (1, V) for the last token only.
+    The stored weights, all of the dtype of rows, are passed by address: addr (N_MATRICES, L)
+    int64 of att.key, att.value, att.receptance, att.output (C, C), ffn.key (F, C),
+    ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row head (V, C).
+    Addresses keep the compiled signature the same for any number of layers and for read-only
+    or writable arrays; the caller keeps the arrays alive. ln0 / ln_out (2, C) and vecs
+    (L, N_VECS, C) are float32. logits_for: LOGITS_ALL to logits (T, V), LOGITS_LAST to logits
+    (1, V) for the last token only, LOGITS_NONE for none.
     """
     L, C = vecs.shape[0], vecs.shape[2]
-    emb = _matrix(addr[7, 0], kind, V, C)
-    head = _matrix(addr[7, 1], kind, V, C)
+    kind = rows[0]
+    head = _matrix(addr[7, 0], kind, V, C)
     x = np.empty(C, np.float32)
     xn = np.empty(C, np.float32)
     xk = np.empty(C, np.float32)
@@ -196,8 +198,8 @@ def recurrent_tokens(tokens, kind, addr, V, F, ln0, vecs, ln_out, eps, state, lo
     y = np.empty(C, np.float32)
     kk = np.empty(F, np.float32)
     one = np.float32(1.0)
-    for t in range(tokens.shape[0]):
-        row = emb[tokens[t]]
+    for t in range(rows.shape[0]):
+        row = rows[t]
         for j in range(C):
             xn[j] = widen(row[j])
         _layer_norm_into(xn, ln0[0], ln0[1], eps, x)
@@ -243,8 +245,8 @@ def recurrent_tokens(tokens, kind, addr, V, F, ln0, vecs, ln_out, eps, state, lo
             wr, wv = _matrix(addr[5, i], kind, C, C), _matrix(addr[6, i], kind, C, F)
             for c in prange(C):
                 x[c] += _sigmoid(_dot(wr[c], xr)) * _dot(wv[c], kk)
-        if all_logits or t == tokens.shape[0] - 1:
-            out = logits[t if all_logits else 0]
+        if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
+            out = logits[t if logits_for == LOGITS_ALL else 0]
             _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
             for v_ in prange(head.shape[0]):
                 out[v_] = _dot(head[v_], xn)
@@ -347,17 +349,66 @@ def matvec(w, x, out):
         out[n] = _dot(w[n], x)
 
 
+# ---- memory --------------------------------------------------------------------------------------
+
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now (clean file pages are simply dropped)
+
+
+def release_compiler_pages() -> int:
+    """Let the OS reclaim the machine code of LLVM (Numba's compiler), once the kernels are loaded.
+
+    Numba needs LLVM to compile a kernel or to load it from its cache, not to run it; yet the
+    ~50 MiB of LLVM's code touched while loading stay counted in the process's memory (RSS). They
+    are clean pages of libllvmlite.so, so the kernel drops them and reads them back from the file
+    if Numba ever compiles again. Only executable, never-written mappings are touched. Linux only;
+    elsewhere (or if madvise refuses) nothing happens. Returns the bytes advised.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    for line in maps:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "r-xp" and fields[5].endswith(".so") and "llvmlite" in fields[5]:
+            start, stop = (int(a, 16) for a in fields[0].split("-"))
+            if madvise(start, stop - start, _MADV_PAGEOUT) == 0:
+                advised += stop - start
+    return advised
+
+
 # ---- loading: one pass over a checkpoint's tensor ---------------------------------------------
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", error_model="numpy")
+def _count_exponent(src, start, stop, exponent):
+    # no branch and no store in the loop: it compiles to a vectorised compare-and-add
+    bad = 0
+    for i in range(start, stop):
+        bad += (src[i] & exponent) == exponent
+    return bad
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
 def copy_count_non_finite(src, dst, exponent):
     """dst <- src (1-D bit patterns: uint32 of float32, uint16 of bf16 / fp16; dst may be a
-    0-length array for no copy). Returns how many elements have an all-ones exponent (inf, NaN)."""
+    0-length array for no copy). Returns how many elements have an all-ones exponent (inf, NaN).
+
+    In blocks of 256K elements shared among the threads: loading is bounded by page faults (the
+    file's pages and the fresh copy's) and memory traffic, and two threads take twice the faults."""
+    n = src.shape[0]
+    block = 1 << 18
     bad = 0
-    copy = dst.shape[0] == src.shape[0]
-    for i in range(src.shape[0]):
-        b = src[i]
-        bad += (b & exponent) == exponent
-        if copy:
-            dst[i] = b
+    for b in prange((n + block - 1) // block):
+        start = b * block
+        stop = min(start + block, n)
+        bad += _count_exponent(src, start, stop, exponent)
+        if dst.shape[0] == n:
+            dst[start:stop] = src[start:stop]
     return bad

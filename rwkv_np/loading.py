@@ -3,7 +3,7 @@
 The format is detected from the bytes, never from the file name. Every reader in `rwkv_np.formats`
 returns lazy tensors; here names are mapped to BlinkDL's, the config is inferred from the shapes and
 EVERY tensor is checked before any weight is copied, then each is converted to float32 once (or, with
-`keep_16bit`, copied as stored; with `mmap_embedding`, the embedding is not copied at all).
+`keep_16bit`, copied as stored; with `lazy_embedding`, the embedding stays in the file, a `FileRows`).
 """
 
 import json
@@ -12,7 +12,8 @@ import os
 import re
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ class Checkpoint:
     """A loaded checkpoint.
 
     weights:        model-ready dict (BlinkDL names, float32 C-contiguous; `att.decay` = w of eq. 14);
-                    with keep_16bit, 16-bit matrices stay as stored (float16, or bfloat16 as uint16)
+                    with keep_16bit, 16-bit matrices stay as stored (float16, or bfloat16 as uint16);
+                    with lazy_embedding, "emb.weight" is a FileRows (rows read from the file on demand)
     config:         sizes inferred from the weights' shapes
     format:         "pth", "hf-safetensors", "hf-bin", "safetensors" or "rwkv.cpp"
     source_dtype:   dtype holding most of the elements on disk: "float32", "bfloat16" or "float16"
@@ -61,21 +63,22 @@ class Checkpoint:
     tokenizer_path: Path | None
 
 
-def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, mmap_embedding: bool = False) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> Checkpoint:
     """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem.
 
     keep_16bit: matrices stored as bfloat16 or float16 are returned as stored, not widened to
         float32: float16 arrays, and bfloat16 bit patterns as uint16 (numpy has no bfloat16).
         Half the memory; rwkv_np.RWKV widens them exactly inside its products.
-    mmap_embedding: the embedding (V, C), when it can be used as stored (float32, or 16-bit with
-        keep_16bit), becomes a read-only view of the memory-mapped file instead of a copy: a model
-        reads one row of it per token, so only the pages of those rows count in memory. The file
-        must not be modified or truncated while the weights are in use. (The other matrices are
-        read whole for every token; as copies they sit in huge pages, where that is faster.)
+    lazy_embedding: the embedding (V, C), when it can be used as stored (float32, or 16-bit with
+        keep_16bit), is left in the file as a `FileRows`: a model reads one row of it per token,
+        so those rows are read from the file when needed and the embedding takes no memory (it
+        is checked for NaN/inf like every tensor while loading). The file must not be modified or
+        truncated while the weights are in use. (The other matrices are read whole for every
+        token, so they are copied into memory.)
     """
     path = Path(path)
     try:
-        return _load(path, keep_16bit, mmap_embedding)
+        return _load(path, keep_16bit, lazy_embedding)
     except RWKVError:
         raise
     except MemoryError:
@@ -85,8 +88,8 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, mmap_embe
                               "the file is probably malformed - please report this") from e
 
 
-def _load(path: Path, keep_16bit: bool = False, mmap_embedding: bool = False) -> Checkpoint:
-    options = dict(keep_16bit=keep_16bit, mmap_embedding=mmap_embedding)
+def _load(path: Path, keep_16bit: bool = False, lazy_embedding: bool = False) -> Checkpoint:
+    options = dict(keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
     if path.is_dir():
         return _load_folder(path, options)
     if not path.exists():
@@ -167,12 +170,12 @@ def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor]
     head = bytes(buf[:16])
     try:
         if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-            return "pth", read_torch_zip(buf), None
+            return "pth", _from(path, read_torch_zip(buf)), None
         if len(head) >= 4 and int.from_bytes(head[:4], "little") == RWKV_CPP_MAGIC:
             tensors, header = read_rwkv_cpp(buf)
-            return "rwkv.cpp", tensors, header
+            return "rwkv.cpp", _from(path, tensors), header
         if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 40:
-            return "safetensors", read_safetensors(buf)[0], None
+            return "safetensors", _from(path, read_safetensors(buf)[0]), None
     except BadFile as e:
         raise CheckpointError(f"{path}: {e}") from None
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -180,6 +183,73 @@ def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor]
                               "which is not supported (unpickling it safely is not possible); re-save it with "
                               "a recent PyTorch: torch.save(torch.load(f), f)")
     raise CheckpointError(f"{path}: not a recognised checkpoint (starts with {head[:8]!r}); {SUPPORTED}")
+
+
+def _from(path: Path, tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    return {name: replace(t, source=path) for name, t in tensors.items()}
+
+
+class FileRows:
+    """A (V, C) matrix left in its checkpoint file, read a few rows at a time: the embedding, of
+    which a model reads one row per token. `rows[tokens]` is a new (T, C) array (`rows[i]`: (C,))
+    in the stored dtype (bfloat16 as uint16); `np.asarray(rows)` reads the whole matrix.
+
+    Rows are read with pread, not through a memory map: a mapped file's pages count in the
+    process's memory, and the kernel maps them in large folios (up to 2 MiB for one 1.5 KB row).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self.path, self.offset = path, offset
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.ndim, self.size = 2, shape[0] * shape[1]
+        self.nbytes = self.size * self.dtype.itemsize
+        self._row_bytes = shape[1] * self.dtype.itemsize
+        try:
+            self._file = open(path, "rb")
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
+        self._lock = threading.Lock()  # for the seek + read fallback where os.preadv is missing
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(self.shape[0])[index]
+        idx = np.asarray(index)
+        if idx.dtype.kind not in "iu" or idx.ndim > 1:
+            raise IndexError(f"FileRows: index with an int or a 1-D array of ints, got {idx.dtype} {idx.shape}")
+        rows = idx.reshape(-1).astype(np.int64, copy=False)
+        rows = np.where(rows < 0, rows + self.shape[0], rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"FileRows: row {int(idx.reshape(-1)[np.argmax((rows < 0) | (rows >= self.shape[0]))])} "
+                             f"is out of range for {self.shape[0]} rows")
+        out = np.empty((rows.size, self.shape[1]), self.dtype)
+        for n, i in enumerate(rows.tolist()):
+            self._read_into(out[n], self.offset + i * self._row_bytes)
+        return out[0] if idx.ndim == 0 else out
+
+    def _read_into(self, row: np.ndarray, at: int) -> None:
+        view = memoryview(row).cast("B")
+        try:
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._file.fileno(), [view], at)
+            else:
+                with self._lock:
+                    self._file.seek(at)
+                    got = self._file.readinto(view)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read the embedding from the file ({e.strerror or e})") from None
+        if got != len(view):
+            raise CheckpointError(f"{self.path}: the file is shorter than when it was loaded (truncated while in use?)")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self[np.arange(self.shape[0])] if self.shape[0] else np.empty(self.shape, self.dtype)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def copy(self) -> np.ndarray:
+        """The whole matrix, read into memory."""
+        return np.asarray(self)
+
+    def __repr__(self) -> str:
+        return f"FileRows({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
 class _Mapped:
@@ -202,9 +272,8 @@ class _Mapped:
         try:
             self.mm.close()
         except BufferError:
-            # a view is still alive (the embedding with mmap_embedding, or a traceback); the map goes
-            # when it is collected. The checks paged the whole file in: give the pages back, so
-            # that only those the model reads again count in this process's memory
+            # a view is still alive (a traceback holds one); the map goes when it is collected.
+            # The checks paged the whole file in: give the pages back meanwhile
             if hasattr(self.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
                 self.mm.madvise(mmap.MADV_DONTNEED)
 
@@ -221,7 +290,7 @@ def _hf_to_blinkdl(name: str) -> str:
 
 def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict | None,
            cpp_header: dict | None, tokenizer_dir: Path, keep_16bit: bool = False,
-           mmap_embedding: bool = False) -> Checkpoint:
+           lazy_embedding: bool = False) -> Checkpoint:
     newer = sorted(k for k in tensors if _NEWER_RWKV.search(k))
     if newer:
         raise CheckpointError(f"{path}: has tensors like {newer[0]!r}: this looks like an RWKV-5/6/7 "
@@ -247,7 +316,7 @@ def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict
     for t in tensors.values():
         counts[t.dtype] += t.numel
     weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp",
-                           keep_16bit=keep_16bit, mmap_embedding=mmap_embedding)
+                           keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
     tokenizer = next((tokenizer_dir / n for n in TOKENIZER_NAMES if (tokenizer_dir / n).is_file()), None)
     return Checkpoint(weights, config, fmt, counts.most_common(1)[0][0], path, tokenizer)
 
@@ -348,18 +417,32 @@ def _checked(a: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
     return out, int(bad)
 
 
+def _release(t: LazyTensor) -> None:
+    """Unmap the file pages of a tensor once it is copied and checked: otherwise every page of the
+    file stays in this process's memory until the whole load is done (its peak: file + copies)."""
+    if isinstance(t.buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        start = t.offset - t.offset % mmap.PAGESIZE
+        stop = min(len(t.buf), t.offset + t.nbytes)
+        if stop > start:
+            t.buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
                  decay_is_neg_stored: bool, keep_16bit: bool = False,
-                 mmap_embedding: bool = False) -> dict[str, np.ndarray]:
+                 lazy_embedding: bool = False) -> dict[str, np.ndarray]:
     weights = {}
     for name, shape in expected_shapes(config).items():
         t = tensors[name]
         if len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
             a = t.stored(copy=False)  # a view of the file's bytes when they allow it
-            a, bad = _checked(a, copy=not a.flags.writeable and not (mmap_embedding and name == "emb.weight"))
+            in_file = lazy_embedding and name == "emb.weight" and not a.flags.writeable and t.source is not None
+            a, bad = _checked(a, copy=not a.flags.writeable and not in_file)
+            if in_file and not bad:
+                a = FileRows(t.source, t.offset, shape, a.dtype)
         else:
             a = t.read().reshape(shape)
             bad = _checked(a, copy=False)[1]
+        _release(t)
         if bad:
             raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
         if name.endswith("att.time_decay"):

@@ -140,6 +140,16 @@ class RWKV:
             self._params = _nest({k: _as_float32(v) for k, v in self.weights.items()}, self.config.n_layer)
         return self._params
 
+    def warm_up(self, release_compiler: bool = True) -> None:
+        """Load (or, the first time, compile) the kernels of both forms now, on one token, instead
+        of at the first call that needs each. Then, with release_compiler, let the OS reclaim
+        Numba's compiler code, which running the kernels does not use (kernels.release_compiler_pages:
+        about 50 MiB less resident memory while generating)."""
+        for mode in ("parallel", "recurrent"):
+            self.forward([0], mode=mode)
+        if release_compiler:
+            K.release_compiler_pages()
+
     def init_state(self) -> State:
         """The state before any token."""
         return State.initial(self.config.n_layer, self.config.n_embd)
@@ -229,6 +239,7 @@ def _nest(weights: dict[str, np.ndarray], n_layer: int) -> dict:
 
 def _as_float32(a: np.ndarray) -> np.ndarray:
     """A weight as float32; uint16 arrays are bfloat16 bit patterns (the top half of a float32)."""
+    a = np.asarray(a)  # a FileRows embedding is read whole here
     if a.dtype == np.uint16:
         return (a.astype(np.uint32) << 16).view(np.float32)
     return np.ascontiguousarray(a, dtype=np.float32)
@@ -253,11 +264,13 @@ class _FastWeights:
             a = np.ascontiguousarray(_as_float32(a) if self.kind == "float32" else a)
             return a.view(np.int16) if a.dtype == np.float16 else a
 
-        kept = {n: stored(weights[n]) for n in matrices}
-        self.emb, self.head = kept["emb.weight"], kept["head.weight"]
+        self.stored = stored
+        kept = {n: stored(weights[n]) for n in matrices[1:]}
+        # the embedding as given (it may be a FileRows: left in the file, rows read on demand);
+        # only the rows a forward pass reads are converted
+        self.emb, self.head = weights["emb.weight"], kept["head.weight"]
         # the recurrent kernel takes the matrices by address (one compiled signature for any
-        # model); self.matrices and self.emb / self.head keep them alive
-        self.kind_like = np.empty(0, self.emb.dtype)
+        # model); self.matrices and self.head keep them alive
         self.matrices = {n: tuple(kept[f"blocks.{i}.{n}.weight"] for i in range(L)) for n in _MATRICES}
         self.vecs = np.ascontiguousarray(np.stack(
             [np.stack([weights[f"blocks.{i}.{n}"] for n in K.VEC_NAMES]) for i in range(L)]), dtype=np.float32)
@@ -266,12 +279,16 @@ class _FastWeights:
         self.addr = np.zeros((K.N_MATRICES, max(L, 2)), np.int64)
         for row, n in enumerate(_MATRICES):
             self.addr[row, :L] = [a.ctypes.data for a in self.matrices[n]]
-        self.addr[K.N_MATRICES - 1, :2] = self.emb.ctypes.data, self.head.ctypes.data
+        self.addr[K.N_MATRICES - 1, 0] = self.head.ctypes.data
         self.eps = config.layer_norm_eps
         self.config = config
         # weights read per token below which the threads' hand-offs (four a layer) cost more
         # than the products they share: a C = 256 model reads ~5M weights
         self.small = config.n_params < 4_000_000
+
+    def rows(self, tokens: np.ndarray) -> np.ndarray:
+        """The embedding rows of tokens (T,): (T, C) in the dtype the kernels read."""
+        return self.stored(np.asarray(self.emb[tokens]))
 
     def recurrent(self, tokens: np.ndarray, s: np.ndarray, return_all: bool) -> np.ndarray:
         """The recurrent form over tokens (T,); state s (L, 5, C) advanced in place. Logits (V,) or (T, V)."""
@@ -281,8 +298,11 @@ class _FastWeights:
             numba.set_num_threads(1)  # a few microseconds of work per loop: one thread, no waiting
         try:
             c = self.config
-            K.recurrent_tokens(tokens, self.kind_like, self.addr, c.vocab_size, c.ffn_dim, self.ln0, self.vecs,
-                               self.ln_out, self.eps, s, out, return_all)
+            step = 256  # tokens per call: their embedding rows are gathered first
+            for a in range(0, len(tokens), step):
+                which = K.LOGITS_ALL if return_all else K.LOGITS_LAST if a + step >= len(tokens) else K.LOGITS_NONE
+                K.recurrent_tokens(self.rows(tokens[a:a + step]), self.addr, c.vocab_size, c.ffn_dim, self.ln0,
+                                   self.vecs, self.ln_out, self.eps, s, out[a:a + step] if return_all else out, which)
         finally:
             numba.set_num_threads(threads)
         return out if return_all else out[0]
@@ -304,9 +324,8 @@ class _FastWeights:
         """
         T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
         eps, m, scratch = self.eps, self.matrices, [None]
-        rows = self.emb[tokens]
-        x = layer_norm(_as_float32(rows.view(np.float16) if self.kind == "float16" else rows),
-                       self.ln0[0], self.ln0[1], eps)
+        rows = np.asarray(self.emb[tokens])
+        x = layer_norm(_as_float32(rows), self.ln0[0], self.ln0[1], eps)
         x = np.ascontiguousarray(x, dtype=np.float32)
         mixed = np.empty((3, T, C), np.float32)
         k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))

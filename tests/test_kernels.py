@@ -192,11 +192,11 @@ def test_keep_16bit_checkpoints_give_the_float32_numbers(name, kind):
 
     path = need(TORCH_WRITTEN / name)
     wide = load_checkpoint(path)
-    kept = load_checkpoint(path, keep_16bit=True, mmap_embedding=True)
+    kept = load_checkpoint(path, keep_16bit=True, lazy_embedding=True)
     stored = {"bfloat16": np.uint16, "float16": np.float16}[kind]
     for key, a in kept.weights.items():
         assert a.dtype == (stored if a.ndim == 2 else np.float32), key
-        assert a.flags.c_contiguous
+        assert key == "emb.weight" or a.flags.c_contiguous  # the embedding is a FileRows
     m16, m32 = RWKV(kept.weights, kept.config), RWKV(wide.weights, wide.config)
     assert m16.weight_dtype == kind
     for mode in ("recurrent", "parallel"):
@@ -206,23 +206,47 @@ def test_keep_16bit_checkpoints_give_the_float32_numbers(name, kind):
         assert sa == sb
 
 
-@pytest.mark.parametrize("keep_16bit, dtype", [(False, "float32"), (True, "bfloat16")])
-def test_mmap_embedding_is_a_read_only_view_with_the_same_values(tmp_path, keep_16bit, dtype):
+@pytest.mark.parametrize("keep_16bit, dtype", [(False, "float32"), (True, "bfloat16"), (True, "float16")])
+def test_lazy_embedding_reads_the_same_rows_from_the_file(tmp_path, keep_16bit, dtype):
     from _writers import safetensors_bytes
-    from rwkv_np.loading import load_checkpoint
+    from rwkv_np.loading import FileRows, load_checkpoint
 
     raw = tiny_weights(n_layer=2, C=16, V=32, F=64, seed=4)
     path = tmp_path / "m.safetensors"  # the header is padded to 8 bytes: every tensor is aligned
     path.write_bytes(safetensors_bytes(raw, dtype))
     copied = load_checkpoint(path, keep_16bit=keep_16bit)
-    mapped = load_checkpoint(path, keep_16bit=keep_16bit, mmap_embedding=True)
+    lazy = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=True)
     for key, a in copied.weights.items():
-        b = mapped.weights[key]
-        assert np.array_equal(a, b) and a.dtype == b.dtype and b.flags.c_contiguous, key
-        assert b.flags.writeable == (key != "emb.weight"), key  # only the embedding is a view
-    x, _ = RWKV(mapped.weights).forward([1, 2, 3], mode="recurrent")
-    y, _ = RWKV(copied.weights).forward([1, 2, 3], mode="recurrent")
-    np.testing.assert_array_equal(x, y)
+        b = lazy.weights[key]
+        assert isinstance(b, FileRows) == (key == "emb.weight"), key  # only the embedding stays in the file
+        assert np.array_equal(a, np.asarray(b)) and a.dtype == b.dtype, key
+    emb, rows = copied.weights["emb.weight"], lazy.weights["emb.weight"]
+    for index in (7, -1, [31, 0, 31], np.array([], np.int64), slice(3, 9, 2)):
+        np.testing.assert_array_equal(rows[index], emb[index])
+    for bad in (32, -33, [0, 32]):
+        with pytest.raises(IndexError, match="out of range for 32 rows"):
+            rows[bad]
+    tokens = [1, 2, 3, 31, 0]
+    for mode in ("recurrent", "parallel"):
+        x, sx = RWKV(lazy.weights).forward(tokens, mode=mode, return_all=True)
+        y, sy = RWKV(copied.weights).forward(tokens, mode=mode, return_all=True)
+        np.testing.assert_array_equal(x, y)
+        assert sx == sy
+
+
+def test_lazy_embedding_names_the_file_when_it_shrinks_under_the_model(tmp_path):
+    from _writers import safetensors_bytes
+    from rwkv_np import CheckpointError
+    from rwkv_np.loading import load_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    data = safetensors_bytes(tiny_weights(n_layer=1, C=16, V=32, F=64, seed=4), "float32")
+    path.write_bytes(data)
+    model = RWKV(load_checkpoint(path, lazy_embedding=True).weights)
+    model.forward([31], mode="recurrent")
+    path.write_bytes(data[:200])  # the same file (inode), truncated
+    with pytest.raises(CheckpointError, match=r"m.safetensors: the file is shorter than when it was loaded"):
+        model.forward([31], mode="recurrent")
 
 
 @pytest.mark.parametrize("dtype, bad_bits", [("bfloat16", 0x7F80), ("bfloat16", 0xFFC1), ("float16", 0x7C00)])
@@ -240,4 +264,4 @@ def test_keep_16bit_still_refuses_non_finite_weights(tmp_path, dtype, bad_bits):
     members[3 + index] = (name, bytes(data))
     path = write_zip(tmp_path / "bad.pth", members)
     with pytest.raises(CheckpointError, match=r"blocks.0.att.key.weight has 1 non-finite values"):
-        load_checkpoint(path, keep_16bit=True, mmap_embedding=True)
+        load_checkpoint(path, keep_16bit=True, lazy_embedding=True)

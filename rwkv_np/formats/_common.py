@@ -34,6 +34,7 @@ class LazyTensor:
     buf:     the whole file's bytes (an mmap or bytes)
     offset:  byte offset of element [0, ..., 0] in buf
     strides: element strides, or None when C-contiguous
+    source:  the file whose bytes buf holds, when known (set by rwkv_np.loading, not the readers)
     """
 
     shape: tuple[int, ...]
@@ -41,6 +42,7 @@ class LazyTensor:
     buf: object
     offset: int
     strides: tuple[int, ...] | None = None
+    source: object = None
 
     def __setstate__(self, state: object) -> None:
         # a pickle's BUILD opcode would otherwise rewrite offset/shape after the bounds checks
