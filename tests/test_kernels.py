@@ -2,6 +2,8 @@
 and rwkv_np/wkv.py. The model's own references (rwkv.cpp, float64 logits) are in test_model.py,
 which runs these same kernels through `forward`."""
 
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -247,6 +249,18 @@ def test_lazy_embedding_names_the_file_when_it_shrinks_under_the_model(tmp_path)
     path.write_bytes(data[:200])  # the same file (inode), truncated
     with pytest.raises(CheckpointError, match=r"m.safetensors: the file is shorter than when it was loaded"):
         model.forward([31], mode="recurrent")
+
+
+def test_warm_up_and_releasing_the_compiler_change_no_number(weights):
+    model = RWKV(weights)
+    before = model.forward(TOKENS, mode="recurrent", return_all=True)[0]
+    model.warm_up(release_compiler=False)
+    # Linux: libllvmlite's code is mapped, so there is something to advise (elsewhere: nothing)
+    released = K.release_compiler_pages()
+    assert released > 0 if sys.platform.startswith("linux") else released == 0
+    for mode in ("recurrent", "parallel"):  # the kernels run as before, and compile again if they must
+        np.testing.assert_allclose(model.forward(TOKENS, mode=mode, return_all=True)[0], before, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(model.forward(TOKENS, mode="recurrent", return_all=True)[0], before)
 
 
 @pytest.mark.parametrize("dtype, bad_bits", [("bfloat16", 0x7F80), ("bfloat16", 0xFFC1), ("float16", 0x7C00)])

@@ -317,6 +317,20 @@ def test_non_finite_weight(tmp_path, bad):
     check_error(write_pth(tmp_path, raw), "tensor blocks.0.ffn.key.weight has 1 non-finite values")
 
 
+@pytest.mark.parametrize("dtype, keep_16bit, lazy", [("float32", False, False), ("float32", False, True),
+                                                     ("bfloat16", True, False), ("bfloat16", True, True),
+                                                     ("bfloat16", False, False)])
+def test_non_finite_count_is_exact_across_blocks(tmp_path, dtype, keep_16bit, lazy):
+    # the check walks each tensor in blocks of 65,536 elements: put values on both sides of the
+    # block borders and in the last, partial block of a (600, 256) embedding
+    raw = tiny_weights(C=256, V=600, F=64)
+    flat = raw["emb.weight"].reshape(-1)
+    flat[[0, 65535, 65536, 131072, flat.size - 1]] = [np.nan, np.inf, -np.inf, np.nan, np.inf]
+    path = write_torch_zip(tmp_path / "m.pth", raw, dtype)
+    with pytest.raises(CheckpointError, match=r"m.pth: tensor emb.weight has 5 non-finite values"):
+        load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy)
+
+
 def test_decay_overflow(tmp_path):
     raw = tiny_weights()
     raw["blocks.0.att.time_decay"][0] = 100.0  # exp(100) > float32 max 3.4e38
