@@ -109,6 +109,7 @@ def child(impl: str, path: str, dtype: str, what: str, out_dir: str, threads: in
             _, state = step([int(tok)], state, False)
             times.append(time.perf_counter() - t)
         res["gen_tok_s"] = 1 / float(np.median(times))
+        res["gen_best_tok_s"] = 1 / min(times)  # the least disturbed step, when the host is busy
         res["gen_peak_mib"] = _rss_mib("VmHWM")
     else:
         prompt = [int(t) for t in rng.integers(0, bench.SHAPE["V"], 512)]
@@ -123,10 +124,11 @@ def run_child(python: str, impl: str, path: Path, dtype: str, what: str, out_dir
     if impl == "peer":  # read by rwkv.model at import time
         env.update(RWKV_JIT_ON=args.peer_jit, RWKV_CUDA_ON="0")
     cmd = [python, __file__, "--threads", str(args.threads), "--child", impl, str(path), dtype, what, str(out_dir)]
+    load = Path("/proc/loadavg").read_text().split()[0]  # other agents share the host: note it per child
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{impl} {dtype} {what} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "loadavg": load}
 
 
 def main() -> None:
@@ -167,6 +169,11 @@ def report(runs: dict, agree: dict) -> None:
     for d in FILES:
         print(f"logits after 16 tokens, max |rwkv_np - peer| ({d}): at once {agree[d][0]:.2e}, "
               f"one at a time {agree[d][1]:.2e}" + ("  (the peer's bf16 strategy computes in bf16)" if d == "bf16" else ""))
+    for d in FILES:
+        print(f"generation {d}, best single step: rwkv_np {runs['rwkv_np', d, 'gen']['gen_best_tok_s']:.1f}, "
+              f"peer {runs['peer', d, 'gen']['gen_best_tok_s']:.1f} tok/s")
+    print("1-minute load average before each child: " + ", ".join(
+        f"{impl} {d} {what} {r['loadavg']}" for (impl, d, what), r in runs.items()))
     print()
     print(f"| figure | rwkv_np | {peer} | ratio rwkv_np / peer |")
     print("| --- | --- | --- | --- |")
