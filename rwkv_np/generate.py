@@ -24,7 +24,7 @@ from numbers import Integral
 import numpy as np
 
 from .errors import ArgumentError
-from .sampling import apply_penalties, check_sampling_args, sample_logits
+from .sampling import Sampler, apply_penalties, check_sampling_args
 from .tokenizer import Utf8Stream
 
 MAX_TOKENS_LIMIT = 10**7  # ~ a day at 100 tok/s; anything above is a typo, not a wish
@@ -115,9 +115,9 @@ class Generation:
         t0 = time.perf_counter()
         eos = getattr(tokenizer, "eos_id", None)
         self.stop_reason = "max_tokens"
+        sampler = Sampler(rng=rng, **sampling)
         for _ in range(max_tokens):
-            scores = apply_penalties(logits, counts, *penalties)
-            tok = sample_logits(scores, rng=rng, **sampling)
+            tok = sampler(apply_penalties(logits, counts, *penalties) if any(penalties) else logits)
             if tok == eos:
                 self.stop_reason = "eos"
                 break

@@ -112,15 +112,50 @@ def test_penalties():
     np.testing.assert_array_equal(apply_penalties(logits, counts), logits.astype(np.float64))
 
 
-def test_top_p_filter_head_and_full_sort_agree():
-    from rwkv_np.sampling import _top_p_filter
+def _reference_draw(logits, temperature, top_p, top_k, rng) -> int:
+    """The definition with full stable sorts, step by step as the module docstring says: the oracle
+    for Sampler's partitions, head search and reused buffers."""
+    x = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(x))
+    x = x / temperature
+    if 0 < top_k < x.size:
+        x[np.argsort(-x, kind="stable")[top_k:]] = -np.inf
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if top_p < 1:
+        order = np.argsort(-p, kind="stable")
+        n_keep = int(np.searchsorted(np.cumsum(p[order]), top_p, side="left")) + 1
+        kept = np.zeros_like(p)
+        kept[order[:n_keep]] = p[order[:n_keep]]
+        p = kept
+    cdf = np.cumsum(p)
+    i = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(i, int(np.flatnonzero(p)[-1]))
 
-    rng = np.random.default_rng(3)
-    for scale in (0.01, 1.0, 4.0):  # flat (nucleus beyond the sorted head) to peaked (inside it)
-        p = np.exp(rng.normal(size=5000) * scale)
-        p /= p.sum()
-        for top_p in (0.1, 0.5, 0.9, 0.999):
-            order = np.argsort(-p, kind="stable")
-            n_keep = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1
-            kept = np.flatnonzero(_top_p_filter(p, top_p, head=64))
-            assert set(kept) == set(order[:n_keep])
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 4.0])  # flat (nucleus beyond the head) to peaked (inside it)
+def test_sampler_draws_exactly_what_the_definition_draws(monkeypatch, scale):
+    from rwkv_np.sampling import Sampler
+
+    monkeypatch.setattr(Sampler, "HEAD", 64)  # both top-p paths on a 3000-token vocabulary
+    rng = np.random.default_rng(11)
+    logits = np.round(rng.normal(size=3000) * scale * 4) / 4  # many exact ties
+    logits[rng.choice(3000, 300, replace=False)] = -np.inf  # banned tokens
+    logits = logits.astype(np.float32)
+    for temperature in (0.0, 0.7, 1.0, 1.5):
+        for top_k in (0, 1, 7, 100, 2999):
+            for top_p in (1.0, 0.999, 0.9, 0.5, 0.05):
+                sampler = Sampler(temperature, top_p, top_k, np.random.default_rng(5))
+                ref_rng = np.random.default_rng(5)
+                got = [sampler(logits) for _ in range(8)]
+                want = [_reference_draw(logits, temperature, top_p, top_k, ref_rng) for _ in range(8)]
+                assert got == want, (temperature, top_k, top_p)
+
+
+def test_sampler_keeps_working_when_the_vocabulary_size_changes():
+    from rwkv_np.sampling import Sampler
+
+    sampler = Sampler(temperature=1.0, top_p=0.9, rng=np.random.default_rng(0))
+    assert sampler(np.array([0.0, -np.inf, -np.inf])) == 0
+    assert sampler(np.array([-np.inf, -np.inf, 5.0, -np.inf, -np.inf])) == 2
