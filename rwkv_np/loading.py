@@ -10,9 +10,9 @@ import json
 import mmap
 import os
 import re
+import threading
 from collections import Counter
 from contextlib import ExitStack
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -216,11 +216,12 @@ class FileRows:
         idx = np.asarray(index)
         if idx.dtype.kind not in "iu" or idx.ndim > 1:
             raise IndexError(f"FileRows: index with an int or a 1-D array of ints, got {idx.dtype} {idx.shape}")
+        n_rows = self.shape[0]
         rows = idx.reshape(-1).astype(np.int64, copy=False)
-        rows = np.where(rows < 0, rows + self.shape[0], rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"FileRows: row {int(idx.reshape(-1)[np.argmax((rows < 0) | (rows >= self.shape[0]))])} "
-                             f"is out of range for {self.shape[0]} rows")
+        rows = np.where(rows < 0, rows + n_rows, rows)  # negative indices count from the end
+        bad = (rows < 0) | (rows >= n_rows)
+        if bad.any():
+            raise IndexError(f"FileRows: row {int(idx.reshape(-1)[np.argmax(bad)])} is out of range for {n_rows} rows")
         out = np.empty((rows.size, self.shape[1]), self.dtype)
         for n, i in enumerate(rows.tolist()):
             self._read_into(out[n], self.offset + i * self._row_bytes)
@@ -241,7 +242,9 @@ class FileRows:
             raise CheckpointError(f"{self.path}: the file is shorter than when it was loaded (truncated while in use?)")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        a = self[np.arange(self.shape[0])] if self.shape[0] else np.empty(self.shape, self.dtype)
+        a = np.empty(self.shape, self.dtype)
+        if a.size:
+            self._read_into(a.reshape(-1), self.offset)  # the rows are contiguous in the file
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def copy(self) -> np.ndarray:

@@ -265,7 +265,7 @@ class _FastWeights:
             return a.view(np.int16) if a.dtype == np.float16 else a
 
         self.stored = stored
-        kept = {n: stored(weights[n]) for n in matrices[1:]}
+        kept = {n: stored(weights[n]) for n in matrices if n != "emb.weight"}
         # the embedding as given (it may be a FileRows: left in the file, rows read on demand);
         # only the rows a forward pass reads are converted
         self.emb, self.head = weights["emb.weight"], kept["head.weight"]
@@ -276,7 +276,7 @@ class _FastWeights:
             [np.stack([weights[f"blocks.{i}.{n}"] for n in K.VEC_NAMES]) for i in range(L)]), dtype=np.float32)
         self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32)
         self.ln_out = np.stack([weights["ln_out.weight"], weights["ln_out.bias"]]).astype(np.float32)
-        self.addr = np.zeros((K.N_MATRICES, max(L, 2)), np.int64)
+        self.addr = np.zeros((K.N_MATRICES, L), np.int64)
         for row, n in enumerate(_MATRICES):
             self.addr[row, :L] = [a.ctypes.data for a in self.matrices[n]]
         self.addr[K.N_MATRICES - 1, 0] = self.head.ctypes.data
