@@ -12,7 +12,7 @@ import os
 
 from .config import RWKVConfig
 from .errors import ArgumentError, CheckpointError, DownloadError, RWKVError
-from .model import RWKV
+from .engine import RWKV
 from .state import State
 
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ArgumentError
-from .wkv import PP_EMPTY
-
-ATT_X, AA, BB, PP, FFN_X = range(5)
+from .reference import AA, ATT_X, BB, FFN_X, PP, PP_EMPTY  # noqa: F401 - the layout, defined once
 
 
 @dataclass(frozen=True)
