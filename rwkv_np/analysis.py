@@ -20,12 +20,12 @@ from .errors import ArgumentError, DownloadError
 from . import reference
 from .engine import RWKV
 from .wkv import implied_attention, wkv_naive  # noqa: F401 - implied_attention is part of this API
-from .wkv_grad import wkv_forward
+from .training.wkv_grad import wkv_forward
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CACHED_SHAKESPEARE = Path.home() / ".cache" / "rwkv_np" / "tinyshakespeare.txt"
-HELDOUT_FRACTION = 0.1  # the trainer holds out the last 10% of the file (rwkv_np.train.load_bytes)
+HELDOUT_FRACTION = 0.1  # the trainer holds out the last 10% of the file (rwkv_np.training.data.load_bytes)
 
 # u standing in for "-infinity" (no bonus for the current token). Literal -inf makes the first
 # token's wkv 0/0 = NaN: with an empty past both sums of eq. 14 are e^{u+k_0} = 0. Any finite u
@@ -356,12 +356,12 @@ def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repe
     rng = np.random.default_rng(seed)
     w = rng.uniform(0.01, 3.0, C).astype(np.float32)
     u = rng.normal(0, 1, C).astype(np.float32)
-    wkv_forward(w, u, np.zeros((1, 2, C), np.float32), np.zeros((1, 2, C), np.float32))  # compile first
+    wkv_forward(w, u, np.zeros((2, 1, C), np.float32), np.zeros((2, 1, C), np.float32))  # compile first
     naive, rec = [], []
     for T in lengths:
         k = rng.normal(0, 1, (T, C)).astype(np.float32)
         v = rng.normal(0, 1, (T, C)).astype(np.float32)
-        rec.append(best_time(lambda: wkv_forward(w, u, k[None], v[None]), repeat))
+        rec.append(best_time(lambda: wkv_forward(w, u, k[:, None], v[:, None]), repeat))
         if naive_max is None or T <= naive_max:
             naive.append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
         else:

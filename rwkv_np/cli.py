@@ -88,7 +88,7 @@ def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
                         description="Train a small byte-level RWKV-4.")
     if with_train:  # imported only for `train`: it is not needed to generate
         try:
-            from .train import add_train_arguments
+            from .training.run import add_train_arguments
         except ImportError as e:
             raise ArgumentError(f"train: training is not available in this installation ({e})") from None
         add_train_arguments(tr)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "download":
             return run_download(args)
-        from .train import run_train
+        from .training.run import run_train
 
         return int(run_train(args) or 0)
     except RWKVError as e:

@@ -19,3 +19,7 @@ class ArgumentError(RWKVError, ValueError):
 
 class DownloadError(RWKVError, RuntimeError):
     """A model could not be downloaded or found in the local cache."""
+
+
+class TrainingError(RWKVError, RuntimeError):
+    """Training cannot go on (the loss or the weights stopped being finite): the message names the step."""
