@@ -251,11 +251,12 @@ def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None =
 
 
 def activation_bytes(n_layer: int, n_embd: int, ffn_dim: int, vocab: int, batch: int, ctx: int) -> int:
-    """An upper estimate of the memory loss_and_grads needs beyond the parameters, from what forward
-    keeps per position: per layer 10 float32 vectors of C (x and x1, time mixing's x, k, v, sigmoid(r),
-    wkv; channel mixing's x, sigmoid(r'), W'_v hidden), 2 float64 saves of eq. 14 (4 float32 vectors'
-    worth) and k' (F wide); then the transients of one layer's backward (at most ~12 C and 3 F wide at
-    once) and of the head (logits, their exponentials, log-probabilities, gradient: 4 V)."""
+    """An upper estimate of the memory loss_and_grads allocates (the gradients aside), from what
+    forward keeps per position: per layer 10 float32 vectors of C (x and x1, time mixing's x, k, v,
+    sigmoid(r), wkv; channel mixing's x, sigmoid(r'), W'_v hidden), 2 float64 saves of eq. 14 (4 float32
+    vectors' worth) and k' (F wide); then what is alive at once in one layer's backward (up to 16
+    vectors of C and 5 of F) and in the head's (logits, log-probabilities and their gradients: 5 of V).
+    tests/test_training_model.py checks it against the measured peak."""
     C, F, V = n_embd, ffn_dim, vocab
-    per_position = n_layer * (14 * C + F) + 12 * C + 3 * F + 4 * V
+    per_position = n_layer * (14 * C + F) + 16 * C + 5 * F + 5 * V
     return 4 * batch * ctx * per_position
