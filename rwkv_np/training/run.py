@@ -210,11 +210,14 @@ def run_train(args: argparse.Namespace) -> int:
     saved_step = step if args.resume else None  # the step of the checkpoint on disk
     model_step = None  # the step of the weights this process last wrote to --out
 
+    def stopped(at: int, what: str) -> TrainingError:
+        kept = f"{ckpt_path} is left as it was (step {saved_step})" if saved_step is not None else "no checkpoint was written"
+        return TrainingError(f"step {at}: {what}; training stopped, {kept}; lower --lr (now {args.lr})")
+
     def save(final: bool):
         nonlocal saved_step, model_step
         if not all(np.isfinite(v).all() for v in params.values()):
-            raise TrainingError(f"step {step}: the weights are no longer finite; training stopped, the "
-                                f"checkpoint {ckpt_path} is left as it was (step {saved_step}); lower --lr")
+            raise stopped(step, "the weights are no longer finite")
         progress = {"step": step, "tokens": tokens, "elapsed": elapsed, "smooth": smooth, "finished": final}
         ckpt.save_training(ckpt_path, params, opt, progress, run)
         ckpt.save_model(out, params, metadata={"step": step})
@@ -226,12 +229,11 @@ def run_train(args: argparse.Namespace) -> int:
         lr = lr_at(step, args.lr, args.warmup, args.steps, args.min_lr_ratio, time_frac)
         # batches drawn from (seed, step) alone, so a resumed run sees exactly the batches it would have
         x, y = get_batch(train, args.batch_size, args.ctx_len, np.random.default_rng([args.seed, step]))
-        loss, grads = loss_and_grads(params, x, y)
-        gnorm = clip_grads(grads, args.grad_clip)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported just below
+            loss, grads = loss_and_grads(params, x, y)
+            gnorm = clip_grads(grads, args.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            raise TrainingError(f"step {step + 1}: the loss is {loss} (gradient norm {gnorm}); training stopped, "
-                                f"the checkpoint {ckpt_path} is left as it was (step {saved_step}); lower --lr "
-                                f"(now {args.lr}) or set --grad-clip")
+            raise stopped(step + 1, f"the loss is {loss} (gradient norm {gnorm})")
         opt.step(params, grads, lr)
         step += 1
         tokens += tok_per_step
@@ -243,11 +245,10 @@ def run_train(args: argparse.Namespace) -> int:
         timed_out = bool(args.time_budget) and elapsed >= 60 * args.time_budget
         finished = step == args.steps or timed_out
         if step % args.eval_every == 0 or finished:
-            rec["val_loss"] = evaluate(params, held, args.ctx_len, None if finished else args.eval_windows)
+            with np.errstate(over="ignore", invalid="ignore"):
+                rec["val_loss"] = evaluate(params, held, args.ctx_len, None if finished else args.eval_windows)
             if not math.isfinite(rec["val_loss"]):
-                raise TrainingError(f"step {step}: the held-out loss is {rec['val_loss']}; training stopped, "
-                                    f"the checkpoint {ckpt_path} is left as it was (step {saved_step}); lower "
-                                    f"--lr (now {args.lr})")
+                raise stopped(step, f"the held-out loss is {rec['val_loss']}")
             if finished:
                 rec["val_full"] = True
             if timed_out and step < args.steps:
