@@ -56,8 +56,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--save-every", type=int, default=200, help="steps between checkpoints")
     a("--log", default=None, help="JSONL training log (default: <out>.log.jsonl)")
     a("--resume", action="store_true",
-      help="continue the run that wrote <out>.ckpt, exactly as if it had not stopped; the options that shape "
-           "the run (sizes, schedule, seed, data) must be the same")
+      help="continue the run that wrote <out>.ckpt, as if it had not stopped (bit for bit, unless "
+           "--time-budget makes the schedule follow the clock); the options that shape the run (sizes, "
+           "schedule, seed, data) must be those of that run")
     a("--time-budget", type=float, default=None,
       help="minutes: end training (final evaluation, checkpoint) once this much time is used, annealing "
            "the learning rate by whichever of steps or time runs out first")
@@ -160,8 +161,10 @@ def _trim_log(log_path: Path, step: int) -> None:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and (rec.get("event") or rec.get("step", 0) <= step):
-            kept.append(json.dumps(rec) + "\n")
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("event") or (isinstance(rec.get("step"), int) and rec["step"] <= step):
+            kept.append(line + "\n")
     ckpt.atomic_write(log_path, "".join(kept).encode())
 
 
@@ -188,17 +191,19 @@ def run_train(args: argparse.Namespace) -> int:
     sha = sha256_of(data_path)
     run = ckpt.run_record(args, sha)
     shapes = {name: p.dims(args.n_embd, 4 * args.n_embd, VOCAB) for name, p in schema.params_of(args.n_layer)}
-    params = init_params(args.n_layer, args.n_embd, args.seed)
-    opt = AdamW(params, weight_decay=args.weight_decay)
     step, tokens, elapsed, smooth, finished = 0, 0, 0.0, None, False
     if args.resume:
-        params, opt.m, opt.v, manifest = ckpt.load_training(ckpt_path, run, shapes)
-        opt.t = manifest["adam_t"]
+        params, m, v, manifest = ckpt.load_training(ckpt_path, run, shapes)
+        opt = AdamW(params, weight_decay=args.weight_decay)
+        opt.m, opt.v, opt.t = m, v, manifest["adam_t"]
         step, tokens, elapsed = manifest["step"], manifest["tokens"], float(manifest["elapsed"])
         smooth, finished = manifest.get("smooth"), bool(manifest.get("finished"))
         _trim_log(log_path, step)
-    else:
+    else:  # a new run: its log starts empty, and no checkpoint of an earlier run may be resumed into it
+        params = init_params(args.n_layer, args.n_embd, args.seed)
+        opt = AdamW(params, weight_decay=args.weight_decay)
         log_path.write_text("")
+        ckpt_path.unlink(missing_ok=True)
     n_par = sum(v.size for v in params.values())
     header = {"event": "start", "data": str(data_path), "sha256": sha, "n_params": int(n_par),
               "args": {k: v for k, v in vars(args).items() if not callable(v)}, "step": step}
@@ -211,7 +216,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_step = None  # the step of the weights this process last wrote to --out
 
     def stopped(at: int, what: str) -> TrainingError:
-        kept = f"{ckpt_path} is left as it was (step {saved_step})" if saved_step is not None else "no checkpoint was written"
+        kept = (f"{ckpt_path} is left as it was (step {saved_step})" if saved_step is not None
+                else "no checkpoint was written")
         return TrainingError(f"step {at}: {what}; training stopped, {kept}; lower --lr (now {args.lr})")
 
     def save(final: bool):
