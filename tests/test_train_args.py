@@ -99,13 +99,13 @@ def test_sizes_beyond_memory_are_refused_with_the_estimate(tmp_path, text):
         run.run_train(_args(data=text, out=tmp_path / "m.safetensors", n_layer=10**9))
     assert time.perf_counter() - t < 1  # the estimate is a formula, not a walk over 10^9 layers
     # the estimate by part, against a given amount of memory: the default model (4 x 128, B 16, T 128)
-    # needs 30 MB of float32 copies, ~124 MB of activations and the data
+    # needs 30 MB of float32 copies, ~161 MB of activations and the data
     args = _args()
     parts = run.memory_estimate(args, 1_000_000)
     assert parts["parameters, gradients, AdamW moments and checkpoint"] == 32 * run.n_params(4, 128)
     assert run.n_params(4, 128) == 923_648 == sum(int(np.prod(p.dims(128, 512, 256))) for _, p in schema.params_of(4))
-    assert 100e6 < parts["activations"] < 150e6 and parts["data"] == 1_000_000
-    run.check_memory(args, 1_000_000, available=200_000_000)
+    assert 120e6 < parts["activations"] < 200e6 and parts["data"] == 1_000_000
+    run.check_memory(args, 1_000_000, available=250_000_000)
     with pytest.raises(ArgumentError, match=r"--batch-size 16 --ctx-len 128: .*more than the 100.0 MB available"):
         run.check_memory(args, 1_000_000, available=100_000_000)
 

@@ -50,11 +50,11 @@ def linear_backward(dy, x, W):
 # forward: reference.layer_norm(x, weight, bias, eps)
 
 def layer_norm_backward(dy, x, weight, bias, eps):
-    """x is the LayerNorm's input. x_hat and 1/sigma are recomputed from it here (the reference's
-    layer_norm returns only its output; recomputing costs two means, against the products' C each)."""
-    mean = x.mean(-1, keepdims=True)
-    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
-    xhat = (x - mean) * rstd
+    """x is the LayerNorm's input. x_hat and 1/sigma are recomputed from it (the reference's
+    layer_norm returns only its output; recomputing costs a few passes over x, the products C each)."""
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * rstd
     dxhat = dy * weight
     dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
     return dx, {"weight": _over_tokens(dy * xhat), "bias": _over_tokens(dy)}
@@ -74,9 +74,10 @@ def shift_backward(d_shifted):
 
 # forward: reference.mix(x, x_shift, mu) = mu x + (1 - mu) x_shift
 
-def mix_backward(d, x, x_shift, mu):
-    """(dx, dx_shift, dmu)."""
-    return d * mu, d * (1 - mu), _over_tokens(d * (x - x_shift))
+def mix_backward(d, mu, x_minus_shift):
+    """(dx, dx_shift, dmu); x_minus_shift = x - x_shift, shared by a sublayer's mixes."""
+    dx = d * mu
+    return dx, d - dx, _over_tokens(d * x_minus_shift)
 
 
 # forward: reference.sigmoid(x)
@@ -86,69 +87,72 @@ def sigmoid_backward(d, s):
     return d * s * (1 - s)
 
 
+def _mixes_backward(d_mixed: dict, saved: dict, mus: dict, matrices: dict, grads: dict):
+    """The products and token-shift mixes at the entrance of a sublayer, backwards: for each name n,
+    mixed[n] = mix(x, x_shift, mus[n]) entered a product with matrices[n]. Adds the matrices' and the
+    mus' gradients to grads; returns the gradient of x."""
+    dx, dxx = 0, 0
+    for n, d in d_mixed.items():
+        d_in, grads[matrices[n][0]] = linear_backward(d, saved["mixed"][n], matrices[n][1])
+        d_x, d_xx, grads["time_mix_" + n] = mix_backward(d_in, mus[n], saved["x_minus_shift"])
+        dx, dxx = dx + d_x, dxx + d_xx
+    return dx + shift_backward(dxx)
+
+
 # ------------------------------------------------------------------------------ the sublayers
 
 def time_mixing(x, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first, key, value, receptance, output):
     """Eqs. 11-15 over x (T, B, C), the LayerNorm output, from the initial state.
     Returns (out (T, B, C), what time_mixing_backward needs)."""
     xx = shift(x)
-    r = linear(mix(x, xx, time_mix_r), receptance)  # eq. 11
-    k = linear(mix(x, xx, time_mix_k), key)  # eq. 12
-    v = linear(mix(x, xx, time_mix_v), value)  # eq. 13
+    mixed = {"r": mix(x, xx, time_mix_r), "k": mix(x, xx, time_mix_k), "v": mix(x, xx, time_mix_v)}
+    r = linear(mixed["r"], receptance)  # eq. 11
+    k = linear(mixed["k"], key)  # eq. 12
+    v = linear(mixed["v"], value)  # eq. 13
     w = np.exp(time_decay)  # checkpoints store ln w (rwkv_np/schema.py)
     wkv, saves = wkv_forward(w, time_first, k, v)  # eq. 14
     sr = sigmoid(r)
     out = linear(sr * wkv, output)  # eq. 15
-    return out, {"x": x, "k": k, "v": v, "w": w, "wkv": wkv, "saves": saves, "sr": sr}
+    return out, {"mixed": mixed, "x_minus_shift": x - xx, "k": k, "v": v, "w": w, "wkv": wkv, "saves": saves,
+                 "sr": sr}
 
 
 def time_mixing_backward(d_out, saved, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first,
                          key, value, receptance, output):
     s = saved
-    x, xx = s["x"], shift(s["x"])  # the mixes are recomputed: cheaper to redo than to keep
     d_gated, g_output = linear_backward(d_out, s["sr"] * s["wkv"], output)
     d_r = sigmoid_backward(d_gated * s["wkv"], s["sr"])
-    gw, g_first, dk, dv = wkv_backward(s["w"], time_first, s["k"], s["v"], s["wkv"], s["saves"],
-                                       d_gated * s["sr"])
-    dx, dxx = np.zeros_like(x), np.zeros_like(x)
-    grads = {"time_decay": gw * s["w"], "time_first": g_first,  # d w / d ln w = w
-             "output": g_output}
-    for mu_name, mu, w_name, W, d in (("time_mix_r", time_mix_r, "receptance", receptance, d_r),
-                                      ("time_mix_k", time_mix_k, "key", key, dk),
-                                      ("time_mix_v", time_mix_v, "value", value, dv)):
-        dxm, grads[w_name] = linear_backward(d, mix(x, xx, mu), W)
-        dx_part, dxx_part, grads[mu_name] = mix_backward(dxm, x, xx, mu)
-        dx += dx_part
-        dxx += dxx_part
-    return dx + shift_backward(dxx), grads
+    gw, g_first, d_k, d_v = wkv_backward(s["w"], time_first, s["k"], s["v"], s["wkv"], s["saves"],
+                                         d_gated * s["sr"])
+    grads = {"time_decay": gw * s["w"], "time_first": g_first, "output": g_output}  # d w / d ln w = w
+    dx = _mixes_backward({"r": d_r, "k": d_k, "v": d_v}, s,
+                         {"r": time_mix_r, "k": time_mix_k, "v": time_mix_v},
+                         {"r": ("receptance", receptance), "k": ("key", key), "v": ("value", value)}, grads)
+    return dx, grads
 
 
 def channel_mixing(x, time_mix_k, time_mix_r, key, receptance, value):
     """Eqs. 16-18 over x (T, B, C), the LayerNorm output, from the initial state.
     Returns (out (T, B, C), what channel_mixing_backward needs)."""
     xx = shift(x)
-    sr = sigmoid(linear(mix(x, xx, time_mix_r), receptance))  # eq. 16
-    k = linear(mix(x, xx, time_mix_k), key)  # eq. 17, (T, B, F)
-    kv = linear(np.maximum(k, 0) ** 2, value)  # eq. 18
-    return sr * kv, {"x": x, "k": k, "sr": sr, "kv": kv}
+    mixed = {"r": mix(x, xx, time_mix_r), "k": mix(x, xx, time_mix_k)}
+    sr = sigmoid(linear(mixed["r"], receptance))  # eq. 16
+    relu = np.maximum(linear(mixed["k"], key), 0)  # eq. 17, (T, B, F)
+    hidden = relu ** 2
+    kv = linear(hidden, value)  # eq. 18
+    return sr * kv, {"mixed": mixed, "x_minus_shift": x - xx, "relu": relu, "hidden": hidden, "sr": sr,
+                     "kv": kv}
 
 
 def channel_mixing_backward(d_out, saved, time_mix_k, time_mix_r, key, receptance, value):
     s = saved
-    x, xx = s["x"], shift(s["x"])
-    relu = np.maximum(s["k"], 0)
-    d_hidden, g_value = linear_backward(d_out * s["sr"], relu ** 2, value)
-    dk = d_hidden * 2 * relu
+    d_hidden, g_value = linear_backward(d_out * s["sr"], s["hidden"], value)
+    d_k = 2 * d_hidden * s["relu"]
     d_r = sigmoid_backward(d_out * s["kv"], s["sr"])
     grads = {"value": g_value}
-    dx, dxx = np.zeros_like(x), np.zeros_like(x)
-    for mu_name, mu, w_name, W, d in (("time_mix_r", time_mix_r, "receptance", receptance, d_r),
-                                      ("time_mix_k", time_mix_k, "key", key, dk)):
-        dxm, grads[w_name] = linear_backward(d, mix(x, xx, mu), W)
-        dx_part, dxx_part, grads[mu_name] = mix_backward(dxm, x, xx, mu)
-        dx += dx_part
-        dxx += dxx_part
-    return dx + shift_backward(dxx), grads
+    dx = _mixes_backward({"r": d_r, "k": d_k}, s, {"r": time_mix_r, "k": time_mix_k},
+                         {"r": ("receptance", receptance), "k": ("key", key)}, grads)
+    return dx, grads
 
 
 def block(x, ln1, att, ln2, ffn):
@@ -252,11 +256,12 @@ def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None =
 
 def activation_bytes(n_layer: int, n_embd: int, ffn_dim: int, vocab: int, batch: int, ctx: int) -> int:
     """An upper estimate of the memory loss_and_grads allocates (the gradients aside), from what
-    forward keeps per position: per layer 10 float32 vectors of C (x and x1, time mixing's x, k, v,
-    sigmoid(r), wkv; channel mixing's x, sigmoid(r'), W'_v hidden), 2 float64 saves of eq. 14 (4 float32
-    vectors' worth) and k' (F wide); then what is alive at once in one layer's backward (up to 16
-    vectors of C and 5 of F) and in the head's (logits, log-probabilities and their gradients: 5 of V).
+    forward keeps per position and layer: 15 float32 vectors of C (the block's input and midpoint; time
+    mixing's three mixes, x - x_shift, k, v, wkv, sigmoid(r); channel mixing's two mixes, x - x_shift,
+    sigmoid(r'), W'_v hidden), eq. 14's two float64 saves (4 vectors' worth) and 2 of F (k' after
+    the ReLU, and squared); then what is alive at once in one layer's backward (up to 16 vectors of C
+    and 5 of F) and in the head's (logits, log-probabilities and their gradients: 5 of V).
     tests/test_training_model.py checks it against the measured peak."""
     C, F, V = n_embd, ffn_dim, vocab
-    per_position = n_layer * (14 * C + F) + 16 * C + 5 * F + 5 * V
+    per_position = n_layer * (19 * C + 2 * F) + 16 * C + 5 * F + 5 * V
     return 4 * batch * ctx * per_position
