@@ -188,3 +188,14 @@ def test_resume_names_an_old_side_file(tmp_path, text):
     (tmp_path / "m.safetensors.optim.npz").write_bytes(b"PK")
     with pytest.raises(ArgumentError, match="no training checkpoint .*m.safetensors.optim.npz is from an older"):
         run.run_train(_args(data=text, out=out, steps=1, resume=True, **TINY))
+
+
+def test_resume_refuses_a_changed_manifest(finished):
+    # a damaged digit in the header's JSON keeps it valid JSON: the manifest's own sha256 catches it
+    kw, out = finished
+    path = ckpt.checkpoint_path(out)
+    raw = path.read_bytes()
+    assert raw.count(b'\\"step\\": 3,') == 1
+    path.write_bytes(raw.replace(b'\\"step\\": 3,', b'\\"step\\": 2,'))
+    with pytest.raises(CheckpointError, match="the manifest does not match its sha256"):
+        run.run_train(_args(resume=True, **kw))

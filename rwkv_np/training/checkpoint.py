@@ -3,8 +3,8 @@
 <out>.ckpt is a safetensors file holding the float32 weights under their checkpoint names, AdamW's
 moments as "adam.m.<name>" and "adam.v.<name>", and in its header a manifest (JSON): the step, tokens,
 elapsed time, Adam's step count, the options that shape the run (MUST_MATCH) and the sha256 of the
-training data, and a sha256 of each part (weights, adam.m, adam.v). The batches are drawn from
-(seed, step) alone, so the step is the position of the random stream.
+training data, a sha256 of each part (weights, adam.m, adam.v) and one of the manifest itself. The
+batches are drawn from (seed, step) alone, so the step is the position of the random stream.
 
 Why one file: written to <file>.partial, flushed and fsynced, then renamed over the old one
 (os.replace is atomic), a reader finds either the previous complete checkpoint or the new complete
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -75,6 +76,12 @@ def _digest(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest itself (without this field): a damaged digit in the step is found too."""
+    rest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
 def run_record(args, data_sha256: str) -> dict:
     """What a checkpoint records about the run that wrote it, and what a resuming run must match."""
     return {"args": {k: getattr(args, k) for k in MUST_MATCH}, "data_sha256": data_sha256}
@@ -88,6 +95,7 @@ def save_training(path: str | os.PathLike, params: dict, opt, progress: dict, ru
     parts = {"weights": params, "adam.m": opt.m, "adam.v": opt.v}
     manifest = {"format": FORMAT, "version": VERSION, **progress, "adam_t": opt.t, **run,
                 "sha256": {part: _digest(t) for part, t in parts.items()}}
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     tensors = dict(params)
     for part in ("adam.m", "adam.v"):
         tensors.update({f"{part}.{k}": v for k, v in parts[part].items()})
@@ -109,6 +117,8 @@ def _read_header(f, path, size: int) -> dict:
     if manifest.get("version") != VERSION:
         raise CheckpointError(f"{path}: {FORMAT} version {manifest.get('version')!r}, this rwkv_np reads "
                               f"version {VERSION}")
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise CheckpointError(f"{path}: the manifest does not match its sha256: the file is damaged")
     return manifest
 
 
@@ -128,6 +138,14 @@ def _check_run(manifest: dict, run: dict, path) -> None:
     if manifest.get("data_sha256") != run["data_sha256"]:
         raise ArgumentError(f"--resume: --data has sha256 {run['data_sha256']}, but {path} was trained on "
                             f"data with sha256 {manifest.get('data_sha256')}; resume on the same file")
+
+
+def _count(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _amount(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0
 
 
 def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[int, ...]]):
@@ -170,9 +188,13 @@ def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[in
         if recorded.get(part) != _digest(t):
             raise CheckpointError(f"{path}: the {part} do not match the sha256 the manifest records: the file "
                                   f"is damaged")
-    for key in ("step", "tokens", "adam_t"):
-        if not isinstance(manifest.get(key), int) or manifest[key] < 0:
+    for key, valid in (("step", _count), ("tokens", _count), ("adam_t", _count), ("elapsed", _amount),
+                       ("smooth", lambda v: v is None or _amount(v)), ("finished", lambda v: type(v) is bool)):
+        if not valid(manifest.get(key)):
             raise CheckpointError(f"{path}: the manifest's {key} is {manifest.get(key)!r}")
+    if manifest["adam_t"] != manifest["step"]:  # one optimiser step per training step
+        raise CheckpointError(f"{path}: the manifest's step {manifest['step']} and Adam's step count "
+                              f"{manifest['adam_t']} disagree")
     return parts["weights"], parts["adam.m"], parts["adam.v"], manifest
 
 
