@@ -19,3 +19,8 @@ class ArgumentError(RWKVError, ValueError):
 
 class DownloadError(RWKVError, RuntimeError):
     """A model could not be downloaded or found in the local cache."""
+
+
+class ModelError(RWKVError, ArithmeticError):
+    """The model's weights produce values float32 cannot hold (inf or NaN): the message names the
+    checkpoint and the first layer or token where it happened."""

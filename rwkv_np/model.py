@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import RWKVConfig
 from .errors import ArgumentError
-from .state import AA, ATT_X, BB, FFN_X, PP, State
+from .state import AA, ATT_X, BB, FFN_X, PP, State, check_forward_output
 from .wkv import wkv_numba
 from . import kernels as K
 
@@ -178,6 +178,7 @@ class RWKV:
             logits = self._fast.recurrent(tokens, s, return_all)
         else:
             raise ArgumentError(f"mode: expected 'parallel' or 'recurrent', got {mode!r}")
+        check_forward_output(logits, s, getattr(self, "checkpoint_path", None), state is not None)
         return logits, State(s)
 
     def _check_tokens(self, tokens) -> np.ndarray:

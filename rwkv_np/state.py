@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArgumentError
+from .errors import ArgumentError, ModelError
 from .wkv import PP_EMPTY
 
 ATT_X, AA, BB, PP, FFN_X = range(5)
@@ -209,3 +209,38 @@ def _read_npy_member(m, member_size: int, path: Path) -> np.ndarray:
     if len(buf) != nbytes or m.read(1):  # reading to the end also makes zipfile check the CRC
         raise ArgumentError(f"{path}: corrupt state file: the array data is truncated")
     return np.frombuffer(buf, dtype="<f4").reshape(shape)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    # a float64 sum of float32 values cannot overflow, so it is finite exactly when every value
+    # is: one pass, no boolean temporary of the array's size
+    return bool(np.isfinite(np.add.reduce(a, axis=None, dtype=np.float64)))
+
+
+def check_forward_output(logits: np.ndarray | None, state: np.ndarray, source=None,
+                         state_given: bool = False) -> None:
+    """Raise ModelError if a forward pass produced inf or NaN.
+
+    logits: (V,) or (T, V) float32 (None when no head was applied); state: (L, 5, C) after the
+    pass. A NaN or inf that appears in a layer propagates to every later layer and token, so the
+    first non-finite layer of the state (or the first non-finite row of the logits) says where
+    it started. `source` names the checkpoint; `state_given` says whether the pass started from
+    a state the caller passed (then it shares the blame), or from the initial state.
+    """
+    state_ok = _all_finite(state)
+    logits_ok = logits is None or _all_finite(logits)
+    if state_ok and logits_ok:
+        return
+    weights = f"the weights of {source}" if source is not None else "the model's weights"
+    if not state_ok:
+        layer = int(np.argmax(~np.isfinite(state).all(axis=(1, 2))))
+        where = f"first in the state of layer {layer} (of {state.shape[0]})"
+    else:
+        rows = np.atleast_2d(logits)
+        token = int(np.argmax(~np.isfinite(rows).all(axis=1)))
+        where = "in the logits (ln_out and head)" + (f", first at token {token}" if rows.shape[0] > 1 else "")
+    if state_given:
+        raise ModelError(f"{weights}, starting from the given state, produce non-finite values (inf or NaN) "
+                         f"{where}: the weights or that state hold values too large for float32 arithmetic")
+    raise ModelError(f"{weights} produce non-finite values (inf or NaN) {where}: some weights are too large "
+                     "for float32 arithmetic")
