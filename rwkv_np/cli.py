@@ -174,8 +174,8 @@ def read_stdin_prompt() -> str:
     except OSError as e:
         raise ArgumentError(f"prompt '-': cannot read standard input ({e.strerror or e})") from None
     if len(data) > MAX_STDIN_BYTES:
-        raise ArgumentError(f"prompt '-': standard input holds more than {MAX_STDIN_BYTES} bytes "
-                            f"({MAX_STDIN_BYTES >> 20} MiB), the most a prompt may have")
+        raise ArgumentError(f"prompt '-': standard input holds more than {MAX_STDIN_BYTES} bytes, the most a "
+                            "prompt may have")
     return data.decode("utf-8", errors="surrogateescape")
 
 
