@@ -133,6 +133,14 @@ def test_empty_prompt():
     assert pieces == ["Hello"] and gen.stop_reason == "eos"
 
 
+def test_a_tokenizer_smaller_than_the_model_is_refused_up_front():
+    for vocab in (257, 50277, 65536):
+        model = ScriptedModel("a", vocab_size=vocab)
+        with pytest.raises(ArgumentError, match=rf"tokenizer: it has 256 tokens but the model {vocab}; it is not"):
+            generate(model, ByteTokenizer(), "hi", max_tokens=3)
+        assert model.calls == []
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(prompt=[65, 300]), r"prompt: token id 300 is outside the model's vocabulary \[0, 256\)"),
     (dict(prompt=[-1]), r"prompt: token id -1 is outside"),
@@ -145,6 +153,7 @@ def test_empty_prompt():
     (dict(top_p=0), r"top_p must be in \(0, 1\]"),
     (dict(top_k=-3), r"top_k must be an integer >= 0"),
     (dict(presence_penalty=float("inf")), r"presence_penalty must be a finite number"),
+    (dict(presence_penalty=-2e6), r"presence_penalty must be a finite number in \[-1e\+06, 1e\+06\], got -2000000.0"),
     (dict(frequency_penalty=float("nan")), r"frequency_penalty must be a finite number"),
     (dict(stop=["ok", ""]), r"stop strings must be non-empty str"),
     (dict(seed=-1), r"seed must be an integer >= 0 or None, got -1"),
