@@ -205,6 +205,9 @@ def run_generate(args) -> int:
     if sys.stdout is None:
         raise ArgumentError("standard output is closed: generate writes the text there (redirect it to a file "
                             "or to /dev/null instead)")
+    for option, value in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+        if value is not None and not value.strip():
+            raise ArgumentError(f"{option}: an empty path")
     prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
     # weights too large for float32 make NumPy warn about overflows; the forward pass reports
     # them as one error naming the checkpoint (rwkv_np.errors.ModelError) instead

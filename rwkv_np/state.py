@@ -156,6 +156,8 @@ def _state_path(path) -> Path:
 def _read_state_array(f, file_size: int, path: Path) -> np.ndarray:
     """The (n_layer, 5, C) float32 array of an open state file, checked before it is read."""
     what = f"{path}: not an rwkv_np state file"
+    if file_size > MAX_STATE_BYTES + (1 << 20):  # the array and the archive's few hundred bytes around it
+        raise ArgumentError(f"{what}: {file_size} bytes, more than the state of any RWKV-4 model needs")
     try:
         if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
             raise ArgumentError(f"{what}: it is a single .npy array, not the .npz archive State.save writes")

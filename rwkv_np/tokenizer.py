@@ -94,8 +94,11 @@ class NeoXTokenizer:
         self._pieces = spec.pieces
         self._added = spec.added
 
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise ArgumentError(f"tokenizer file {self.path}: reading it needs the `tokenizers` package ({e}); "
+                                "install it with `pip install tokenizers`") from None
         self._tok = self._contained("reading it", lambda: Tokenizer.from_str(spec.json))
 
     def _contained(self, doing: str, call):

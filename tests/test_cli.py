@@ -249,6 +249,13 @@ def test_stdin_prompt_is_bounded_and_must_be_open(capsys, monkeypatch):
     assert capsys.readouterr().err == "error: prompt '-': standard input is closed\n"
 
 
+@pytest.mark.parametrize("option", ["--model", "--tokenizer"])
+def test_empty_paths_are_refused_by_name(capsys, monkeypatch, option):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("a")))
+    assert cli.main(["generate", "x", option, " "]) == 2
+    assert capsys.readouterr().err == f"error: {option}: an empty path\n"
+
+
 def test_closed_or_failing_stdout(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("abc")))
     monkeypatch.setattr(sys, "stdout", None)

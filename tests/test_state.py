@@ -149,6 +149,16 @@ def test_load_checks_the_header_against_the_member_before_allocating(tmp_path, s
     assert peak < 1 << 20  # refused from the header: nothing of the claimed size was allocated
 
 
+def test_load_refuses_a_file_larger_than_any_state_without_reading_it(tmp_path):
+    from rwkv_np.state import MAX_STATE_BYTES
+
+    with open(tmp_path / "big.npz", "wb") as f:
+        f.truncate(MAX_STATE_BYTES + (1 << 20) + 1)  # sparse: nothing to read, nothing must be read
+    with pytest.raises(ArgumentError, match=rf"big\.npz: not an rwkv_np state file: {MAX_STATE_BYTES + (1 << 20) + 1} "
+                                            r"bytes, more than the state of any RWKV-4 model needs"):
+        State.load(tmp_path / "big.npz")
+
+
 def test_load_refuses_compressed_members_so_a_zip_bomb_cannot_expand(tmp_path):
     state = np.zeros((64, 5, 4096), np.float32)  # 5 MB of zeros compress to a few KB
     (tmp_path / "z.npz").write_bytes(_member(state.shape, data=state.tobytes(), compress=zipfile.ZIP_DEFLATED))
