@@ -202,3 +202,72 @@ def test_a_panic_inside_tokenizers_becomes_our_error(neox_doc):
                                             r"encoding the prompt \(PanicException: "):
         tok.encode("a" * 40 + "b")
     assert time.perf_counter() - t0 < 10  # Oniguruma's retry limit ends the backtracking
+
+
+def _mini_doc():
+    """A complete byte-level BPE of 258 tokens, small enough to mutate hundreds of times."""
+    from rwkv_np.tokenizer import _byte_level_alphabet
+
+    vocab = {ch: i for i, ch in enumerate(sorted(_byte_level_alphabet(), key=_byte_level_alphabet().get))}
+    vocab.update({"Ġt": 256, "he": 257})
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": 0, "content": "\u0100", "special": True, "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False}],
+            "normalizer": {"type": "NFC"}, "pre_tokenizer": byte_level, "post_processor": None,
+            "decoder": dict(byte_level), "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                                                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                                                   "fuse_unk": False, "vocab": vocab, "merges": ["Ġ t", "h e"]}}
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k != "vocab":  # 258 entries: mutated as a whole, not one by one
+                yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:4]):
+            yield from _paths(v, prefix + (i,))
+
+
+def test_random_mutations_load_or_are_refused_by_name(tmp_path):
+    import random
+
+    base = _mini_doc()
+    ok = NeoXTokenizer(_write(tmp_path, base))
+    assert ok.vocab_size == 258 and ok.decode_bytes(ok.encode("the hat")) == b"the hat"
+    paths = list(_paths(base))[1:]
+    values = [None, True, -1, 2**40, 1.5, "x", "", [], {}, "a" * 2000, {"type": "NFC"}, {"type": "Sequence"},
+              {"String": "a"}, {"Regex": ".*"}, [{"type": "NFKC"}] * 9, {"type": "ByteLevel"}, "Ġ"]
+    rng = random.Random(15)
+    outcomes = {"loaded": 0, "refused": 0}
+    for trial in range(400):
+        doc = copy.deepcopy(base)
+        for _ in range(rng.choice((1, 1, 2))):
+            *parent_path, key = rng.choice(paths)
+            parent = doc
+            try:
+                for step in parent_path:
+                    parent = parent[step]
+                if rng.random() < 0.15 and isinstance(parent, dict):
+                    parent.pop(key, None)
+                else:
+                    parent[key] = copy.deepcopy(rng.choice(values))
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier mutation removed the path
+        path = _write(tmp_path, doc, f"m{trial}.json")
+        try:
+            tok = NeoXTokenizer(path)
+        except ArgumentError as e:
+            assert str(e).startswith(f"tokenizer file {path}: "), e
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        try:
+            ids = tok.encode("the hat, \u00e9t\u00e9 \u2126")
+        except ArgumentError as e:
+            assert str(path) in str(e)
+            continue
+        assert all(0 <= i < tok.vocab_size for i in ids)
+    assert outcomes["loaded"] > 20 and outcomes["refused"] > 100, outcomes  # both sides were exercised
