@@ -35,8 +35,9 @@ from pathlib import Path
 
 from .errors import ArgumentError
 
-#: 6.5x the GPT-NeoX-20B file (2.4 MB), which has 50277 tokens; Python's json needs ~10x the file
-MAX_TOKENIZER_BYTES = 16 << 20
+#: 3.4x the GPT-NeoX-20B file (2.4 MB, 50277 tokens), the largest an RWKV-4 model comes with. Python's
+#: json can need 24x a hostile file ("[{},{},...]": 5.6M empty dicts), so about 200 MB at most
+MAX_TOKENIZER_BYTES = 8 << 20
 #: ids of a tokenizer are 0..N-1 with N at most this (a table of N entries is built from them)
 MAX_VOCAB = 1 << 20
 #: parts in a Sequence, characters in a literal pattern / replacement / prefix, in an added token
