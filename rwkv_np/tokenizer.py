@@ -114,15 +114,19 @@ class NeoXTokenizer:
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
     def encode(self, text: str) -> list[int]:
-        data = text_to_utf8(text)
-        if len(data) > self.max_input_bytes:
+        # every character is at least one byte: a text that long is refused before any copy of it
+        size = len(text) if len(text) > self.max_input_bytes else None
+        if size is None:
+            # tokenizers cannot take lone surrogates; go through bytes and U+FFFD instead (which
+            # takes 3 bytes where a stray byte took 1: the limit applies to what tokenizers gets)
+            clean = text_to_utf8(text).decode("utf-8", errors="replace")
+            size = len(clean.encode("utf-8"))
+        if size > self.max_input_bytes:
             raise ArgumentError(
-                f"prompt: {len(data)} bytes of text, more than the {self.max_input_bytes} bytes the tokenizer "
-                f"file {self.path} accepts at once (its normalizer and pre-tokenizer can make text up to "
-                f"{self.expansion}x longer, and {ENCODE_BUDGET_BYTES >> 20} MiB is the most rwkv_np lets "
-                f"tokenizers work on)")
-        # tokenizers cannot take lone surrogates; go through bytes and U+FFFD instead
-        clean = data.decode("utf-8", errors="replace")
+                f"prompt: {size} {'bytes' if size != len(text) else 'characters'} of text, more than the "
+                f"{self.max_input_bytes} bytes the tokenizer file {self.path} accepts at once (its normalizer "
+                f"and pre-tokenizer can make text up to {self.expansion}x longer, and "
+                f"{ENCODE_BUDGET_BYTES >> 20} MiB is the most rwkv_np lets tokenizers work on)")
         return self._contained("encoding the prompt",
                                lambda: list(self._tok.encode(clean, add_special_tokens=False).ids))
 

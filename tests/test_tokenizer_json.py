@@ -105,6 +105,10 @@ def test_input_is_bounded_by_what_the_file_can_do(tmp_path, mini_doc):
     with pytest.raises(ArgumentError, match=rf"prompt: {limit + 1} bytes of text, more than the {limit} bytes the "
                                             rf"tokenizer file .* accepts at once \(.* up to 36x longer"):
         tok.encode("é" + "x" * (limit - 1))  # counted in UTF-8 bytes, not characters
+    with pytest.raises(ArgumentError, match=rf"prompt: {limit + 2} bytes of text"):
+        tok.encode("\udcff" + "x" * (limit - 1))  # a stray byte reaches tokenizers as U+FFFD, 3 bytes
+    with pytest.raises(ArgumentError, match=rf"prompt: {limit + 1} characters of text"):
+        tok.encode("x" * (limit + 1))
 
 
 @pytest.mark.parametrize("pattern", ["(a+)+$", "(a|a)*$", "(\\s*)*x", "\\d+", "a{1,100000}",
