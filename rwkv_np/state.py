@@ -94,6 +94,7 @@ class State:
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
             with os.fdopen(fd, "wb") as f:
                 # a file object, not a name: np.savez would append ".npz" to a name
                 np.savez(f, **{ARRAY_NAME: self.data})
@@ -142,6 +143,12 @@ class State:
         return isinstance(other, State) and np.array_equal(self.data, other.data)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _state_path(path) -> Path:

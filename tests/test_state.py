@@ -90,6 +90,13 @@ def test_save_replaces_atomically_and_refuses_bad_destinations(tmp_path):
     State(GOOD).save(target)
     State(GOOD * 2).save(target)
     assert State.load(target) == State(GOOD * 2) and [p.name for p in tmp_path.iterdir()] == ["s.state"]
+    mask = os.umask(0o027)
+    try:
+        State(GOOD).save(tmp_path / "m.state")  # permissions as for any new file, not the temporary's 0600
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "m.state").stat().st_mode & 0o777 == 0o640
+    (tmp_path / "m.state").unlink()
     with pytest.raises(ArgumentError, match=r"nowhere/s\.state: cannot write the state file: the folder .*nowhere "
                                             r"does not exist"):
         State(GOOD).save(tmp_path / "nowhere" / "s.state")
