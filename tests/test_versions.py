@@ -228,11 +228,16 @@ def test_rwkv_cpp_values_the_converter_cannot_write_are_refused():
         from_rwkv_cpp(cpp, "5.2", "x.bin")
 
 
-def test_load_rwkv_cpp_errors_name_the_file(tmp_path):
+def test_load_rwkv_cpp_missing_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nope.bin: cannot read the file"):
         load_rwkv_cpp(tmp_path / "nope.bin")
+
+
+def test_load_rwkv_cpp_bad_files_are_named(tmp_path):
     data = need(RWKV_CPP / "tiny-rwkv-7v0-834K-FP32.bin").read_bytes()
     cut = tmp_path / "cut.bin"
     cut.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.bin: .*truncated"):
         load_rwkv_cpp(cut)
+    with pytest.raises(CheckpointError, match=r"Q5_1.bin: .*\(Q5_1\): quantized rwkv.cpp files"):
+        load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-4v0-660K-Q5_1.bin"))
