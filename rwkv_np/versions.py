@@ -33,9 +33,12 @@ def detect_version(names) -> str:
 
 def _dims(flat: dict, version: str, source: str) -> dict[str, int]:
     """The sizes the shape table is written in, read off a few tensors (checked there afterwards)."""
-    def shape(name: str, ndim: int) -> tuple[int, ...]:
+    def shape(name: str, ndim: int | None) -> tuple[int, ...]:
+        """The shape of tensor `name` without its size-1 axes (as stored when ndim is None)."""
         if name not in flat:
             raise CheckpointError(f"{source}: missing tensor {name} (RWKV-{version})")
+        if ndim is None:
+            return np.shape(flat[name])
         s = tuple(d for d in np.shape(flat[name]) if d != 1) or (1,)
         if len(s) != ndim:
             raise CheckpointError(f"{source}: tensor {name} has shape {np.shape(flat[name])}, expected "
@@ -49,13 +52,12 @@ def _dims(flat: dict, version: str, source: str) -> dict[str, int]:
                               f"{sorted(layers)[:10]}")
     d = {"V": V, "C": C, "L": len(layers), "A": shape("blocks.0.att.key.weight", 2)[0],
          "F": shape("blocks.0.ffn.key.weight", 2)[0]}
-    if version == "5.1":
-        d["H"] = int(np.size(flat.get("blocks.0.att.time_decay", ())))
-    elif version in ("5.2", "6"):
-        d["H"] = shape("blocks.0.att.time_faaaa", 2)[0]
-    elif version == "7":
-        r_k = np.shape(flat.get("blocks.0.att.r_k", ()))
-        d["H"] = r_k[0] if len(r_k) == 2 else 0  # r_k is (H, N); a head count of 1 keeps its axis
+    # the head count: the first axis of 5.1's decay (H,), 5.2/6's bonus (H, N) and 7's rho (H, N);
+    # read from the raw shape, as a single head squeezed away would read as none
+    head_tensor = {"5.1": "time_decay", "5.2": "time_faaaa", "6": "time_faaaa", "7": "r_k"}.get(version)
+    if head_tensor:
+        raw = shape(f"blocks.0.att.{head_tensor}", None)
+        d["H"] = int(np.prod(raw)) if version == "5.1" else raw[0] if len(raw) > 1 else 0
     if version != "4":
         if d.get("H", 0) < 1 or d["A"] % d["H"]:
             raise CheckpointError(f"{source}: cannot split the attention width {d['A']} into heads (head "

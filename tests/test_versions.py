@@ -241,3 +241,10 @@ def test_load_rwkv_cpp_bad_files_are_named(tmp_path):
         load_rwkv_cpp(cut)
     with pytest.raises(CheckpointError, match=r"Q5_1.bin: .*\(Q5_1\): quantized rwkv.cpp files"):
         load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-4v0-660K-Q5_1.bin"))
+
+
+def test_missing_head_tensor_is_named():
+    flat = random_flat("7")
+    del flat["blocks.0.att.r_k"]
+    with pytest.raises(CheckpointError, match=r"^m.pth: missing tensor blocks.0.att.r_k \(RWKV-7\)"):
+        to_params(flat, source="m.pth")
