@@ -11,10 +11,12 @@
 What changed from RWKV-4, in time mixing only:
   - The A channels of r, k, v are split into H heads of N. Each head keeps an N x N matrix S (rows:
     key channels, columns: value channels) where RWKV-4 kept a per-channel ratio a/b: the dot product
-    r_t . k_i is back, and with it N times more state per channel.
+    r_t . k_i (within a head) is back, and the state grows from 3 to N numbers per channel.
   - No denominator: wkv is not normalised by a sum of e^k, so no exponent juggling is needed. The
     decay w = exp(-exp(time_decay)) is in (0, 1) and the state stays bounded.
-  - A GroupNorm per head (ln_x) normalises the output instead.
+  - A GroupNorm per head (ln_x) normalises the output instead. Its epsilon comes with its weights:
+    BlinkDL's code uses 64e-5 (= GroupNorm(y / 8) with 1e-5, as trained), rwkv.cpp 1e-5 for RWKV-5
+    (64e-5 for 6 and 7); rwkv_np.versions gives each source its own peer's value.
   - 5.2 only: a gate g = SiLU(W_g x^g) multiplies the output.
   - 5.1: one decay and one bonus per head, the bonus stored as its log (u = exp(time_first));
     5.2: both per channel (H, N), the bonus stored as is (time_faaaa = u).
@@ -31,10 +33,6 @@ import numpy as np
 # Rows of the token-shift state shift[i]: the LayerNorm outputs of the previous token.
 ATT_X = 0  # time mixing's x_{t-1}
 FFN_X = 1  # channel mixing's x_{t-1}
-# GroupNorm epsilon of ln_x. rwkv.cpp uses 1e-5 for RWKV-5 (and 64e-5 for 6 and 7; BlinkDL's code
-# uses 64e-5 everywhere, i.e. GroupNorm(x / 8) with eps 1e-5): rwkv.cpp's expected logits for the
-# tiny 5.1 and 5.2 checkpoints are reproduced with 1e-5 (to 3e-6) and missed by ~1 with 64e-5.
-LN_X_EPS = 1e-5
 
 
 def initial_state(n_layer, n_embd, n_head, head_size):
@@ -51,7 +49,7 @@ def layer_norm(x, weight, bias, eps):
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
-def group_norm(x, weight, bias, n_head, eps):
+def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels, then scaled and
     shifted per channel: a LayerNorm per head."""
     T, A = x.shape
@@ -83,7 +81,7 @@ def time_mixing(x, x_prev, S,
                 time_mix_k, time_mix_v, time_mix_r,  # mu_k, mu_v, mu_r (C,)
                 time_decay,  # omega: w = exp(-exp(omega)); (H,) in 5.1, (H, N) in 5.2
                 key, value, receptance, output,  # W_k, W_v, W_r (A, C); W_o (C, A)
-                ln_x,  # the per-head GroupNorm's {weight, bias} (A,)
+                ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
                 time_first=None,  # 5.1: ln u (H,)
                 time_faaaa=None,  # 5.2: u (H, N)
                 time_mix_g=None, gate=None,  # 5.2: mu_g (C,), W_g (A, C)
@@ -110,7 +108,7 @@ def time_mixing(x, x_prev, S,
         y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
         S = w * S + kv  # (H, N, N)
     # o_t = W_o (GroupNorm(y_t) [* SiLU(g_t) in 5.2]), g_t = W_g (mu_g x_t + (1 - mu_g) x_{t-1})
-    o = group_norm(y.reshape(T, H * N), **ln_x, n_head=H, eps=LN_X_EPS)  # (T, A)
+    o = group_norm(y.reshape(T, H * N), **ln_x, n_head=H)  # (T, A)
     if gate is not None:
         o = o * silu(mix(x, xx, time_mix_g) @ gate.T)  # (T, A)
     out = o @ output.T  # (T, C)

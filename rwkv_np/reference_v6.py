@@ -15,7 +15,7 @@ What changed from RWKV-5.2:
     channel. RWKV-4 and 5 forget at a fixed rate per channel; Finch decides per token what to forget.
   - The interpolation is written lerp(a, b, mu) = a + (b - a) mu with a = x_t, b = x_{t-1} (the
     checkpoints' time_maa_* are this mu, RWKV-4/5's time_mix_* were 1 - mu), channel mixing included.
-  - ln_x's epsilon is 64e-5 (RWKV-5 used 1e-5 here).
+  - ln_x's epsilon is 64e-5 in rwkv.cpp too (it used 1e-5 for RWKV-5; BlinkDL 64e-5 for both).
 The matrix state per head (rows: key channels, columns: value channels), the bonus u = time_faaaa,
 the gate, the GroupNorm and channel mixing's arithmetic are RWKV-5.2's.
 
@@ -28,7 +28,6 @@ import numpy as np
 
 ATT_X = 0  # row of shift[i]: time mixing's x_{t-1} (the LayerNorm output of the previous token)
 FFN_X = 1  # row of shift[i]: channel mixing's x_{t-1}
-LN_X_EPS = 64e-5  # GroupNorm epsilon of ln_x, as in BlinkDL's and rwkv.cpp's RWKV-6
 
 
 def initial_state(n_layer, n_embd, n_head, head_size):
@@ -45,7 +44,7 @@ def layer_norm(x, weight, bias, eps):
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
-def group_norm(x, weight, bias, n_head, eps):
+def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels: a LayerNorm per head."""
     T, A = x.shape
     h = x.reshape(T, n_head, A // n_head)  # (T, H, N)
@@ -80,7 +79,7 @@ def time_mixing(x, x_prev, S,
                 time_decay_w1, time_decay_w2,  # A_d (C, D'), B_d (D', A): the decay's LoRA
                 time_faaaa,  # u (H, N): the bonus of the current token
                 key, value, receptance, gate, output,  # W_k, W_v, W_r, W_g (A, C); W_o (C, A)
-                ln_x,  # the per-head GroupNorm's {weight, bias} (A,)
+                ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
                 record=None):
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state.
 
@@ -109,7 +108,7 @@ def time_mixing(x, x_prev, S,
         y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
         S = w[t] * S + kv  # (H, N, N)
     # o_t = W_o (GroupNorm(y_t) * SiLU(g_t)),  g_t = ddlerp_g W_g
-    o = group_norm(y.reshape(T, H * N), **ln_x, n_head=H, eps=LN_X_EPS)  # (T, A)
+    o = group_norm(y.reshape(T, H * N), **ln_x, n_head=H)  # (T, A)
     out = (o * silu(xg @ gate.T)) @ output.T  # (T, C)
     if record is not None:
         record.update(x=x, x_shift=xx, r=r, k=k, v=v, w=w[..., 0], u=u, y=y, out=out, S=S)

@@ -19,7 +19,7 @@ What changed from RWKV-6:
     a_t, the gate g_t and the value-residual mix nu_t instead.
   - Value residual: every layer after the first mixes its v_t with the first layer's (v_first).
   - No bonus u on the state: the current token enters through (r_t . (rho * k~_t)) v_t, added after
-    the GroupNorm (ln_x, epsilon 64e-5).
+    the GroupNorm (ln_x, epsilon 64e-5 as in RWKV-6).
   - Channel mixing loses its receptance: o'_t = W'_v max(W'_k x^k_t, 0)^2.
 
 params: the nested float32 dict of rwkv_np.versions.to_params (BlinkDL's names and raw values; shapes
@@ -31,7 +31,6 @@ import numpy as np
 
 ATT_X = 0  # row of shift[i]: time mixing's x_{t-1} (the LayerNorm output of the previous token)
 FFN_X = 1  # row of shift[i]: channel mixing's x_{t-1}
-LN_X_EPS = 64e-5  # GroupNorm epsilon of ln_x, as in BlinkDL's and rwkv.cpp's RWKV-7
 
 
 def initial_state(n_layer, n_embd, n_head, head_size):
@@ -48,7 +47,7 @@ def layer_norm(x, weight, bias, eps):
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
-def group_norm(x, weight, bias, n_head, eps):
+def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels: a LayerNorm per head."""
     T, A = x.shape
     h = x.reshape(T, n_head, A // n_head)  # (T, H, N)
@@ -78,7 +77,7 @@ def time_mixing(x, x_prev, S, v_first,
                 g1, g2,  # the gate's: g_t = sigmoid(x^g A_g) B_g
                 k_k, k_a, r_k,  # xi (A,), alpha (A,), rho (H, N)
                 key, value, receptance, output,  # W_k, W_v, W_r (A, C); W_o (C, A)
-                ln_x,  # the per-head GroupNorm's {weight, bias} (A,)
+                ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
                 v0=None, v1=None, v2=None,  # the value residual's: nu_t = sigmoid(v0 + x^v A_v B_v);
                 record=None):  # absent in the first layer
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state; v_first
@@ -118,7 +117,7 @@ def time_mixing(x, x_prev, S, v_first,
         y[t] = np.einsum("hvk,hk->hv", S, r[t])  # (H, N)
     # p_t = GroupNorm(y_t) + (r_t . (rho * k~_t)) v_t: the current token's own term, per head
     bonus = (r * r_k * k).sum(-1, keepdims=True) * v  # (T, H, N)
-    p = group_norm(y.reshape(T, H * N), **ln_x, n_head=H, eps=LN_X_EPS) + bonus.reshape(T, H * N)  # (T, A)
+    p = group_norm(y.reshape(T, H * N), **ln_x, n_head=H) + bonus.reshape(T, H * N)  # (T, A)
     # o_t = W_o (g_t * p_t)
     out = (g * p) @ output.T  # (T, C)
     if record is not None:

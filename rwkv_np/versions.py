@@ -18,6 +18,14 @@ from .formats import BadFile, read_rwkv_cpp
 
 VERSIONS = ("4", "5.1", "5.2", "6", "7")
 LN_EPS = 1e-5  # every LayerNorm of every version (ln0, ln1, ln2, ln_out)
+# The epsilon of ln_x, the per-head GroupNorm of 5-7. BlinkDL trains it as GroupNorm(y / 8) with
+# 1e-5, i.e. GroupNorm(y) with 64e-5, and his inference code uses 64e-5 for every version. rwkv.cpp
+# uses 1e-5 for RWKV-5 (64e-5 for 6 and 7), and its expected logits for the tiny 5.1 and 5.2 files
+# follow: reproduced to 3e-6 with 1e-5, missed by up to 1.3 with 64e-5 (the models' cross-entropy
+# on text is the same to 1e-3 nats either way, so the files cannot tell which one they were trained
+# with). Each source gets its own peer's value.
+LN_X_EPS = 64e-5
+LN_X_EPS_RWKV_CPP = {"5.1": 1e-5, "5.2": 1e-5, "6": 64e-5, "7": 64e-5}
 
 
 def detect_version(names) -> str:
@@ -121,13 +129,15 @@ def param_shapes(version: str, d: dict[str, int]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def to_params(flat: dict, version: str | None = None, source: str = "the weights") -> dict:
+def to_params(flat: dict, version: str | None = None, source: str = "the weights",
+              ln_x_eps: float = LN_X_EPS) -> dict:
     """The nested float32 params dict the references take, from a flat {BlinkDL name: array} dict.
 
     Every tensor is checked against `param_shapes` (size-1 axes may be present or not, as .pth files
     store vectors as (1, 1, C)); a missing, unexpected or misshapen tensor is a CheckpointError naming
     it. Layout: {"emb", "ln0", "blocks": [{"ln1", "att", "ln2", "ffn"}, ...], "ln_out", "head"}, with
-    "weight" dropped from Linear names (att["key"]) and LayerNorms as {"weight", "bias", "eps"}."""
+    "weight" dropped from Linear names (att["key"]) and LayerNorms as {"weight", "bias", "eps"}
+    (ln_x's eps: ln_x_eps)."""
     version = version or detect_version(flat)
     if version not in VERSIONS:
         raise CheckpointError(f"{source}: RWKV version {version!r} is not one of {VERSIONS}")
@@ -159,7 +169,7 @@ def to_params(flat: dict, version: str | None = None, source: str = "the weights
             if name.startswith(b + "att.") or name.startswith(b + "ffn."):
                 sub, key = name[len(b):].split(".", 1)
                 if key.startswith("ln_x."):
-                    part[sub].setdefault("ln_x", {})[key[5:]] = a
+                    part[sub].setdefault("ln_x", {"eps": ln_x_eps})[key[5:]] = a
                 else:
                     part[sub][key.removesuffix(".weight")] = a
         blocks.append({"ln1": ln(b + "ln1"), "att": part["att"], "ln2": ln(b + "ln2"), "ffn": part["ffn"]})
@@ -224,7 +234,8 @@ def load_rwkv_cpp(path) -> tuple[str, dict]:
     """(version, params) from an rwkv.cpp FP32 or FP16 file, for the references.
 
     Reads the whole file (these are small reference checks; `rwkv_np.load_model` is the loader for
-    real use). Every problem is a CheckpointError naming the file."""
+    real use). ln_x's epsilon is rwkv.cpp's (LN_X_EPS_RWKV_CPP). Every problem is a CheckpointError
+    naming the file."""
     path = Path(path)
     try:
         buf = path.read_bytes()
@@ -236,7 +247,8 @@ def load_rwkv_cpp(path) -> tuple[str, dict]:
         raise CheckpointError(f"{path}: {e}") from None
     flat = {name: t.read() for name, t in tensors.items()}
     version = detect_version(flat)
-    params = to_params(from_rwkv_cpp(flat, version, str(path)), version, str(path))
+    params = to_params(from_rwkv_cpp(flat, version, str(path)), version, str(path),
+                       LN_X_EPS_RWKV_CPP.get(version, LN_X_EPS))
     V, C = params["emb"].shape
     found = {"n_vocab": V, "n_embd": C, "n_layer": len(params["blocks"])}
     for key, value in found.items():

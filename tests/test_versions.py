@@ -248,3 +248,17 @@ def test_missing_head_tensor_is_named():
     del flat["blocks.0.att.r_k"]
     with pytest.raises(CheckpointError, match=r"^m.pth: missing tensor blocks.0.att.r_k \(RWKV-7\)"):
         to_params(flat, source="m.pth")
+
+
+def test_ln_x_epsilon_follows_the_source():
+    """BlinkDL's 64e-5 by default; rwkv.cpp's 1e-5 for its RWKV-5 files, which its logits need."""
+    assert to_params(random_flat("5.2"))["blocks"][0]["att"]["ln_x"]["eps"] == 64e-5
+    _, params = load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-5v2-730K-FP32.bin"))
+    assert all(b["att"]["ln_x"]["eps"] == 1e-5 for b in params["blocks"])
+    expected = np.fromfile(need(RWKV_CPP / "expected-logits-5v2-730K.bin"), "<f4")
+    for b in params["blocks"]:
+        b["att"]["ln_x"]["eps"] = 64e-5
+    logits, _ = reference_v5.forward(params, PROMPT)
+    assert np.abs(logits[-1] - expected).max() > 0.1  # measured: 1.09
+    _, params = load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-7v0-834K-FP32.bin"))
+    assert params["blocks"][0]["att"]["ln_x"]["eps"] == 64e-5
