@@ -78,8 +78,8 @@ def time_mixing(x, x_prev, S, v_first,
                 k_k, k_a, r_k,  # xi (A,), alpha (A,), rho (H, N)
                 key, value, receptance, output,  # W_k, W_v, W_r (A, C); W_o (C, A)
                 ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
-                v0=None, v1=None, v2=None,  # the value residual's: nu_t = sigmoid(v0 + x^v A_v B_v);
-                record=None):  # absent in the first layer
+                v0=None, v1=None, v2=None,  # the value residual's, absent in the first layer:
+                record=None):  # nu_t = sigmoid(v0 + x^v A_v B_v)
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state; v_first
     (T, A): the first layer's values, None in the first layer.
 
