@@ -148,7 +148,7 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
 
     res = {}
     t0 = time.perf_counter()
-    import rwkv_np  # noqa: F401  (numpy is imported already; this times numba and rwkv_np)
+    import rwkv_np.engine  # noqa: F401  (numpy is imported already; this times numba and the engine)
     from rwkv_np.threads import short_spin
 
     short_spin()  # as the command line does
@@ -289,7 +289,8 @@ def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
     res["naive (eq. 14 as written, float64)"] = (t * 1e9 / (Tn * C) * T / Tn,
                                                  f"measured at T={Tn}, x{T // Tn} (O(T^2))" if Tn < T else "")
     res["reference.py's recurrence (NumPy, one step per token)"] = (
-        best_time(lambda: reference_wkv(w, u, k, v, *state()), 2) * per, "with 4 (T,2C)x(2C,C) products")
+        best_time(lambda: reference_wkv(w, u, k, v, *state()), 2) * per,
+        "inside reference.time_mixing, whose 4 projections (here (T, 2C) x (2C, C)) are included")
     wkv_forward(w, u, k[None, :8], v[None, :8])
     res["compiled scan of kernels.wkv_step (training's, with saves)"] = (
         best_time(lambda: wkv_forward(w, u, k[None], v[None]), 5) * per, "")
