@@ -1,8 +1,8 @@
 """Helpers for the notebooks: find the models and the held-out text, measure losses, ablate, time.
 
 Every ablation returns a *new* model built from a copy of the weights; the original is untouched.
-Nothing here redefines the network: the activations are recomputed with the functions of
-rwkv_np.model, and a test checks that they reproduce the model's logits.
+Nothing here redefines the network: `trace` runs rwkv_np.reference.forward with its recorder, and a
+test checks that it reproduces the model's logits.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ArgumentError, DownloadError
-from .model import RWKV, channel_mixing, layer_norm, mix, time_mixing, token_shift
-from .state import AA, ATT_X, BB, FFN_X, PP
-from .wkv import PP_EMPTY, wkv_naive, wkv_numba
+from . import reference
+from .engine import RWKV
+from .wkv import implied_attention, wkv_naive  # noqa: F401 - implied_attention is part of this API
+from .wkv_grad import wkv_forward
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -260,48 +261,37 @@ def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.
     16-17, before the activation), ffn_hidden (relu(ffn_k)^2, (T, F)), ffn_out (eq. 18).
     """
     tokens = model._check_tokens(tokens)
-    P, eps = model.params, model.config.layer_norm_eps
-    state = model.init_state().data
-    x = layer_norm(P["emb.weight"][tokens], P["ln0.weight"], P["ln0.bias"], eps)
-    out = []
-    for i, bp in enumerate(P["blocks"]):
-        a, f, s = bp["att"], bp["ffn"], state[i]
-        d: dict[str, np.ndarray] = {}
-        d["x_att"] = xa = layer_norm(x, bp["ln1.weight"], bp["ln1.bias"], eps)
-        xx = token_shift(xa, s[ATT_X])
-        d["r"] = mix(xa, xx, a["time_mix_r"]) @ a["receptance.weight"].T
-        d["k"] = mix(xa, xx, a["time_mix_k"]) @ a["key.weight"].T
-        d["v"] = mix(xa, xx, a["time_mix_v"]) @ a["value.weight"].T
-        d["wkv"] = wkv_numba(a["decay"], a["time_first"], d["k"], d["v"], s[AA], s[BB], s[PP])[0]
-        d["att_out"], _ = time_mixing(xa, s[ATT_X:PP + 1], a)
-        x = x + d["att_out"]
-        d["x_ffn"] = xf = layer_norm(x, bp["ln2.weight"], bp["ln2.bias"], eps)
-        xx = token_shift(xf, s[FFN_X])
-        d["ffn_r"] = mix(xf, xx, f["time_mix_r"]) @ f["receptance.weight"].T
-        d["ffn_k"] = mix(xf, xx, f["time_mix_k"]) @ f["key.weight"].T
-        d["ffn_hidden"] = np.square(np.maximum(d["ffn_k"], 0.0))
-        d["ffn_out"], _ = channel_mixing(xf, s[FFN_X], f)
-        x = x + d["ffn_out"]
-        out.append(d)
-    return out
+    layers: list = []
+    reference.forward(model.params, tokens, record=layers)
+    names = {"x_att": ("att", "x"), "r": ("att", "r"), "k": ("att", "k"), "v": ("att", "v"),
+             "w": ("att", "w"), "wkv": ("att", "wkv"), "att_out": ("att", "out"), "x_ffn": ("ffn", "x"),
+             "ffn_r": ("ffn", "r"), "ffn_k": ("ffn", "k"), "ffn_hidden": ("ffn", "hidden"),
+             "ffn_out": ("ffn", "out")}
+    return [{key: rec[part][name] for key, (part, name) in names.items()} for rec in layers]
 
 
-def implied_attention(w: float, u: float, k: np.ndarray) -> np.ndarray:
-    """The (T, T) weights eq. 14 gives position t's output over positions i <= t, for one channel.
+def eq14_reference(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray, state=None):
+    """Eq. 14 alone as rwkv_np.reference computes it (the loop inside time_mixing, in the dtype of the
+    inputs): w, u (C,), k, v (T, C), state (aa, bb, pp) or None. Returns (wkv (T, C), (aa, bb, pp)).
 
-    w: the channel's decay (positive), u: its bonus, k (T,): its keys. Row t holds
-    e^{-(t-1-i) w + k_i} for i < t and e^{u + k_t} at i = t, normalised to sum 1; zero above the
-    diagonal. So wkv[:, c] = implied_attention(w[c], u[c], k[:, c]) @ v[:, c].
-    """
-    k = np.asarray(k, np.float64)
-    T = len(k)
-    t = np.arange(T)[:, None]
-    i = np.arange(T)[None, :]
-    logits = np.where(i < t, -(t - 1 - i) * float(w) + k[None, :], -np.inf)
-    logits[np.arange(T), np.arange(T)] = float(u) + k
-    logits -= logits.max(1, keepdims=True)
-    weights = np.exp(logits)
-    return weights / weights.sum(1, keepdims=True)
+    The reference writes the recurrence inline in time_mixing, so this runs time_mixing with
+    projections that pass k and v straight through (x = [k | v], W_k = [I 0], W_v = [0 I])."""
+    T, C = k.shape
+    eye, zero = np.eye(C, dtype=k.dtype), np.zeros((C, C), k.dtype)
+    if state is None:
+        state = (np.zeros(C, k.dtype), np.zeros(C, k.dtype), np.full(C, reference.PP_EMPTY, k.dtype))
+    ones, record = np.ones(2 * C, k.dtype), {}
+    reference.time_mixing(np.concatenate([k, v], axis=1), np.zeros(2 * C, k.dtype), *state,
+                          time_mix_k=ones, time_mix_v=ones, time_mix_r=ones, time_decay=np.log(w), time_first=u,
+                          key=np.hstack([eye, zero]), value=np.hstack([zero, eye]),
+                          receptance=np.zeros((C, 2 * C), k.dtype), output=eye, record=record)
+    return record["wkv"], (record["aa"], record["bb"], record["pp"])
+
+
+def eq14_compiled(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Eq. 14 alone, from the empty state, by the compiled kernels.wkv_step (the engine's and the
+    trainer's arithmetic, float64 inside): w, u (C,), k, v (T, C) -> wkv (T, C) in the dtype of k."""
+    return wkv_forward(w, u, k[None], v[None])[0][0]
 
 
 def current_token_share(u: float | np.ndarray, w: float | np.ndarray, n_past: int | np.ndarray) -> np.ndarray:
@@ -318,8 +308,8 @@ def current_token_weights(model: RWKV, tokens: Sequence[int] | np.ndarray) -> li
     `implied_attention` for every channel. Computed in float64 with log-sum-exp."""
     out = []
     for i, d in enumerate(trace(model, tokens)):
-        a = model.params["blocks"][i]["att"]
-        w, u = np.asarray(a["decay"], np.float64), np.asarray(a["time_first"], np.float64)
+        w = d["w"].astype(np.float64)
+        u = np.asarray(model.params["blocks"][i]["att"]["time_first"], np.float64)
         k = d["k"].astype(np.float64)
         log_past = np.full(k.shape[1], -np.inf)  # log of the decayed past sum b_{t-1}
         share = np.empty_like(k)
@@ -332,14 +322,13 @@ def current_token_weights(model: RWKV, tokens: Sequence[int] | np.ndarray) -> li
 
 
 def half_life(decay: np.ndarray) -> np.ndarray:
-    """Tokens after which a channel's weight has halved: ln 2 / w (w = the model's att.decay > 0)."""
+    """Tokens after which a channel's weight has halved: ln 2 / w (w = e^time_decay > 0)."""
     return np.log(2.0) / np.asarray(decay, np.float64)
 
 
 def decays(model: RWKV) -> np.ndarray:
-    """The learned w of every layer, (n_layer, C) float64."""
-    return np.stack([np.asarray(model.weights[f"blocks.{i}.att.decay"], np.float64)
-                     for i in range(model.config.n_layer)])
+    """The decay rate w = e^time_decay of every layer, (n_layer, C) float64."""
+    return np.exp(layer_param(model, "att.time_decay"))
 
 
 def layer_param(model: RWKV, name: str) -> np.ndarray:
@@ -385,19 +374,18 @@ def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repe
                 naive_max: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Seconds to compute eq. 14 over T tokens and C channels, per T in lengths (best of repeats).
 
-    Keys: "T", "naive" (wkv_naive, O(T^2); NaN above naive_max), "recurrent" (wkv_numba, O(T)).
+    Keys: "T", "naive" (wkv_naive, O(T^2); NaN above naive_max), "recurrent" (the compiled scan of
+    kernels.wkv_step that training uses, O(T)).
     """
     rng = np.random.default_rng(seed)
     w = rng.uniform(0.01, 3.0, C).astype(np.float32)
     u = rng.normal(0, 1, C).astype(np.float32)
-    aa, bb, pp = np.zeros(C, np.float32), np.zeros(C, np.float32), np.full(C, PP_EMPTY, np.float32)
-    for T in (2, max(lengths)):  # compile / start the thread pool before timing anything
-        wkv_numba(w, u, np.zeros((T, C), np.float32), np.zeros((T, C), np.float32), aa, bb, pp)
+    wkv_forward(w, u, np.zeros((1, 2, C), np.float32), np.zeros((1, 2, C), np.float32))  # compile first
     naive, rec = [], []
     for T in lengths:
         k = rng.normal(0, 1, (T, C)).astype(np.float32)
         v = rng.normal(0, 1, (T, C)).astype(np.float32)
-        rec.append(best_time(lambda: wkv_numba(w, u, k, v, aa, bb, pp), repeat))
+        rec.append(best_time(lambda: wkv_forward(w, u, k[None], v[None]), repeat))
         if naive_max is None or T <= naive_max:
             naive.append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
         else:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentError, RWKVError
+from .threads import short_spin
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_ERROR
         if args.command == "generate":
+            short_spin()  # before any kernel starts Numba's threads (rwkv_np/threads.py says why)
             return run_generate(args)
         if args.command == "download":
             return run_download(args)

@@ -22,6 +22,6 @@ class RWKVConfig:
 
     @property
     def n_params(self) -> int:
-        C, F, V, L = self.n_embd, self.ffn_dim, self.vocab_size, self.n_layer
-        per_block = 4 * C * C + 2 * C * F + C * C + 4 * C + 3 * C + 2 * C + 2 * C
-        return 2 * V * C + L * per_block + 2 * C + 2 * C
+        from .schema import n_params
+
+        return n_params(self)

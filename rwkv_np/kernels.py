@@ -1,15 +1,18 @@
-"""Compiled kernels for the fast paths of `rwkv_np.model.RWKV`: the same equations as model.py,
-fused so that every weight is read once per token and nothing waits on Python.
+"""Compiled kernels of the engine (rwkv_np/engine.py): rwkv_np/reference.py's arithmetic, fused so
+that every weight is read once per token and nothing waits on Python.
 
-Recurrent form (generation): one token costs a matrix-vector product with every weight matrix, so
-its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through all layers in
-one call; per layer four parallel loops over output rows, each row's elementwise work (token
-shift, WKV of eq. 14, gates) done right where its dot products are, so no (C,) vector goes back
-to Python and no thread waits for another more than four times a layer.
+Eq. 14 is one function here, `wkv_step` (one channel, one token, float64): the loop body of
+reference.time_mixing, used by both forms below and by the trainer's forward (rwkv_np/wkv_grad.py).
 
-Parallel form (prompts): the projections are matrix-matrix products (BLAS); the kernels here fuse
-the elementwise work between them (LayerNorm + token shift + mixes; WKV scan + output gate;
-squared ReLU; gated residual add) so each (T, C) activation is read and written once.
+Recurrent form (generation; reference.step): one token costs a matrix-vector product with every
+weight matrix, so its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through
+all layers in one call; per layer four parallel loops over output rows, each row's elementwise work
+(token shift, eq. 14, gates) done right where its dot products are, so no (C,) vector goes back to
+Python and no thread waits for another more than four times a layer.
+
+Parallel form (prompts; reference.forward): the projections are matrix-matrix products (BLAS); the
+kernels here fuse the elementwise work between them (LayerNorm + token shift + mixes; the scan of
+eq. 14 + output gate; squared ReLU; gated residual add) so each (T, C) activation is read and written once.
 
 Weights may be float32, or 16-bit kept as stored: bfloat16 bit patterns as uint16, float16 bit
 patterns as int16 (Numba has no float16 on the CPU). `widen` turns one element into float32
@@ -17,39 +20,33 @@ exactly (bf16 is the top half of a float32; fp16 -> float32 is exact), and every
 accumulates in float32.
 """
 
-import os
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic, overload
 
-# Threads that finish a parallel loop spin briefly (GOMP_SPINCOUNT 1000: ~20 us), then sleep until
-# the next one. The recurrent form runs ~50 parallel loops a token with a few microseconds of
-# serial work between them. libgomp's default (spin ~300,000 times) is fastest on an idle machine,
-# but on one whose cores are shared a spinning thread holds its core while the thread it waits for
-# cannot run: measured with another process busy on one of 2 cores, 2.6 tok/s (fp32 169M) against
-# 44 tok/s sleeping at once. Sleeping at once costs ~50 us a wake-up here: 94 tok/s (bf16) on an
-# idle machine against 110 with the short spin, which keeps 65 tok/s (82 sleeping) with a core
-# busy. A user's own settings win. Read by libgomp when Numba first loads it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
-import numpy as np  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import carray, njit, prange, types  # noqa: E402
-from numba.extending import intrinsic, overload  # noqa: E402
+from .reference import AA, ATT_X, BB, FFN_X, PP
+from .schema import MATRICES, VECTORS
 
 # error_model="numpy" everywhere: a division by zero gives inf instead of raising, which spares
 # every division a branch and lets the loops around them vectorise.
 # the dot products may reorder their float32 sums (that is what lets them use SIMD lanes)
 _DOT_MATH = {"reassoc", "contract", "nsz"}
 # fused multiply-adds only (one rounding instead of two, never a different order): the float64
-# polynomials of the exponentials in the parallel form's WKV and gates, 22% faster
+# polynomials of the exponentials in the parallel form's WKV and gates (benchmarks/NOTES.md)
 _FMA = {"contract"}
 
-# rows of the per-layer vector table `vecs` (L, N_VECS, C)
-LN1_W, LN1_B, LN2_W, LN2_B, ATT_MK, ATT_MV, ATT_MR, DECAY, FIRST, FFN_MK, FFN_MR = range(11)
-N_VECS = 11
-VEC_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_mix_k", "att.time_mix_v",
-             "att.time_mix_r", "att.decay", "att.time_first", "ffn.time_mix_k", "ffn.time_mix_r")
-# state rows, as in rwkv_np/state.py
-_ATT_X, _AA, _BB, _PP, _FFN_X = range(5)
+# rows of the per-layer vector table `vecs` (L, len(VECTORS), C): rwkv_np.schema.VECTORS, except
+# that the time_decay row holds w = e^time_decay itself (computed once, when the table is built)
+LN1_W, LN1_B, ATT_MK, ATT_MV, ATT_MR, DECAY_W, FIRST, LN2_W, LN2_B, FFN_MK, FFN_MR = (VECTORS.index(n) for n in (
+    "ln1.weight", "ln1.bias", "att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "att.time_decay",
+    "att.time_first", "ln2.weight", "ln2.bias", "ffn.time_mix_k", "ffn.time_mix_r"))
+N_VECS = len(VECTORS)
+# rows of the address table of recurrent_tokens: the block's matrices, then the head
+ATT_K, ATT_V, ATT_R, ATT_O, FFN_K, FFN_R, FFN_V = (MATRICES.index(n) for n in (
+    "att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight",
+    "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight"))
+HEAD = len(MATRICES)
 
 
 @intrinsic
@@ -157,11 +154,27 @@ def _exp_nonpos(x):
 
 @njit(inline="always", error_model="numpy")
 def _wkv_terms(p, ww):
-    """(e^(p - q), e^(ww - q)) with q = max(p, ww): one factor is 1, the other e^-|p - ww|
-    (the same numbers as rwkv_np.wkv's four exponentials, with two of them known)."""
+    """(e^(p - q), e^(ww - q)) with q = max(p, ww): one factor is 1, the other e^-|p - ww|."""
     d = p - ww
     e = _exp_nonpos(-abs(d))
     return (1.0, e) if d >= 0.0 else (e, 1.0)
+
+
+@njit(inline="always", error_model="numpy")
+def wkv_step(aa, bb, pp, w, u, k, v):
+    """Eq. 14 for one channel and one token, in float64: the compiled copy of the loop body of
+    rwkv_np.reference.time_mixing, shared by every compiled kernel (both forms of the engine, and
+    the trainer's forward). w > 0 is the decay rate, u the bonus; aa, bb, pp the state before.
+
+    Returns (wkv_t, den, q, aa, bb, pp): wkv_t, the state after the token, and what the trainer's
+    backward keeps (den = the denominator of wkv_t, q its exponent: it is den * e^q)."""
+    e_past, e_now = _wkv_terms(pp, u + k)
+    den = e_past * bb + e_now
+    wkv = (e_past * aa + e_now * v) / den
+    q = max(pp, u + k)
+    # the state after the token: the past decays by e^-w; the token joins it without the bonus
+    e_past, e_now = _wkv_terms(pp - w, k)
+    return wkv, den, q, e_past * aa + e_now * v, e_past * bb + e_now, max(pp - w, k)
 
 
 @njit(inline="always", error_model="numpy")
@@ -187,7 +200,6 @@ def _matrix(address, like, rows, cols):
     return carray(_address_as_pointer(address, like), (rows, cols))
 
 
-N_MATRICES = 8  # rows of the address table of recurrent_tokens
 LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2  # which tokens recurrent_tokens computes logits for
 
 
@@ -196,7 +208,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
     """The recurrent form over tokens whose embedding rows are rows (T, C), advancing state
     (L, 5, C) float32 in place.
 
-    The stored weights, all of the dtype of rows, are passed by address: addr (N_MATRICES, L)
+    The stored weights, all of the dtype of rows, are passed by address: addr (HEAD + 1, L)
     int64 of att.key, att.value, att.receptance, att.output (C, C), ffn.key (F, C),
     ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row head (V, C).
     Addresses keep the compiled signature the same for any number of layers and for read-only
@@ -206,7 +218,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
     """
     L, C = vecs.shape[0], vecs.shape[2]
     kind = rows[0]
-    head = _matrix(addr[7, 0], kind, V, C)
+    head = _matrix(addr[HEAD, 0], kind, V, C)
     x = np.empty(C, np.float32)
     xn = np.empty(C, np.float32)
     xk = np.empty(C, np.float32)
@@ -223,43 +235,37 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
         for i in range(L):
             p = vecs[i]
             s = state[i]
-            # time mixing (eqs. 11-15)
+            # reference.time_mixing (eqs. 11-15)
             _layer_norm_into(x, p[LN1_W], p[LN1_B], eps, xn)
             for j in range(C):
-                xk[j] = xn[j] * p[ATT_MK, j] + s[_ATT_X, j] * (one - p[ATT_MK, j])
-                xv[j] = xn[j] * p[ATT_MV, j] + s[_ATT_X, j] * (one - p[ATT_MV, j])
-                xr[j] = xn[j] * p[ATT_MR, j] + s[_ATT_X, j] * (one - p[ATT_MR, j])
-                s[_ATT_X, j] = xn[j]
-            wk, wv, wr = _matrix(addr[0, i], kind, C, C), _matrix(addr[1, i], kind, C, C), _matrix(addr[2, i], kind, C, C)
+                xk[j] = xn[j] * p[ATT_MK, j] + s[ATT_X, j] * (one - p[ATT_MK, j])
+                xv[j] = xn[j] * p[ATT_MV, j] + s[ATT_X, j] * (one - p[ATT_MV, j])
+                xr[j] = xn[j] * p[ATT_MR, j] + s[ATT_X, j] * (one - p[ATT_MR, j])
+                s[ATT_X, j] = xn[j]
+            wk, wv, wr = _matrix(addr[ATT_K, i], kind, C, C), _matrix(addr[ATT_V, i], kind, C, C), _matrix(addr[ATT_R, i], kind, C, C)
             for c in prange(C):
                 k = _dot(wk[c], xk)
                 v = _dot(wv[c], xv)
                 r = _dot(wr[c], xr)
-                # eq. 14 for channel c: rwkv_np.wkv._scan_channel's float64 arithmetic
-                a, b, pp = np.float64(s[_AA, c]), np.float64(s[_BB, c]), np.float64(s[_PP, c])
-                k64, v64 = np.float64(k), np.float64(v)
-                e1, e2 = _wkv_terms(pp, np.float64(p[FIRST, c]) + k64)
-                wkv = np.float32((e1 * a + e2 * v64) / (e1 * b + e2))
-                ww = pp - np.float64(p[DECAY, c])
-                e1, e2 = _wkv_terms(ww, k64)
-                s[_AA, c] = e1 * a + e2 * v64
-                s[_BB, c] = e1 * b + e2
-                s[_PP, c] = max(ww, k64)
-                y[c] = _sigmoid(r) * wkv
-            wo = _matrix(addr[3, i], kind, C, C)
+                # eqs. 14-15 for channel c
+                wkv, _, _, s[AA, c], s[BB, c], s[PP, c] = wkv_step(
+                    np.float64(s[AA, c]), np.float64(s[BB, c]), np.float64(s[PP, c]),
+                    np.float64(p[DECAY_W, c]), np.float64(p[FIRST, c]), np.float64(k), np.float64(v))
+                y[c] = _sigmoid(r) * np.float32(wkv)
+            wo = _matrix(addr[ATT_O, i], kind, C, C)
             for c in prange(C):
                 x[c] += _dot(wo[c], y)
-            # channel mixing (eqs. 16-18)
+            # reference.channel_mixing (eqs. 16-18)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
-                xk[j] = xn[j] * p[FFN_MK, j] + s[_FFN_X, j] * (one - p[FFN_MK, j])
-                xr[j] = xn[j] * p[FFN_MR, j] + s[_FFN_X, j] * (one - p[FFN_MR, j])
-                s[_FFN_X, j] = xn[j]
-            wk = _matrix(addr[4, i], kind, F, C)
+                xk[j] = xn[j] * p[FFN_MK, j] + s[FFN_X, j] * (one - p[FFN_MK, j])
+                xr[j] = xn[j] * p[FFN_MR, j] + s[FFN_X, j] * (one - p[FFN_MR, j])
+                s[FFN_X, j] = xn[j]
+            wk = _matrix(addr[FFN_K, i], kind, F, C)
             for f in prange(F):
                 k = max(_dot(wk[f], xk), np.float32(0.0))
                 kk[f] = k * k
-            wr, wv = _matrix(addr[5, i], kind, C, C), _matrix(addr[6, i], kind, C, F)
+            wr, wv = _matrix(addr[FFN_R, i], kind, C, C), _matrix(addr[FFN_V, i], kind, C, F)
             for c in prange(C):
                 x[c] += _sigmoid(_dot(wr[c], xr)) * _dot(wv[c], kk)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
@@ -271,7 +277,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
 
 # ---- parallel form: the elementwise work between the BLAS products -----------------------------
 # These run on the calling thread: BLAS owns the threads here, and a second pool spinning between
-# the products would take the cores BLAS needs (measured: 2 Numba threads made prompts slower).
+# the products would take the cores BLAS needs (benchmarks/NOTES.md: 2 Numba threads were slower).
 
 @njit(cache=True, error_model="numpy")
 def norm_shift_mix(x, g, b, eps, x_prev, mus, outs):
@@ -294,39 +300,16 @@ def norm_shift_mix(x, g, b, eps, x_prev, mus, outs):
 def wkv_gate(w, u, k, v, r, aa, bb, pp, out):
     """out (T, C) = sigmoid(r) * wkv of eq. 14 over k, v (T, C); aa, bb, pp (C,) advanced in place.
 
-    rwkv_np.wkv._scan_channel's float64 arithmetic with the channels in the inner loops: they are
-    independent, so the compiler can run 8 of them per instruction. Each loop writes one array
-    and reads few, which is what lets it prove the vectorised loop safe."""
+    The scan over T of `wkv_step`, with the channels in the inner loop: they are independent, so
+    the compiler can run several of them per instruction."""
     T, C = k.shape
     a, b, p = aa.astype(np.float64), bb.astype(np.float64), pp.astype(np.float64)
     w64, u64 = w.astype(np.float64), u.astype(np.float64)
-    kt, vt = np.empty(C), np.empty(C)
-    ww, e = np.empty(C), np.empty(C)
     for t in range(T):
         for c in range(C):
-            kt[c] = k[t, c]
-        for c in range(C):
-            vt[c] = v[t, c]
-        # output: the past at exponent p against the current token at u + k (eq. 14)
-        for c in range(C):
-            ww[c] = u64[c] + kt[c]
-        for c in range(C):
-            e[c] = _exp_nonpos(-abs(p[c] - ww[c]))
-        for c in range(C):
-            e1, e2 = (1.0, e[c]) if p[c] >= ww[c] else (e[c], 1.0)
-            wkv = np.float32((e1 * a[c] + e2 * vt[c]) / (e1 * b[c] + e2))
-            out[t, c] = _sigmoid(r[t, c]) * wkv
-        # state: the past decayed by e^-w, plus the current token without the bonus
-        for c in range(C):
-            ww[c] = p[c] - w64[c]
-        for c in range(C):
-            e[c] = _exp_nonpos(-abs(ww[c] - kt[c]))
-        for c in range(C):
-            a[c] = a[c] + e[c] * vt[c] if ww[c] >= kt[c] else e[c] * a[c] + vt[c]
-        for c in range(C):
-            b[c] = b[c] + e[c] if ww[c] >= kt[c] else e[c] * b[c] + 1.0
-        for c in range(C):
-            p[c] = max(ww[c], kt[c])
+            wkv, _, _, a[c], b[c], p[c] = wkv_step(a[c], b[c], p[c], w64[c], u64[c],
+                                                   np.float64(k[t, c]), np.float64(v[t, c]))
+            out[t, c] = _sigmoid(r[t, c]) * np.float32(wkv)
     aa[:] = a
     bb[:] = b
     pp[:] = p

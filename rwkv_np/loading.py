@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import schema
 from .config import RWKVConfig
 from .errors import CheckpointError, RWKVError
 from .formats import BadFile, LazyTensor, read_rwkv_cpp, read_safetensors, read_torch_zip
@@ -29,10 +30,6 @@ SUPPORTED = ("supported formats: a BlinkDL .pth (torch.save zip archive); a Hugg
 TOKENIZER_NAMES = ("tokenizer.json", "20B_tokenizer.json")
 MAX_JSON_BYTES = 16 << 20
 
-_VECTORS = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.time_decay", "att.time_first",
-            "att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r")
-_SQUARE = ("att.key.weight", "att.value.weight", "att.receptance.weight", "att.output.weight",
-           "ffn.receptance.weight")
 # Names that only RWKV-5/6/7 checkpoints have (BlinkDL and Hugging Face spellings).
 _NEWER_RWKV = re.compile(r"time_faaaa|\.ln_x\.|\.gate\.|time_maa|time_decay_w\d|time_state|"
                          r"\.(att|attention)\.(w0|w1|w2|a0|a1|a2|v0|v1|v2|g1|g2|k_k|k_a|r_k|x_[rwkvag])$")
@@ -45,7 +42,8 @@ _HF_RENAMES = [(r"^rwkv\.embeddings\.", "emb."), (r"^rwkv\.", ""), (r"\.pre_ln\.
 class Checkpoint:
     """A loaded checkpoint.
 
-    weights:        model-ready dict (BlinkDL names, float32 C-contiguous; `att.decay` = w of eq. 14);
+    weights:        model-ready dict (BlinkDL names, float32 C-contiguous, vectors (C,); `att.time_decay`
+                    = ln w as in BlinkDL's checkpoints, see rwkv_np/schema.py);
                     with keep_16bit, 16-bit matrices stay as stored (float16, or bfloat16 as uint16);
                     with lazy_embedding, "emb.weight" is a FileRows (rows read from the file on demand)
     config:         sizes inferred from the weights' shapes
@@ -354,15 +352,7 @@ def _infer_config(path: Path, tensors: dict[str, LazyTensor], original: dict[str
 
 def expected_shapes(config: RWKVConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of an RWKV-4 checkpoint (raw BlinkDL names) with its shape; vectors as (C,)."""
-    C, V, F = config.n_embd, config.vocab_size, config.ffn_dim
-    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
-    for i in range(config.n_layer):
-        shapes.update({f"blocks.{i}.{n}": (C,) for n in _VECTORS})
-        shapes.update({f"blocks.{i}.{n}": (C, C) for n in _SQUARE})
-        shapes[f"blocks.{i}.ffn.key.weight"] = (F, C)
-        shapes[f"blocks.{i}.ffn.value.weight"] = (C, F)
-    shapes.update({"ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)})
-    return shapes
+    return schema.shapes(config)
 
 
 def _shape_ok(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
@@ -459,13 +449,17 @@ def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str,
         _release(t)
         if bad:
             raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
+        if decay_is_neg_stored and name.endswith("att.time_decay"):
+            # rwkv.cpp stores -w; the library's convention is the checkpoints' ln w (rwkv_np/schema.py)
+            with np.errstate(divide="ignore", invalid="ignore"):  # reported just below, naming the tensor
+                a = np.log(-a.astype(np.float64)).astype(np.float32)
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"{path}: tensor {original[name]} holds a decay -w that is not negative")
         if name.endswith("att.time_decay"):
-            # .pth/HF store the raw parameter (w = exp(raw)); rwkv.cpp stores -exp(raw) already
-            with np.errstate(over="ignore"):  # overflow is reported just below, naming the tensor
-                a = -a if decay_is_neg_stored else np.exp(a.astype(np.float64)).astype(np.float32)
-            if not (np.isfinite(a).all() and (a >= 0).all()):
-                raise CheckpointError(f"{path}: tensor {original[name]} gives a decay exp(time_decay) that is "
-                                      "negative or overflows float32")
-            name = name.replace("att.time_decay", "att.decay")
+            with np.errstate(over="ignore"):
+                w = np.exp(a.astype(np.float64)).astype(np.float32)
+            if not np.isfinite(w).all():
+                raise CheckpointError(f"{path}: tensor {original[name]} gives a decay rate w = exp(time_decay) "
+                                      "that overflows float32")
         weights[name] = a
     return weights

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArgumentError, ModelError
-from .wkv import PP_EMPTY
-
-ATT_X, AA, BB, PP, FFN_X = range(5)
+from .reference import AA, ATT_X, BB, FFN_X, PP, PP_EMPTY  # noqa: F401 - the layout, defined once
 
 ARRAY_NAME = "rwkv_np_state"
 #: the largest state file we read: 256x the state of the largest RWKV-4 (14B: 40 layers x 5 x 5120

@@ -137,14 +137,9 @@ def n_layers(params: dict) -> int:
 
 
 def model_ready(params: dict) -> dict[str, np.ndarray]:
-    """The weights dict `rwkv_np.model.RWKV` takes: decay = exp(time_decay) (float64 then rounded)."""
-    out = {}
-    for k, v in params.items():
-        if k.endswith("att.time_decay"):
-            out[k[: -len("time_decay")] + "decay"] = np.exp(v.astype(np.float64)).astype(np.float32)
-        else:
-            out[k] = np.ascontiguousarray(np.asarray(v, np.float32).reshape(v.shape[-1:] if "time_" in k else v.shape))
-    return out
+    """The flat weights dict `rwkv_np.RWKV` takes: the same names and values, float32, vectors (C,)."""
+    return {k: np.ascontiguousarray(np.asarray(v, np.float32).reshape(v.shape[-1:] if "time_" in k else v.shape))
+            for k, v in params.items()}
 
 
 # ----------------------------------------------------------------------------------------------- ops

@@ -11,39 +11,23 @@ kernels is float64 whatever the input dtype; outputs take the input dtype.
 import numpy as np
 from numba import njit
 
+from .kernels import wkv_step
+from .reference import PP_EMPTY
 
-@njit(cache=True)
+
+@njit(cache=True, error_model="numpy")
 def _wkv_forward(w, u, k, v, y, q, d):
+    # the scan of kernels.wkv_step (eq. 14, the same compiled arithmetic as inference) over
+    # (B, T, C) from the empty state, keeping each output's denominator d and its exponent q
     B, T, C = k.shape
-    # channels innermost: the (B, T, C) arrays are read contiguously
-    p = np.empty(C)
-    a = np.empty(C)
-    bb = np.empty(C)
-    for b in range(B):
-        # state: numerator a*e^p, denominator bb*e^p, p = max_i(k_i - (t-1-i)w) over the past
-        p[:] = -1e38
-        a[:] = 0.0
-        bb[:] = 0.0
+    a, b, p = np.empty(C), np.empty(C), np.empty(C)
+    for n in range(B):
+        a[:], b[:], p[:] = 0.0, 0.0, PP_EMPTY
         for t in range(T):
-            for c in range(C):
-                kt = np.float64(k[b, t, c])
-                vt = np.float64(v[b, t, c])
-                pc = p[c]
-                ww = np.float64(u[c]) + kt
-                qq = max(pc, ww)
-                e1 = np.exp(pc - qq)
-                e2 = np.exp(ww - qq)
-                dd = e1 * bb[c] + e2  # denominator D_t = dd * e^qq, and dd >= 1
-                y[b, t, c] = (e1 * a[c] + e2 * vt) / dd
-                q[b, t, c] = qq
-                d[b, t, c] = dd
-                ww = pc - np.float64(w[c])
-                qq = max(ww, kt)
-                e1 = np.exp(ww - qq)
-                e2 = np.exp(kt - qq)
-                a[c] = e1 * a[c] + e2 * vt
-                bb[c] = e1 * bb[c] + e2
-                p[c] = qq
+            for c in range(C):  # channels innermost: the (B, T, C) arrays are read contiguously
+                y[n, t, c], d[n, t, c], q[n, t, c], a[c], b[c], p[c] = wkv_step(
+                    a[c], b[c], p[c], np.float64(w[c]), np.float64(u[c]),
+                    np.float64(k[n, t, c]), np.float64(v[n, t, c]))
 
 
 @njit(cache=True)

@@ -14,29 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkv_np.config import RWKVConfig
+from rwkv_np.schema import random_weights
+
 STORAGE_TYPES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage"}
 
 
 def tiny_weights(n_layer: int = 1, C: int = 8, V: int = 16, F: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    """Raw BlinkDL state dict (time_decay raw, time_mix (1, 1, C)) of a small random RWKV-4, float32."""
-    rng = np.random.default_rng(seed)
-    w = {"emb.weight": rng.normal(0, 0.5, (V, C)), "blocks.0.ln0.weight": 1 + rng.normal(0, 0.1, C),
-         "blocks.0.ln0.bias": rng.normal(0, 0.1, C)}
-    for i in range(n_layer):
-        b = f"blocks.{i}."
-        for n in ("ln1", "ln2"):
-            w[b + n + ".weight"], w[b + n + ".bias"] = 1 + rng.normal(0, 0.1, C), rng.normal(0, 0.1, C)
-        w[b + "att.time_decay"] = rng.uniform(-6, 2, C)
-        w[b + "att.time_first"] = rng.uniform(-1, 1.5, C)
-        for n in ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r"):
-            w[b + n] = rng.uniform(0, 1, (1, 1, C))
-        for n in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
-            w[b + n + ".weight"] = rng.normal(0, C ** -0.5, (C, C))
-        w[b + "ffn.key.weight"] = rng.normal(0, C ** -0.5, (F, C))
-        w[b + "ffn.value.weight"] = rng.normal(0, F ** -0.5, (C, F))
-    w["ln_out.weight"], w["ln_out.bias"] = 1 + rng.normal(0, 0.1, C), rng.normal(0, 0.1, C)
-    w["head.weight"] = rng.normal(0, C ** -0.5, (V, C))
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in w.items()}
+    """Raw BlinkDL state dict (time_decay raw, time_mix (1, 1, C)) of a small random RWKV-4, float32:
+    rwkv_np.schema.random_weights, with the time_mix vectors shaped as .pth files store them."""
+    config = RWKVConfig(n_layer=n_layer, n_embd=C, vocab_size=V, ffn_dim=F)
+    return {k: v.reshape(1, 1, C) if ".time_mix_" in k else v for k, v in random_weights(config, seed).items()}
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -181,11 +169,6 @@ def to_hf_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def expected_model_weights(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model-ready dict rwkv_np should make from a raw float32 BlinkDL state dict."""
-    out = {}
-    for k, v in raw.items():
-        if k.endswith("att.time_decay"):
-            out[k.replace("time_decay", "decay")] = np.exp(v.astype(np.float64)).astype(np.float32)
-        else:
-            out[k] = v.reshape(-1) if ".time_" in k else v
-    return out
+    """The model-ready dict rwkv_np should make from a raw float32 BlinkDL state dict: the same
+    values, vectors as (C,)."""
+    return {k: v.reshape(-1) if ".time_" in k else v for k, v in raw.items()}

@@ -6,35 +6,24 @@ import json
 import numpy as np
 import pytest
 
-import rwkv_np.model
+from rwkv_np import RWKV, RWKVConfig, reference
+from rwkv_np.schema import random_weights
 from rwkv_np import analysis as A
 from rwkv_np.errors import ArgumentError
-from rwkv_np.model import RWKV, layer_norm
+from rwkv_np.reference import layer_norm
 from rwkv_np.wkv import wkv_naive
 
 L, C, V, F = 2, 16, 32, 64
 
 
 def random_model(seed: int = 0) -> RWKV:
-    """A small model with trained-looking weights (decays 0.02..5, mu in (0, 1), non-zero FFN)."""
-    rng = np.random.default_rng(seed)
-    n = lambda *shape, s=0.3: rng.normal(0, s, shape).astype(np.float32)  # noqa: E731
-    w = {"emb.weight": n(V, C, s=1.0), "blocks.0.ln0.weight": 1 + n(C, s=0.1), "blocks.0.ln0.bias": n(C, s=0.1),
-         "ln_out.weight": 1 + n(C, s=0.1), "ln_out.bias": n(C, s=0.1), "head.weight": n(V, C)}
-    for i in range(L):
-        b = f"blocks.{i}."
-        for ln in ("ln1", "ln2"):
-            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + n(C, s=0.1), n(C, s=0.1)
-        for name in ("k", "v", "r"):
-            w[b + "att.time_mix_" + name] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "att.time_first"] = rng.uniform(-1, 2, C).astype(np.float32)
-        w[b + "att.decay"] = np.exp(rng.uniform(-4, 1.6, C)).astype(np.float32)
-        for m in ("key", "value", "receptance", "output"):
-            w[b + f"att.{m}.weight"] = n(C, C)
-        w[b + "ffn.time_mix_k"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "ffn.time_mix_r"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "ffn.key.weight"], w[b + "ffn.value.weight"] = n(F, C), n(C, F)
-        w[b + "ffn.receptance.weight"] = n(C, C)
+    """A small model with trained-looking weights (rwkv_np.schema.random_weights: decays e^-6..e^2,
+    mu in (0, 1), non-zero FFN), mu kept away from 0 and 1 so every ablation below changes something."""
+    config = RWKVConfig(n_layer=L, n_embd=C, vocab_size=V, ffn_dim=F)
+    w = random_weights(config, seed)
+    for k in w:
+        if ".time_mix_" in k:
+            w[k] = 0.05 + 0.9 * w[k]
     return RWKV(w)
 
 
@@ -51,8 +40,8 @@ def logits_of(m, tokens=TOKENS):
 
 
 def reference_logits(m, tokens=TOKENS):
-    """The functional form, rwkv_np.model.rwkv: built from the functions the tests patch."""
-    return rwkv_np.model.rwkv(np.asarray(tokens), m.init_state().data.copy(), m.params, m.config, return_all=True)[0]
+    """rwkv_np.reference.forward: built from the functions the tests patch."""
+    return reference.forward(m.params, tokens)[0]
 
 
 # ------------------------------------------------------------------------- trace / implied attention
@@ -60,10 +49,10 @@ def reference_logits(m, tokens=TOKENS):
 def test_trace_reproduces_the_models_logits(model):
     tr = A.trace(model, TOKENS)
     P = model.params
-    x = layer_norm(P["emb.weight"][TOKENS], P["ln0.weight"], P["ln0.bias"])
+    x = layer_norm(P["emb"][TOKENS], **P["ln0"])
     for d in tr:
         x = x + d["att_out"] + d["ffn_out"]
-    logits = layer_norm(x, P["ln_out.weight"], P["ln_out.bias"]) @ P["head.weight"].T
+    logits = layer_norm(x, **P["ln_out"]) @ P["head"].T
     # same float32 operations in the same order as model.forward: identical up to BLAS blocking
     np.testing.assert_allclose(logits, logits_of(model), atol=1e-5)
     assert tr[1]["ffn_hidden"].shape == (len(TOKENS), F)
@@ -73,9 +62,10 @@ def test_trace_reproduces_the_models_logits(model):
 def test_trace_wkv_is_eq14_of_its_k_and_v(model):
     d = A.trace(model, TOKENS)[1]
     a = model.params["blocks"][1]["att"]
-    ref = wkv_naive(a["decay"].astype(np.float64), a["time_first"].astype(np.float64),
+    ref = wkv_naive(np.exp(a["time_decay"].astype(np.float64)), a["time_first"].astype(np.float64),
                     d["k"].astype(np.float64), d["v"].astype(np.float64))
-    # |v| ~ 1 and wkv is a convex combination of v's: float32 rounding of the result, ~1e-7 relative
+    # |v| ~ 1 and wkv is a convex combination of v's; the reference runs eq. 14 in float32, rounding its
+    # state each token (T = 40): ~T eps relative, 5e-6, bounded here by 1e-5
     np.testing.assert_allclose(d["wkv"], ref, atol=1e-5)
 
 
@@ -90,7 +80,7 @@ def test_implied_attention_times_v_is_wkv(model):
     d = A.trace(model, TOKENS)[0]
     a = model.params["blocks"][0]["att"]
     for c in (0, 7, 15):
-        attn = A.implied_attention(a["decay"][c], a["time_first"][c], d["k"][:, c])
+        attn = A.implied_attention(d["w"][c], a["time_first"][c], d["k"][:, c])
         np.testing.assert_allclose(attn.sum(1), 1.0, atol=1e-12)
         assert np.all(np.triu(attn, 1) == 0)
         np.testing.assert_allclose(attn @ d["v"][:, c].astype(np.float64), d["wkv"][:, c], atol=1e-5)
@@ -108,7 +98,7 @@ def test_half_life_and_decays(model):
     np.testing.assert_allclose(A.half_life([np.log(2), np.log(2) / 10]), [1.0, 10.0], rtol=1e-15)
     d = A.decays(model)
     assert d.shape == (L, C)
-    np.testing.assert_array_equal(d[1], model.weights["blocks.1.att.decay"].astype(np.float64))
+    np.testing.assert_array_equal(d[1], np.exp(model.weights["blocks.1.att.time_decay"].astype(np.float64)))
     np.testing.assert_array_equal(A.layer_param(model, "ffn.time_mix_k")[0], model.weights["blocks.0.ffn.time_mix_k"])
 
 
@@ -118,7 +108,7 @@ def test_u_no_bonus_is_past_only_and_v0_at_the_start(model):
     ablated = A.with_time_first(model, A.U_NO_BONUS)
     assert np.all(model.weights["blocks.0.att.time_first"] != A.U_NO_BONUS)  # original untouched
     d = A.trace(ablated, TOKENS)[0]
-    w = model.weights["blocks.0.att.decay"].astype(np.float64)
+    w = d["w"].astype(np.float64)
     k, v = d["k"].astype(np.float64), d["v"].astype(np.float64)
     np.testing.assert_allclose(d["wkv"][0], v[0], atol=1e-6)  # the only token there is
     for t in (1, 5, 39):
@@ -141,7 +131,7 @@ def test_mu_one_equals_a_model_without_token_shift(model, monkeypatch):
     m = A.without_token_shift(model)
     ablated = reference_logits(m)
     # independent: the original weights, with the interpolation replaced by "the current token only"
-    monkeypatch.setattr(rwkv_np.model, "mix", lambda x, x_shift, mu: x)
+    monkeypatch.setattr(reference, "mix", lambda x, x_shift, mu: x)
     # x * 1 + x_prev * 0 is exactly x in floating point, so the two agree bit for bit
     np.testing.assert_array_equal(ablated, reference_logits(model))
     # and the compiled forward of the ablated model computes the same (float32 kernels vs NumPy: ~1e-6)
@@ -157,7 +147,7 @@ def test_mu_one_in_one_layer_and_one_part(model):
     d0, d1 = A.trace(model, TOKENS), A.trace(m, TOKENS)
     np.testing.assert_array_equal(d1[0]["att_out"], d0[0]["att_out"])  # layer 0 untouched
     a = m.params["blocks"][1]["att"]
-    np.testing.assert_allclose(d1[1]["k"], d1[1]["x_att"] @ a["key.weight"].T, atol=1e-6)
+    np.testing.assert_allclose(d1[1]["k"], d1[1]["x_att"] @ a["key"].T, atol=1e-6)
 
 
 def test_without_sublayer_equals_skipping_it(model, monkeypatch):
@@ -166,14 +156,14 @@ def test_without_sublayer_equals_skipping_it(model, monkeypatch):
         tr = A.trace(ablated, TOKENS)
         assert np.all(tr[1][f"{part}_out"] == 0)
         target = model.params["blocks"][1][part]
-        original = getattr(rwkv_np.model, fn)
+        original = getattr(reference, fn)
 
-        def skip(x, s, p, original=original, target=target):
-            out, new_state = original(x, s, p)
-            return (np.zeros_like(out) if p is target else out), new_state
+        def skip(*args, original=original, target=target, **params):
+            out, new_state = original(*args, **params)
+            return (np.zeros_like(out) if params["key"] is target["key"] else out), new_state
 
         with monkeypatch.context() as mp:
-            mp.setattr(rwkv_np.model, fn, skip)
+            mp.setattr(reference, fn, skip)
             np.testing.assert_array_equal(reference_logits(ablated), reference_logits(model))
         np.testing.assert_allclose(logits_of(ablated), reference_logits(ablated), atol=1e-5)
 
@@ -269,7 +259,7 @@ def test_current_token_weights_are_the_attention_diagonal(model):
     d = A.trace(model, TOKENS)[1]
     a = model.params["blocks"][1]["att"]
     for c in (3, 11):
-        diag = np.diag(A.implied_attention(a["decay"][c], a["time_first"][c], d["k"][:, c]))
+        diag = np.diag(A.implied_attention(d["w"][c], a["time_first"][c], d["k"][:, c]))
         np.testing.assert_allclose(shares[1][:, c], diag, rtol=1e-12)  # two float64 routes
 
 

@@ -177,7 +177,7 @@ def test_token_id_prompt_and_zero_tokens():
 
 def random_byte_model(seed=0, n_layer=2, C=32, V=256):
     """A small RWKV-4 with random weights shaped like a trained one (conventions of COMMON.md)."""
-    from rwkv_np.model import RWKV
+    from rwkv_np import RWKV
 
     rng = np.random.default_rng(seed)
     F = 4 * C
@@ -193,7 +193,7 @@ def random_byte_model(seed=0, n_layer=2, C=32, V=256):
         for m in ("k", "v", "r"):
             w[b + "att.time_mix_" + m] = u(0, 1)
         w[b + "ffn.time_mix_k"], w[b + "ffn.time_mix_r"] = u(0, 1), u(0, 1)
-        w[b + "att.time_first"], w[b + "att.decay"] = u(-0.8, 1.7), np.exp(u(-6, 2)).astype(np.float32)
+        w[b + "att.time_first"], w[b + "att.time_decay"] = u(-0.8, 1.7), u(-6, 2)
         for m in ("key", "value", "receptance", "output"):
             w[b + f"att.{m}.weight"] = r(C, C)
         w[b + "ffn.key.weight"], w[b + "ffn.receptance.weight"], w[b + "ffn.value.weight"] = r(F, C), r(C, C), r(C, F)

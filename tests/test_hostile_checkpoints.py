@@ -293,4 +293,4 @@ def test_valid_tiny_model_stays_within_the_same_memory_bound(tmp_path):
 def test_rwkv_cpp_file_round_trip_control(tmp_path):
     (tmp_path / "ok.bin").write_bytes(rwkv_cpp_bytes(tiny_weights()))
     assert load_checkpoint(tmp_path / "ok.bin").config.n_layer == 1
-    assert np.isfinite(load_checkpoint(tmp_path / "ok.bin").weights["blocks.0.att.decay"]).all()
+    assert np.isfinite(load_checkpoint(tmp_path / "ok.bin").weights["blocks.0.att.time_decay"]).all()

@@ -1,6 +1,6 @@
-"""The compiled fast paths (rwkv_np/kernels.py) against the readable functions of rwkv_np/model.py
-and rwkv_np/wkv.py. The model's own references (rwkv.cpp, float64 logits) are in test_model.py,
-which runs these same kernels through `forward`."""
+"""The compiled kernels (rwkv_np/kernels.py) against rwkv_np/reference.py, piece by piece. The
+engine against the reference on the fixtures is tests/test_engine.py; the engine against rwkv.cpp and
+float64 logits is tests/test_model.py."""
 
 import sys
 
@@ -10,9 +10,9 @@ from numba import njit
 
 from rwkv_np import RWKV, State
 from rwkv_np import kernels as K
-from rwkv_np.model import rwkv
-from rwkv_np.wkv import PP_EMPTY, wkv_numba
+from rwkv_np import reference
 
+from _eq14 import empty_state, reference_wkv
 from _writers import bf16_bits, bf16_round, expected_model_weights, tiny_weights
 
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -77,7 +77,7 @@ def test_matvec_float32_and_16_bit():
     np.testing.assert_array_equal(out16, out32)
 
 
-def test_wkv_gate_matches_wkv_numba_and_sigmoid():
+def test_wkv_gate_is_eq14_of_the_reference_and_sigmoid():
     rng = np.random.default_rng(2)
     T, C = 300, 40
     w = np.exp(rng.uniform(-6, 2.5, C)).astype(np.float32)
@@ -86,13 +86,12 @@ def test_wkv_gate_matches_wkv_numba_and_sigmoid():
     v = rng.standard_normal((T, C)).astype(np.float32)
     r = (rng.standard_normal((T, C)) * 5).astype(np.float32)
 
-    def start():
-        return np.zeros(C, np.float32), np.zeros(C, np.float32), np.full(C, PP_EMPTY, np.float32)
-
-    ref, *ref_state = wkv_numba(w, u, k, v, *start())
-    out, state = np.empty_like(k), start()
+    # the reference's recurrence in float64 on the same float32 inputs: the kernel computes it in
+    # float64 too (exponentials within 2 ulp of libm's), so its float32 state is one rounding away
+    f64 = [a.astype(np.float64) for a in (w, u, k, v)]
+    ref, *ref_state = reference_wkv(*f64, *empty_state(C))
+    out, state = np.empty_like(k), empty_state(C, np.float32)
     K.wkv_gate(w, u, k, v, r, *state, out)
-    # same float64 recurrence, exponentials within 2 ulp of libm's: the state rounds to the same float32
     for got, want in zip(state, ref_state):
         np.testing.assert_allclose(got, want, rtol=F32_EPS, atol=0)
     # sigmoid(r) * wkv: each factor within one float32 rounding of the exact value, so the
@@ -116,10 +115,10 @@ ATOL = 2e-5
 
 
 @pytest.mark.parametrize("mode", ["recurrent", "parallel"])
-def test_fast_paths_agree_with_the_readable_functions(weights, mode):
+def test_fast_paths_agree_with_the_reference(weights, mode):
     model = RWKV(weights)
     start = model.init_state()
-    ref_logits, ref_state = rwkv(TOKENS, start.data.copy(), model.params, model.config, return_all=True)
+    ref_logits, ref_state = reference.forward(model.params, TOKENS, start.data)
     logits, state = model.forward(TOKENS, start, mode=mode, return_all=True)
     assert logits.dtype == np.float32 and logits.shape == (60, 100)
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
@@ -159,7 +158,7 @@ def test_16_bit_weights_give_the_float32_numbers(weights, kind, mode):
     last, _ = m16.forward(TOKENS, mode=mode)  # the head as a matrix-vector product
     np.testing.assert_array_equal(last, m32.forward(TOKENS, mode=mode)[0])
     # the readable functions see the same weights through `params`
-    np.testing.assert_array_equal(m16.params["blocks"][1]["att"]["key.weight"], wide["blocks.1.att.key.weight"])
+    np.testing.assert_array_equal(m16.params["blocks"][1]["att"]["key"], wide["blocks.1.att.key.weight"])
 
 
 def test_read_only_and_mixed_storage(weights):

@@ -58,7 +58,8 @@ def test_fixture_loads(name, fmt, dtype, sizes):
     for k, v in ck.weights.items():
         assert v.dtype == np.float32 and v.flags.c_contiguous, k
     assert ck.weights["blocks.0.att.time_mix_k"].shape == (c.n_embd,)
-    assert "blocks.0.att.time_decay" not in ck.weights and (ck.weights["blocks.0.att.decay"] > 0).all()
+    # one decay convention inside the library, whatever the file stores: time_decay = ln w
+    assert "blocks.0.att.decay" not in ck.weights and np.isfinite(ck.weights["blocks.0.att.time_decay"]).all()
 
 
 def test_pth_and_hugging_face_formats_are_bit_identical():
@@ -70,12 +71,11 @@ def test_pth_and_hugging_face_formats_are_bit_identical():
             assert np.array_equal(w[k], ref[k]), (other, k)
 
 
-def test_decay_is_exp_of_raw_time_decay_in_float64():
+def test_time_decay_is_kept_as_stored():
     raw = raw_pth(fixture(TORCH / "small_fp32.pth"))
     w = load_checkpoint(TORCH / "small_fp32.pth").weights
     for i in range(2):
-        td = raw[f"blocks.{i}.att.time_decay"]
-        assert np.array_equal(w[f"blocks.{i}.att.decay"], np.exp(td.astype(np.float64)).astype(np.float32))
+        assert np.array_equal(w[f"blocks.{i}.att.time_decay"], raw[f"blocks.{i}.att.time_decay"].reshape(-1))
         assert np.array_equal(w[f"blocks.{i}.att.time_first"], raw[f"blocks.{i}.att.time_first"])
 
 
@@ -89,12 +89,11 @@ def test_16_bit_pth_equals_fp32_rounded(name, rounding):
     for k in raw32:
         assert np.array_equal(raw16[k], rounding(raw32[k])), k
     w = load_checkpoint(TORCH / name).weights
-    td = rounding(raw32["blocks.1.att.time_decay"]).astype(np.float64)
-    assert np.array_equal(w["blocks.1.att.decay"], np.exp(td).astype(np.float32))
+    assert np.array_equal(w["blocks.1.att.time_decay"], rounding(raw32["blocks.1.att.time_decay"]).reshape(-1))
     assert np.array_equal(w["head.weight"], rounding(raw32["head.weight"]))
 
 
-def test_rwkv_cpp_decay_is_minus_stored_and_fp16_matches_fp32():
+def test_rwkv_cpp_decay_is_log_of_minus_stored_and_fp16_matches_fp32():
     from rwkv_np.formats import read_rwkv_cpp
     path = fixture(CPP / "tiny-rwkv-4v0-660K-FP32.bin")
     stored, header = read_rwkv_cpp(path.read_bytes())
@@ -102,7 +101,12 @@ def test_rwkv_cpp_decay_is_minus_stored_and_fp16_matches_fp32():
     w32 = load_checkpoint(path).weights
     for i in range(4):
         s = stored[f"blocks.{i}.att.time_decay"].read()
-        assert (s < 0).all() and np.array_equal(w32[f"blocks.{i}.att.decay"], -s)
+        # the file holds -w; the library keeps ln w, taken in float64 and rounded once
+        assert (s < 0).all()
+        assert np.array_equal(w32[f"blocks.{i}.att.time_decay"], np.log(-s.astype(np.float64)).astype(np.float32))
+        # and w = e^(ln w) returns the stored w to within the rounding of ln w (|ln w| < 16 here)
+        np.testing.assert_allclose(np.exp(w32[f"blocks.{i}.att.time_decay"].astype(np.float64)), -s,
+                                   rtol=16 * np.finfo(np.float32).eps)
     w16 = load_checkpoint(fixture(CPP / "tiny-rwkv-4v0-660K-FP16.bin")).weights
     for k, v in w32.items():  # rwkv.cpp's converter keeps 1-D tensors in float32
         expected = v if v.ndim == 1 else v.astype(np.float16).astype(np.float32)
@@ -334,8 +338,8 @@ def test_non_finite_count_is_exact_across_blocks(tmp_path, dtype, keep_16bit, la
 def test_decay_overflow(tmp_path):
     raw = tiny_weights()
     raw["blocks.0.att.time_decay"][0] = 100.0  # exp(100) > float32 max 3.4e38
-    check_error(write_pth(tmp_path, raw), "blocks.0.att.time_decay gives a decay exp.time_decay. that is negative "
-                                          "or overflows float32")
+    check_error(write_pth(tmp_path, raw), r"blocks.0.att.time_decay gives a decay rate w = exp\(time_decay\) "
+                                          "that overflows float32")
 
 
 def test_big_endian_and_compressed_archives(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from rwkv_np import ArgumentError, State
 from rwkv_np.state import PP
-from rwkv_np.wkv import PP_EMPTY
+from rwkv_np.reference import PP_EMPTY
 
 
 def test_initial_state_is_zero_with_an_empty_running_maximum():

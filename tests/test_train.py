@@ -53,7 +53,7 @@ def test_init_follows_the_official_recipe():
 
 
 def test_training_loss_equals_cross_entropy_of_model_forward():
-    from rwkv_np.model import RWKV
+    from rwkv_np import RWKV
 
     rng = np.random.default_rng(3)
     params = {k: v + rng.normal(0, 0.2, v.shape).astype(np.float32) for k, v in T.init_params(2, 32, 1).items()}

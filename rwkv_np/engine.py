@@ -1,14 +1,15 @@
-"""RWKV-4, as a handful of NumPy functions, one line of the paper each.
+"""The engine: rwkv_np/reference.py's network, computed fast. Read reference.py first.
 
-Equation numbers are those of the paper's first arXiv version (2305.13048v1):
-    11-13  token shift: r, k, v from a learned blend of this token and the previous one
-    14     wkv, the time-decayed weighted average of values (rwkv_np/wkv.py)
-    15     output gate: sigmoid(r) decides how much of wkv goes out
-    16-18  channel mixing: a squared-ReLU feed-forward gated by its own receptance
-
-Every function takes a whole sequence x (T, C). The parallel (GPT-like) form calls them once with
-all T tokens; the recurrent (RNN) form calls them with T = 1, once per token, carrying the state.
-The only thing that ties positions together is the state each function receives and returns.
+`RWKV.forward` computes exactly what `reference.forward` (mode="parallel") and `reference.step`
+(mode="recurrent") compute, with the compiled kernels of rwkv_np/kernels.py, which follow the
+reference's names and order:
+    parallel form   per layer: norm_shift_mix (LayerNorm, token_shift, mix) -> three BLAS products
+                    (eqs. 11-13) -> wkv_gate (eqs. 14-15) -> W_o -> norm_shift_mix -> W'_k, W'_r
+                    (16-17) -> square_relu, W'_v, add_gated (18)
+    recurrent form  recurrent_tokens: a whole token through every layer in one compiled call, every
+                    weight read once, eq. 14 applied per channel right after its dot products
+Eq. 14 itself is one compiled function, kernels.wkv_step, used by both forms (and by training).
+tests/test_engine.py checks this file against the reference at every position of every fixture.
 """
 
 from __future__ import annotations
@@ -18,104 +19,25 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from . import kernels as K
+from . import schema
 from .config import RWKVConfig
 from .errors import ArgumentError
-from .state import AA, ATT_X, BB, FFN_X, PP, State, check_forward_output
-from .wkv import wkv_numba
-from . import kernels as K
-
-
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """x (T, C) normalised over channels, then scaled by g and shifted by b (C,)."""
-    mean = x.mean(-1, keepdims=True)
-    var = np.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * g + b
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def token_shift(x: np.ndarray, x_prev: np.ndarray) -> np.ndarray:
-    """The previous token's vector at each position: x (T, C), x_prev (C,) -> (T, C)."""
-    return np.concatenate([x_prev[None, :], x[:-1]], axis=0)
-
-
-def mix(x: np.ndarray, x_shift: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """mu * x_t + (1 - mu) * x_{t-1}, the interpolation inside eqs. 11-13 and 16-17."""
-    return x * mu + x_shift * (1.0 - mu)
-
-
-def time_mixing(x: np.ndarray, att_state: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Time mixing of one block. x (T, C) is the LayerNorm output.
-
-    att_state (4, C): [x_prev, aa, bb, pp] before the first token. Returns (out (T, C), the new
-    att_state (4, C)).
-    """
-    x_prev, aa, bb, pp = att_state
-    xx = token_shift(x, x_prev)
-    r = mix(x, xx, p["time_mix_r"]) @ p["receptance.weight"].T  # eq. 11
-    k = mix(x, xx, p["time_mix_k"]) @ p["key.weight"].T  # eq. 12
-    v = mix(x, xx, p["time_mix_v"]) @ p["value.weight"].T  # eq. 13
-    wkv, aa, bb, pp = wkv_numba(p["decay"], p["time_first"], k, v, aa, bb, pp)  # eq. 14
-    out = (sigmoid(r) * wkv) @ p["output.weight"].T  # eq. 15
-    return out, np.stack([x[-1], aa, bb, pp])
-
-
-def channel_mixing(x: np.ndarray, x_prev: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Channel mixing of one block. x (T, C) is the LayerNorm output, x_prev (C,) the one before.
-
-    Returns (out (T, C), the new x_prev (C,)).
-    """
-    xx = token_shift(x, x_prev)
-    r = mix(x, xx, p["time_mix_r"]) @ p["receptance.weight"].T  # eq. 16
-    k = mix(x, xx, p["time_mix_k"]) @ p["key.weight"].T  # eq. 17
-    out = sigmoid(r) * (np.square(np.maximum(k, 0.0)) @ p["value.weight"].T)  # eq. 18
-    return out, x[-1]
-
-
-def block(x: np.ndarray, layer_state: np.ndarray, p: dict, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """One pre-LayerNorm residual block. x (T, C); layer_state (5, C) -> (x (T, C), layer_state)."""
-    new_state = np.empty_like(layer_state)
-    att_out, new_state[ATT_X:PP + 1] = time_mixing(
-        layer_norm(x, p["ln1.weight"], p["ln1.bias"], eps), layer_state[ATT_X:PP + 1], p["att"])
-    x = x + att_out
-    ffn_out, new_state[FFN_X] = channel_mixing(
-        layer_norm(x, p["ln2.weight"], p["ln2.bias"], eps), layer_state[FFN_X], p["ffn"])
-    return x + ffn_out, new_state
-
-
-def rwkv(tokens: np.ndarray, state: np.ndarray, params: dict, config: RWKVConfig,
-         head: bool = True, return_all: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
-    """The whole network over tokens (T,) from state (L, 5, C).
-
-    Returns (logits, new state): logits (T, V) when return_all, else (V,) for the last token;
-    None when head is False (a prompt chunk whose logits nobody reads).
-    """
-    eps = config.layer_norm_eps
-    x = params["emb.weight"][tokens]  # (T, C)
-    x = layer_norm(x, params["ln0.weight"], params["ln0.bias"], eps)  # ln0: block 0 only
-    new_state = np.empty_like(state)
-    for i, p in enumerate(params["blocks"]):
-        x, new_state[i] = block(x, state[i], p, eps)
-    if not head:
-        return None, new_state
-    if not return_all:
-        x = x[-1:]  # the head is the largest matrix: apply it only where logits are wanted
-    logits = layer_norm(x, params["ln_out.weight"], params["ln_out.bias"], eps) @ params["head.weight"].T
-    return (logits if return_all else logits[0]), new_state
+from .reference import AA, ATT_X, BB, FFN_X, PP, layer_norm
+from .state import State, check_forward_output
 
 
 class RWKV:
     """An RWKV-4 language model: float32 arithmetic, weights float32 or kept 16-bit.
 
-    weights: the model-ready dict of `rwkv_np.loading` (BlinkDL names, `att.decay` = the paper's w).
+    weights: the flat dict of `rwkv_np.loading` (BlinkDL's names, `att.time_decay` = ln w, vectors (C,);
+    rwkv_np/schema.py lists them).
     The matrices (emb, head and every projection) may also be 16-bit as stored in a checkpoint:
     float16 arrays, or bfloat16 bit patterns held as uint16 (numpy has no bfloat16). They are
     widened to float32 exactly, element by element, inside the products; vectors are float32.
 
-    `forward` runs the compiled kernels of rwkv_np/kernels.py, which fuse the functions above;
-    `params` (float32, nested per block) feeds those functions directly, e.g. `rwkv(...)`.
+    `params` is the nested float32 dict that rwkv_np.reference's functions take:
+    `reference.forward(model.params, tokens)` computes what `model.forward(tokens, return_all=True)` does.
     """
 
     #: the parallel form reads long inputs in chunks of this many tokens, so that memory stays
@@ -123,7 +45,7 @@ class RWKV:
     chunk_size: int = 1024
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):
-        self.config = config or _config_from_shapes(weights)
+        self.config = config or schema.config_from_weights(weights)
         self.weights = weights
         self._params = None
         self._fast = _FastWeights(weights, self.config)
@@ -135,9 +57,11 @@ class RWKV:
 
     @property
     def params(self) -> dict:
-        """The weights nested per block (params["blocks"][i]["att"]["key.weight"]), all float32."""
+        """The weights as rwkv_np.reference takes them, nested and float32:
+        params["blocks"][i]["att"]["key"] is W_k of layer i (rwkv_np/schema.py lists every name)."""
         if self._params is None:
-            self._params = _nest({k: _as_float32(v) for k, v in self.weights.items()}, self.config.n_layer)
+            flat = {k: _as_float32(v) for k, v in self.weights.items()}
+            self._params = schema.nest(flat, self.config.n_layer, self.config.layer_norm_eps)
         return self._params
 
     def warm_up(self, release_compiler: bool = True) -> None:
@@ -210,34 +134,6 @@ class RWKV:
         return state
 
 
-def _config_from_shapes(weights: dict[str, np.ndarray]) -> RWKVConfig:
-    n_layer = sum(1 for key in weights if key.endswith(".ln1.weight"))
-    vocab_size, n_embd = weights["emb.weight"].shape
-    return RWKVConfig(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size,
-                      ffn_dim=weights["blocks.0.ffn.key.weight"].shape[0])
-
-
-def _nest(weights: dict[str, np.ndarray], n_layer: int) -> dict:
-    """Group the flat BlinkDL names into params["blocks"][i]["att"]["key.weight"] and so on."""
-    params = {k: v for k, v in weights.items() if not k.startswith("blocks.")}
-    params["ln0.weight"] = weights["blocks.0.ln0.weight"]
-    params["ln0.bias"] = weights["blocks.0.ln0.bias"]
-    params["blocks"] = []
-    for i in range(n_layer):
-        prefix = f"blocks.{i}."
-        p: dict = {"att": {}, "ffn": {}}
-        for key, value in weights.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix):]
-            if name.startswith(("att.", "ffn.")):
-                p[name[:3]][name[4:]] = value
-            else:
-                p[name] = value
-        params["blocks"].append(p)
-    return params
-
-
 def _as_float32(a: np.ndarray) -> np.ndarray:
     """A weight as float32; uint16 arrays are bfloat16 bit patterns (the top half of a float32)."""
     a = np.asarray(a)  # a FileRows embedding is read whole here
@@ -256,7 +152,7 @@ class _FastWeights:
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
         L = config.n_layer
-        matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}.weight" for i in range(L) for n in _MATRICES]
+        matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in schema.MATRICES]
         dtypes = {np.dtype(weights[n].dtype) for n in matrices}
         kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
         self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
@@ -272,15 +168,18 @@ class _FastWeights:
         self.emb, self.head = weights["emb.weight"], kept["head.weight"]
         # the recurrent kernel takes the matrices by address (one compiled signature for any
         # model); self.matrices and self.head keep them alive
-        self.matrices = {n: tuple(kept[f"blocks.{i}.{n}.weight"] for i in range(L)) for n in _MATRICES}
-        self.vecs = np.ascontiguousarray(np.stack(
-            [np.stack([weights[f"blocks.{i}.{n}"] for n in K.VEC_NAMES]) for i in range(L)]), dtype=np.float32)
-        self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32)
+        self.matrices = {n: tuple(kept[f"blocks.{i}.{n}"] for i in range(L)) for n in schema.MATRICES}
+        vecs = np.stack([np.stack([np.reshape(weights[f"blocks.{i}.{n}"], -1) for n in schema.VECTORS])
+                         for i in range(L)]).astype(np.float64)  # (L, N_VECS, C)
+        # w = e^time_decay, once: in float64, rounded to float32 once
+        vecs[:, K.DECAY_W] = np.exp(vecs[:, K.DECAY_W])
+        self.vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32).reshape(2, -1)
         self.ln_out = np.stack([weights["ln_out.weight"], weights["ln_out.bias"]]).astype(np.float32)
-        self.addr = np.zeros((K.N_MATRICES, L), np.int64)
-        for row, n in enumerate(_MATRICES):
+        self.addr = np.zeros((K.HEAD + 1, L), np.int64)
+        for row, n in enumerate(schema.MATRICES):
             self.addr[row, :L] = [a.ctypes.data for a in self.matrices[n]]
-        self.addr[K.N_MATRICES - 1, 0] = self.head.ctypes.data
+        self.addr[K.HEAD, 0] = self.head.ctypes.data
         self.eps = config.layer_norm_eps
         self.config = config
         # weights read per token below which the threads' hand-offs (four a layer) cost more
@@ -326,28 +225,30 @@ class _FastWeights:
         T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
         eps, m, scratch = self.eps, self.matrices, [None]
         rows = np.asarray(self.emb[tokens])
-        x = layer_norm(_as_float32(rows), self.ln0[0], self.ln0[1], eps)
+        x = layer_norm(_as_float32(rows), self.ln0[0], self.ln0[1], eps)  # reference.forward's ln0
         x = np.ascontiguousarray(x, dtype=np.float32)
         mixed = np.empty((3, T, C), np.float32)
         k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))
         kf = np.empty((T, F), np.float32)
-        for i in range(self.config.n_layer):
+        for i in range(self.config.n_layer):  # reference.block
             p = self.vecs[i]
+            # reference.time_mixing: layer_norm, token_shift, mix (eqs. 11-13), then the products
             last = K.norm_shift_mix(x, p[K.LN1_W], p[K.LN1_B], eps, s[i, ATT_X].copy(),
                                     p[[K.ATT_MK, K.ATT_MV, K.ATT_MR]], mixed)
             s[i, ATT_X] = last
-            np.matmul(mixed[0], self._f32(m["att.key"][i], scratch).T, out=k)  # eq. 12
-            np.matmul(mixed[1], self._f32(m["att.value"][i], scratch).T, out=v)  # eq. 13
-            np.matmul(mixed[2], self._f32(m["att.receptance"][i], scratch).T, out=r)  # eq. 11
-            K.wkv_gate(p[K.DECAY], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
-            x += np.matmul(y, self._f32(m["att.output"][i], scratch).T, out=k)
+            np.matmul(mixed[0], self._f32(m["att.key.weight"][i], scratch).T, out=k)  # eq. 12
+            np.matmul(mixed[1], self._f32(m["att.value.weight"][i], scratch).T, out=v)  # eq. 13
+            np.matmul(mixed[2], self._f32(m["att.receptance.weight"][i], scratch).T, out=r)  # eq. 11
+            K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
+            x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)  # eq. 15, residual
+            # reference.channel_mixing
             last = K.norm_shift_mix(x, p[K.LN2_W], p[K.LN2_B], eps, s[i, FFN_X].copy(),
                                     p[[K.FFN_MK, K.FFN_MR]], mixed[:2])
             s[i, FFN_X] = last
-            np.matmul(mixed[0], self._f32(m["ffn.key"][i], scratch).T, out=kf)  # eq. 17
+            np.matmul(mixed[0], self._f32(m["ffn.key.weight"][i], scratch).T, out=kf)  # eq. 17
             K.square_relu(kf)
-            np.matmul(mixed[1], self._f32(m["ffn.receptance"][i], scratch).T, out=r)  # eq. 16
-            K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value"][i], scratch).T, out=v))  # eq. 18
+            np.matmul(mixed[1], self._f32(m["ffn.receptance.weight"][i], scratch).T, out=r)  # eq. 16
+            K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value.weight"][i], scratch).T, out=v))  # eq. 18
         if not head:
             return None
         xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
@@ -361,5 +262,3 @@ class _FastWeights:
             np.matmul(xn, self._f32(self.head[a:a + rows], scratch).T, out=out[:, a:a + rows])
         return out
 
-
-_MATRICES = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.receptance", "ffn.value")
