@@ -110,13 +110,26 @@ def check_shape(shape: object, what: str) -> tuple[int, ...]:
 
 
 def describe(obj: object, limit: int = 80) -> str:
-    """A short, safe description of a value from a hostile file, for error messages."""
-    if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 64:
-        return f"<integer of {obj.bit_length()} bits>"
-    if isinstance(obj, (list, tuple)) and len(obj) > 8:
-        return f"<{type(obj).__name__} of {len(obj)} items>"
-    try:
-        text = repr(obj)
-    except Exception:  # hostile objects may have broken reprs; never let that hide the real error
-        text = f"<{type(obj).__name__}>"
+    """A short, safe description of a value from a hostile file, for error messages: its cost does
+    not grow with the value (no repr of a huge integer, a long string or a deep or shared structure)."""
+    text = _short(obj, 2, limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(obj: object, levels: int, limit: int) -> str:
+    if obj is None or isinstance(obj, (bool, float)):
+        return repr(obj)
+    if isinstance(obj, int):
+        return repr(int(obj)) if obj.bit_length() <= 64 else f"<integer of {obj.bit_length()} bits>"
+    if isinstance(obj, (str, bytes)):
+        return repr(obj[:limit]) + ("..." if len(obj) > limit else "")
+    if isinstance(obj, (list, tuple, dict)):
+        kind = type(obj).__name__
+        if len(obj) > 8 or (levels == 0 and obj):
+            return f"<{kind} of {len(obj)} items>"
+        if isinstance(obj, dict):
+            return "{" + ", ".join(f"{_short(k, levels - 1, limit)}: {_short(v, levels - 1, limit)}"
+                                   for k, v in obj.items()) + "}"
+        inner = ", ".join(_short(x, levels - 1, limit) for x in obj)
+        return f"[{inner}]" if isinstance(obj, list) else f"({inner}{',' if len(obj) == 1 else ''})"
+    return f"<{type(obj).__name__}>"
