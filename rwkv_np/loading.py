@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from collections import Counter
+from itertools import islice
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from .config import RWKVConfig
 from .errors import CheckpointError, RWKVError
 from .formats import BadFile, LazyTensor, read_rwkv_cpp, read_safetensors, read_torch_zip
+from .formats._common import json_int
 from .formats.rwkv_cpp import MAGIC as RWKV_CPP_MAGIC
 
 SUPPORTED = ("supported formats: a BlinkDL .pth (torch.save zip archive); a Hugging Face RWKV-4 folder "
@@ -157,9 +159,11 @@ def _read_json(path: Path) -> object:
             data = f.read(MAX_JSON_BYTES + 1)
         if len(data) > MAX_JSON_BYTES:
             raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes; not a config file")
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), parse_int=json_int)
     except CheckpointError:
         raise
+    except BadFile as e:  # an integer of thousands of digits
+        raise CheckpointError(f"{path}: has {e}; refusing it") from None
     except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot read as JSON ({type(e).__name__}: {str(e)[:120]})") from None
 
@@ -340,9 +344,11 @@ def _infer_config(path: Path, tensors: dict[str, LazyTensor], original: dict[str
         raise CheckpointError(f"{path}: no blocks.N tensors; an RWKV-4 checkpoint has at least one block")
     n_layer = max(layers) + 1
     if len(layers) != n_layer:
-        missing = sorted(set(range(n_layer)) - layers)[:5]
+        # the layer count a name claims is not trusted: only the blocks present are counted, and
+        # the first gaps are found in at most len(layers) + 5 steps, whatever the largest index
+        missing = list(islice((i for i in range(n_layer) if i not in layers), 5))
         raise CheckpointError(f"{path}: block indices must run 0..{n_layer - 1} without gaps; blocks "
-                              f"{missing} are missing")
+                              f"{missing}{' and more' if n_layer - len(layers) > 5 else ''} are missing")
     ffn_key = tensors.get("blocks.0.ffn.key.weight")
     if ffn_key is None:
         raise CheckpointError(f"{path}: missing tensor blocks.0.ffn.key.weight (needed for the FFN width)")
@@ -399,9 +405,18 @@ def _cross_check(path: Path, config: RWKVConfig, hf_config: dict | None, cpp_hea
         claims = {k: (k.replace("n_vocab", "vocab_size"), cpp_header[k]) for k in ("n_vocab", "n_embd", "n_layer")}
         where = "the rwkv.cpp header"
     for key, (field, value) in claims.items():
-        if value is not None and value != getattr(config, field):
-            raise CheckpointError(f"{path}: {where} says {key}={str(value)[:30]} but the weights have "
+        if value is None:
+            continue
+        if type(value) is not int:  # "1" or 1.0 or true would print as the number it is not
+            raise CheckpointError(f"{path}: {where} {key} is {json.dumps(value)[:40]} (a JSON "
+                                  f"{_JSON_TYPES.get(type(value), type(value).__name__)}); expected an integer")
+        if value != getattr(config, field):
+            raise CheckpointError(f"{path}: {where} says {key}={value} but the weights have "
                                   f"{field}={getattr(config, field)}")
+
+
+_JSON_TYPES = {str: "string", float: "number with a fraction or exponent", bool: "boolean", list: "array",
+               dict: "object"}
 
 
 # inf/NaN have an all-ones exponent: the bits to test, by stored dtype

@@ -23,6 +23,11 @@ class BadFile(Exception):
 STORED_DTYPES = {"float32": ("<f4", 4), "float16": ("<f2", 2), "bfloat16": ("<u2", 2)}
 
 MAX_DIMS = 8
+# Any size a header claims is bounded before it is printed or multiplied: the largest real one (a
+# vocabulary of 65536, or a flattened embedding of 2**29 elements) is far below this, and a
+# non-empty tensor is checked against the bytes in the file anyway.
+MAX_DIM = 1 << 40
+MAX_INT_DIGITS = 19  # integers in JSON headers: every real one (sizes, offsets) is below 2**63
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,18 @@ def check_shape(shape: object, what: str) -> tuple[int, ...]:
     for d in shape:
         if type(d) is not int or d < 0:
             raise BadFile(f"{what}: shape {describe(shape)} has a size that is not a non-negative integer")
+        if d > MAX_DIM:
+            raise BadFile(f"{what}: shape {describe(shape)} has a size above 2**40; no real tensor has one")
     return tuple(shape)
+
+
+def json_int(digits: str) -> int:
+    """json.loads' parse_int: refuse an integer too long for any real header before converting it
+    (Python's int() of a 4300-digit string is quadratic, and str() of it raises)."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadFile(f"an integer of {len(digits.lstrip('-'))} digits (sizes and offsets in real files have "
+                      f"at most {MAX_INT_DIGITS})")
+    return int(digits)
 
 
 def describe(obj: object, limit: int = 80) -> str:
