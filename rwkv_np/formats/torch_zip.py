@@ -11,7 +11,6 @@ from torch or any other module is ever imported or called; nothing is executed f
 """
 
 import io
-import mmap
 import pickle
 import pickletools
 import re
@@ -438,19 +437,35 @@ def _read_pickle(buf: Buffer, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> byt
         raise BadFile(f"cannot decompress {info.filename} ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-class _MmapFile:
-    """An mmap as the file object zipfile wants (mmap has read/seek/tell but no seekable())."""
+class _BufferFile:
+    """A Buffer (a FileBytes) as the file object zipfile wants: read/seek/tell on byte ranges."""
 
-    def __init__(self, mm: mmap.mmap) -> None:
-        self.read, self.seek, self.tell = mm.read, mm.seek, mm.tell
+    def __init__(self, buf: Buffer) -> None:
+        self.buf, self.pos = buf, 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = offset + (0, self.pos, len(self.buf))[whence]
+        if pos < 0:
+            raise OSError("seek before the start of the file")  # as a real file; zipfile expects it
+        self.pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n is None or n < 0 else self.pos + n
+        data = self.buf[self.pos:end]
+        self.pos += len(data)
+        return data
 
     def seekable(self) -> bool:
         return True
 
 
 def read_torch_zip(buf: Buffer) -> dict[str, LazyTensor]:
-    """Parse a torch.save zip archive held in buf (bytes or mmap) into {name: LazyTensor}."""
-    fp = _MmapFile(buf) if isinstance(buf, mmap.mmap) else io.BytesIO(buf)
+    """Parse a torch.save zip archive held in buf (a FileBytes, bytes or an mmap) into {name: LazyTensor}."""
+    fp = io.BytesIO(buf) if isinstance(buf, bytes) else _BufferFile(buf)
     try:
         zf = zipfile.ZipFile(fp)
         infos = zf.infolist()
