@@ -230,15 +230,16 @@ def to_float32(view: np.ndarray, dtype: str) -> np.ndarray:
     return np.array(view, dtype=np.float32, order="C", copy=True)
 
 
-def check_shape(shape: object, what: str) -> tuple[int, ...]:
-    """A shape read from a header as a tuple of non-negative Python ints, or BadFile."""
+def check_shape(shape: object, what: str, kind: str = "shape") -> tuple[int, ...]:
+    """A shape (or strides: kind) read from a header as a tuple of non-negative Python ints, each at
+    most MAX_DIM, or BadFile."""
     if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS:
-        raise BadFile(f"{what}: shape must be a list of at most {MAX_DIMS} sizes, found {describe(shape)}")
+        raise BadFile(f"{what}: {kind} must be a list of at most {MAX_DIMS} sizes, found {describe(shape)}")
     for d in shape:
         if type(d) is not int or d < 0:
-            raise BadFile(f"{what}: shape {describe(shape)} has a size that is not a non-negative integer")
+            raise BadFile(f"{what}: {kind} {describe(shape)} has a size that is not a non-negative integer")
         if d > MAX_DIM:
-            raise BadFile(f"{what}: shape {describe(shape)} has a size above 2**40; no real tensor has one")
+            raise BadFile(f"{what}: {kind} {describe(shape)} has a size above 2**40; no real tensor has one")
     return tuple(shape)
 
 

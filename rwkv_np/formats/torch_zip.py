@@ -103,7 +103,7 @@ def _make_rebuild_tensor(buf: Buffer):
             raise BadFile(f"_rebuild_tensor_v2 got {describe(storage)} instead of a storage")
         offset = _int(storage_offset, "storage offset")
         shape = check_shape(size, f"tensor in storage data/{storage.key}")
-        strides = check_shape(stride, f"strides of tensor in storage data/{storage.key}")
+        strides = check_shape(stride, f"tensor in storage data/{storage.key}", kind="strides")
         if len(strides) != len(shape):
             raise BadFile(f"tensor in storage data/{storage.key}: shape {shape} but strides {strides}")
         if offset < 0:
@@ -195,7 +195,7 @@ _ATOM = _Record(0, False)  # strings, numbers, None, booleans, globals: all one 
 
 # Estimated bytes of memory per object made (CPython 3.11, 64-bit), generous: an object's own size
 # plus its garbage-collector header, one pointer on the unpickler's stack and one in its memo.
-_COST = {"dict": 120, "list": 100, "tuple": 80, "item": 64, "atom": 48, "call": 400}
+_COST = {"dict": 120, "list": 100, "tuple": 80, "item": 64, "atom": 64, "call": 400}
 
 
 class _PickleSimulation:
@@ -317,9 +317,9 @@ class _PickleSimulation:
                 self.stack.append(self.stack[-1])
                 self.charge(8)
             elif name in ("LONG1", "LONG4"):
-                if arg.bit_length() > 8 * MAX_INT_BYTES - 1:
+                if not -(1 << (8 * MAX_INT_BYTES - 1)) <= arg < 1 << (8 * MAX_INT_BYTES - 1):
                     raise self.fail(f"has an integer of {arg.bit_length()} bits (a state dict's sizes, "
-                                    f"strides and offsets fit in {8 * MAX_INT_BYTES - 1})")
+                                    f"strides and offsets are {8 * MAX_INT_BYTES}-bit signed integers)")
                 self.atom()
             elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"):
                 self.atom(4 * len(arg))  # a str holds up to 4 bytes per character
