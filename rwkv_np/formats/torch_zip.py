@@ -5,9 +5,12 @@ storages, stored uncompressed). Tensors in the pickle are `_rebuild_tensor_v2(st
 stride, ...)` calls whose storages are persistent ids ('storage', StorageType, key, location, numel).
 
 Security: the pickle is first scanned opcode by opcode (every length checked against the bytes that
-exist, only plain-data opcodes admitted, only the handful of torch globals a state dict uses), then
-run by an Unpickler whose `find_class` maps those globals to harmless stand-ins defined here. Nothing
-from torch or any other module is ever imported or called; nothing is executed from the file.
+exist, only plain-data opcodes admitted, only the handful of torch globals a state dict uses), with
+the unpickler's stack machine simulated on stand-in records, so that what it would build is bounded
+before anything is built: opcodes, nesting depth, integer size, estimated memory (MAX_* below), and
+containers that cannot be changed once inside another, or used as dict keys. Then it is run by an
+Unpickler whose `find_class` maps those globals to harmless stand-ins defined here. Nothing from
+torch or any other module is ever imported or called; nothing is executed from the file.
 """
 
 import io
@@ -173,11 +176,11 @@ def _scan_pickle(data: bytes) -> None:
 
 
 # Limits on what data.pkl may build, far above any real state dict: torch.save writes ~32 opcodes
-# and ~1 KB of objects per tensor, 4-5 levels deep ({name: rebuild(args(storage id(...)))}); the
-# largest RWKV-4 (14B, 40 layers) has ~730 tensors, i.e. ~25,000 opcodes and ~1 MB of objects.
-MAX_OPCODES = 1_000_000  # 30,000 tensors' worth; also bounds the scan's own time (~1 s)
+# per tensor, estimated (below) at ~3.5 KB of objects, 5 levels deep ({name: rebuild(args(storage
+# id(...)))}); the largest RWKV-4 (14B, 40 layers) has 725 tensors: ~23,000 opcodes, ~2.6 MB.
+MAX_OPCODES = 1_000_000  # 30,000 tensors' worth; also bounds the scan's own time (~0.5 s)
 MAX_DEPTH = 64  # containers inside containers; a state dict needs 5
-MAX_BUILD_BYTES = 64 << 20  # estimated memory of the objects, stack and memo the unpickler builds
+MAX_BUILD_BYTES = 64 << 20  # estimated memory the unpickler would build: ~18,000 tensors' worth
 MAX_INT_BYTES = 8  # LONG1/LONG4 integers: torch writes sizes, strides and offsets below 2**63
 
 
