@@ -171,8 +171,11 @@ def _read_json(path: Path) -> object:
 def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor], dict | None]:
     """Open the file and parse it with the reader its first bytes call for: (format, tensors, cpp header).
 
-    The file is read with pread, never mapped (see FileBytes); when the load finishes, a file whose
-    size or modification time changed meanwhile is refused (its bytes may mix two versions)."""
+    The file is read with pread, never mapped (see FileBytes): a file truncated meanwhile gives a
+    short read, our error, where a mapping would give SIGBUS. When the load finishes, a file whose
+    size or modification time changed meanwhile is refused (its bytes may mix two versions); a file
+    replaced by another (renamed over it) is harmless, as the open one is read to the end. Not
+    detected: a rewrite in place that leaves size and modification time as they were."""
     buf = stack.enter_context(FileBytes(path))
     stack.push(_unchanged_on_success(buf))
     if len(buf) == 0:
