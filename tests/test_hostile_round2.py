@@ -384,3 +384,50 @@ def test_the_loader_maps_no_part_of_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_checked", checked)
     load_checkpoint(path, lazy_embedding=True)
     assert len(seen) == len(tiny_weights()) and not any(seen)  # every tensor checked, none mapped
+
+
+def test_a_state_dict_with_metadata_as_torch_pickles_it_still_loads(tmp_path, monkeypatch):
+    # model.state_dict() is an OrderedDict carrying `_metadata` (an OrderedDict of per-module dicts),
+    # which pickle writes as REDUCE, SETITEMS, then BUILD on the dict: the scan's rules must admit it.
+    # Pickled here by Python's own pickler, with stand-ins registered as the torch globals.
+    import collections
+    import types
+
+    raw = tiny_weights()
+    torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        def __init__(self, key: str, numel: int) -> None:
+            self.key, self.numel = key, numel
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while pickling")
+
+    class Tensor:
+        def __init__(self, storage, shape):
+            self.storage, self.shape = storage, shape
+
+        def __reduce__(self):
+            stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+            return _rebuild_tensor_v2, (self.storage, 0, self.shape, stride, False, collections.OrderedDict())
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__, _rebuild_tensor_v2.__qualname__ = "FloatStorage", "_rebuild_tensor_v2"
+    torch_mod.FloatStorage, utils_mod._rebuild_tensor_v2, torch_mod._utils = FloatStorage, _rebuild_tensor_v2, utils_mod
+    monkeypatch.setitem(sys.modules, "torch", torch_mod)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils_mod)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, FloatStorage):
+                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    state = collections.OrderedDict((k, Tensor(FloatStorage(str(i), v.size), v.shape)) for i, (k, v) in enumerate(raw.items()))
+    state._metadata = collections.OrderedDict((p, {"version": 1}) for p in ["", "emb", "blocks", "blocks.0", "head"])
+    out = io.BytesIO()
+    Pickler(out, protocol=2).dump(state)
+    assert pickle.BUILD in out.getvalue()
+    path = write_zip(tmp_path / "meta.pth", torch_zip_members(raw, pickle_bytes=out.getvalue()))
+    ck = load_checkpoint(path)
+    np.testing.assert_array_equal(ck.weights["blocks.0.att.key.weight"], raw["blocks.0.att.key.weight"])
