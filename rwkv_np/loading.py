@@ -11,9 +11,9 @@ import mmap
 import os
 import re
 from collections import Counter
-from itertools import islice
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np

@@ -45,9 +45,17 @@ class FileBytes:
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError("FileBytes supports only contiguous slices")
         start, stop, _ = key.indices(self.size)
-        out = bytearray(max(0, stop - start))
-        if out:
-            self.readinto(out, start)
+        if stop <= start:
+            return b""
+        if hasattr(os, "pread"):  # bytes made once, not a bytearray copied
+            try:
+                data = os.pread(self._file.fileno(), stop - start, start)
+            except OSError as e:
+                raise CheckpointError(f"{self.path}: cannot read the file ({e.strerror or e})") from None
+            if len(data) == stop - start:
+                return data
+        out = bytearray(stop - start)  # a short read (at most ~2 GiB per call), or no os.pread
+        self.readinto(out, start)
         return bytes(out)
 
     def readinto(self, out, offset: int) -> None:
