@@ -7,7 +7,6 @@ EVERY tensor is checked before any weight is copied, then each is converted to f
 """
 
 import json
-import mmap
 import os
 import re
 from collections import Counter
@@ -413,40 +412,21 @@ _EXPONENT = {np.dtype(np.float32): (np.uint32, 0x7F800000), np.dtype(np.uint16):
              np.dtype(np.float16): (np.uint16, 0x7C00)}
 
 
-def _checked(a: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
-    """(a, or a copy of it, and the number of its inf/NaN elements): one pass over the bytes.
-
-    NumPy, a block at a time: each block stays in the cache between the copy and the checks."""
+def _non_finite(a: np.ndarray) -> int:
+    """The number of inf/NaN elements of a stored tensor: one pass over its bits, a block at a time."""
     bits, exponent = _EXPONENT[a.dtype]
     exponent = bits(exponent)
-    if copy and a.flags.owndata:
-        # not a view of the file's bytes but a new array read from the file for this call
-        # (LazyTensor.stored marks it read-only all the same): it is the copy already
-        a.flags.writeable, copy = True, False
-    out = np.empty_like(a) if copy else a
-    src, dst = a.reshape(-1).view(bits), out.reshape(-1).view(bits)
+    src = a.reshape(-1).view(bits)
     block = 1 << 16
     masked, flags = np.empty(min(block, src.size), bits), np.empty(min(block, src.size), bool)
     bad = 0
     for start in range(0, src.size, block):
         chunk = src[start:start + block]
         n = chunk.size
-        if copy:
-            dst[start:start + n] = chunk
         np.bitwise_and(chunk, exponent, out=masked[:n])
         np.equal(masked[:n], exponent, out=flags[:n])
         bad += int(np.count_nonzero(flags[:n]))
-    return out, bad
-
-
-def _release(t: LazyTensor) -> None:
-    """Unmap the file pages of a tensor once it is copied and checked: otherwise every page of the
-    file stays in this process's memory until the whole load is done (its peak: file + copies)."""
-    if isinstance(t.buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        start = t.offset - t.offset % mmap.PAGESIZE
-        stop = min(len(t.buf), t.offset + t.nbytes)
-        if stop > start:
-            t.buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    return bad
 
 
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
@@ -456,15 +436,13 @@ def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str,
     for name, shape in expected_shapes(config).items():
         t = tensors[name]
         if len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
-            a = t.stored(copy=False)  # a view of the file's bytes when they allow it
-            in_file = lazy_embedding and name == "emb.weight" and not a.flags.writeable and t.source is not None
-            a, bad = _checked(a, copy=not a.flags.writeable and not in_file)
-            if in_file and not bad:
-                a = FileRows(t.source, t.offset, shape, a.dtype)
+            a = t.stored(copy=True)  # as stored (bfloat16 as its bit pattern), read into a new array
+            bad = _non_finite(a)
+            if lazy_embedding and name == "emb.weight" and t.source is not None and not bad:
+                a = FileRows(t.source, t.offset, shape, a.dtype)  # checked; left in the file from now on
         else:
             a = t.read().reshape(shape)
-            bad = _checked(a, copy=False)[1]
-        _release(t)
+            bad = _non_finite(a)
         if bad:
             raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
         if decay_is_neg_stored and name.endswith("att.time_decay"):
