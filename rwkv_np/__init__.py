@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 
 from .config import RWKVConfig
-from .errors import ArgumentError, CheckpointError, DownloadError, RWKVError
+from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError
 from .state import State
 
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
-           "ArgumentError", "DownloadError"]
+           "ArgumentError", "DownloadError", "ModelError"]
 __version__ = "0.1.0"
 
 

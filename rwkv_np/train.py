@@ -463,7 +463,7 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
     _, held = load_bytes(start["data"])
     fp16_loss = evaluate(params, held, a["ctx_len"])
     # the same split read as one stream by the inference model, the state carried across (RNN use)
-    from .model import RWKV
+    from .engine import RWKV
 
     logits, _ = RWKV(model_ready(params)).forward(held[:-1], return_all=True)
     z = logits.astype(np.float64)
