@@ -176,28 +176,11 @@ def test_token_id_prompt_and_zero_tokens():
 # --- the real network -------------------------------------------------------------------------
 
 def random_byte_model(seed=0, n_layer=2, C=32, V=256):
-    """A small RWKV-4 with random weights shaped like a trained one (conventions of COMMON.md)."""
-    from rwkv_np import RWKV
+    """A small RWKV-4 with random weights shaped like a trained one (rwkv_np.schema.random_weights)."""
+    from rwkv_np import RWKV, RWKVConfig
+    from rwkv_np.schema import random_weights
 
-    rng = np.random.default_rng(seed)
-    F = 4 * C
-    r = lambda *s, scale=0.3: (rng.normal(size=s) * scale).astype(np.float32)  # noqa: E731
-    u = lambda lo, hi: rng.uniform(lo, hi, C).astype(np.float32)  # noqa: E731
-    w = {"emb.weight": r(V, C, scale=1.0),
-         "blocks.0.ln0.weight": 1 + r(C, scale=0.1), "blocks.0.ln0.bias": r(C, scale=0.1),
-         "ln_out.weight": 1 + r(C, scale=0.1), "ln_out.bias": r(C, scale=0.1), "head.weight": r(V, C, scale=1.0)}
-    for i in range(n_layer):
-        b = f"blocks.{i}."
-        for ln in ("ln1", "ln2"):
-            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + r(C, scale=0.1), r(C, scale=0.1)
-        for m in ("k", "v", "r"):
-            w[b + "att.time_mix_" + m] = u(0, 1)
-        w[b + "ffn.time_mix_k"], w[b + "ffn.time_mix_r"] = u(0, 1), u(0, 1)
-        w[b + "att.time_first"], w[b + "att.time_decay"] = u(-0.8, 1.7), u(-6, 2)
-        for m in ("key", "value", "receptance", "output"):
-            w[b + f"att.{m}.weight"] = r(C, C)
-        w[b + "ffn.key.weight"], w[b + "ffn.receptance.weight"], w[b + "ffn.value.weight"] = r(F, C), r(C, C), r(C, F)
-    return RWKV(w)
+    return RWKV(random_weights(RWKVConfig(n_layer=n_layer, n_embd=C, vocab_size=V, ffn_dim=4 * C), seed))
 
 
 @pytest.fixture(scope="module")
