@@ -69,9 +69,10 @@ class _Case:
     call(fn, args) returns the learner's answer; `view` turns an answer (the reference's or the
     learner's) into the named arrays that are compared; `data` is whatever the mistakes' variants need."""
 
-    def __init__(self, name, args, expected, call=None, data=None):
+    def __init__(self, name, args, expected, call=None, data=None, chained=False):
         self.name, self.args, self.expected, self.data = name, args, expected, data
         self.call = call or (lambda fn, args: fn(*args))
+        self.chained = chained  # the learner's function is called twice, its own state carried
 
 
 class _Wrong(Exception):
@@ -194,8 +195,7 @@ def _run_checks(exercise, fn, cases, names, view, mistakes, rtol, atol, signatur
             got_arrays, diff = None, ("shape", f"your function's answer could not be read: "
                                                f"{type(e).__name__}: {e}")
         if changed:
-            return _fail(exercise, case, diff[1] if diff else "the outputs were right",
-                         "modified the inputs in place",
+            return _fail(exercise, case, diff, "modified the inputs in place",
                          f"`{changed}` was changed by your function. Work on new arrays (x = x * mu, "
                          f"np.concatenate, .copy()) instead of writing into the ones passed in: the caller "
                          f"still needs them (the reference leaves every input as it was).")
@@ -215,32 +215,37 @@ def _run_checks(exercise, fn, cases, names, view, mistakes, rtol, atol, signatur
                 continue
             if (_first_difference(expected, wrong, names, rtol, atol) is not None
                     and _first_difference(wrong, got_arrays, names, rtol, atol) is None):
-                return _fail(exercise, case, diff[1], m.name, m.hint)
+                return _fail(exercise, case, diff, m.name, m.hint)
         for sig in signatures:
             found = sig(case, got, got_arrays, diff)
             if found:
-                return _fail(exercise, case, diff[1], *found)
+                return _fail(exercise, case, diff, *found)
         if diff[0] == "nonfinite":
-            return _fail(exercise, case, diff[1], "exp overflow (inf/nan)",
+            return _fail(exercise, case, diff, "exp overflow (inf/nan)",
                          "an exponential overflowed (float32: e^x is inf above x ≈ 88.7; float64: above 709.8) "
                          "or a 0/0 appeared. Keep every exponent relative to the largest one, as in the "
                          "stable form, so that no e^x exceeds 1.")
         if diff[0] == "dtype":
-            return _fail(exercise, case, diff[1], "wrong dtype",
+            return _fail(exercise, case, diff, "wrong dtype",
                          "compute in the dtype of the inputs (np.empty_like(k), not np.empty(shape, int)).")
         if diff[0] == "shape":
-            return _fail(exercise, case, diff[1], "wrong shape",
+            return _fail(exercise, case, diff, "wrong shape",
                          "check which axis is time (T, rows) and which is channels (C, columns), and what "
                          "the function returns.")
-        return _fail(exercise, case, diff[1], None, None)
+        return _fail(exercise, case, diff, None, None)
     names_of_cases = "; ".join(c.name for c in cases)
     return CheckResult(exercise, "passed", f"✓ {title}: all {len(cases)} cases passed ({names_of_cases}).")
 
 
-def _fail(exercise, case, detail, mistake, hint):
-    lines = [f"✗ check_{exercise}: case '{case.name}' failed.", f"  first wrong value: {detail}"
-             if not detail.startswith(("your function", "the outputs")) and ":" in detail
-             else f"  {detail}"]
+def _fail(exercise, case, diff, mistake, hint):
+    """The message for a failed case: diff = (kind, text) of what differs, None if the outputs were right."""
+    if diff is None:
+        detail = "the outputs were right, but:"
+    elif diff[0] in ("value", "nonfinite"):
+        detail = f"first wrong value: {diff[1]}"
+    else:
+        detail = diff[1]
+    lines = [f"✗ check_{exercise}: case '{case.name}' failed.", f"  {detail}"]
     if mistake:
         lines.append(f"  This looks like: {mistake}.")
         lines.append(f"  Hint: {hint}")
@@ -281,9 +286,9 @@ def _wkv_variant(w, u, k, v, a, b, mistake=None):
     decay = np.exp(w) if mistake == "decay_sign" else np.exp(-w)
     for t in range(len(k)):
         past_a, past_b = (decay * a, decay * b) if mistake == "decayed_once_too_often" else (a, b)
-        if mistake == "bonus_on_past":
+        if mistake == "bonus_on_past":  # u on the past instead of on the current token
             past_a, past_b = np.exp(u) * past_a, np.exp(u) * past_b
-        now = np.exp(k[t]) if mistake == "no_bonus" else np.exp(u + k[t])
+        now = np.exp(k[t]) if mistake in ("no_bonus", "bonus_on_past") else np.exp(u + k[t])
         out[t] = (past_a + now * v[t]) / (past_b + now)
         add = np.exp(u + k[t]) if mistake == "bonus_in_state" else np.exp(k[t])
         a, b = decay * a + add * v[t], decay * b + add
@@ -315,10 +320,12 @@ def _plain(aa, bb, pp):
 
 def _state_view(aa, bb, pp):
     """A state (aa, bb, pp) as two numbers per channel that any consistent scaling shares:
-    a / b = aa / bb, and ln b = ln bb + pp (in float64, so that ln of a float32 bb is exact enough)."""
+    a / b = aa / bb, and ln b = ln bb + pp (in float64, so that ln of a float32 bb is exact enough).
+    An empty past (bb = 0) shows as a/b = 0, ln b = PP_EMPTY rather than 0/0."""
     aa, bb, pp = (np.asarray(z, np.float64) for z in (aa, bb, pp))
+    empty = bb == 0  # the state before any token (b = 0): shown as a/b = 0, ln b = PP_EMPTY
     with np.errstate(all="ignore"):
-        return aa / bb, np.log(bb) + pp
+        return np.where(empty, 0.0, aa / bb), np.where(empty, PP_EMPTY, np.log(bb) + pp)
 
 
 def _ab_view(a, b):
@@ -461,9 +468,10 @@ _HINT_DECAY = ("the latest past token (i = t-1) is not decayed at all: its weigh
                "a_{t-1} as it is for wkv_t, and decay it only when moving on to a_t.")
 _HINT_BONUS_STATE = ("the bonus u is for the current token's own output only: wkv_t uses e^{u+k_t}, but the "
                      "state takes token t in with e^{k_t} (a_t = e^{-w} a_{t-1} + e^{k_t} v_t).")
-_HINT_BONUS_PAST = ("u multiplies only the current token's term e^{u+k_t} v_t; the past terms are "
-                    "e^{-(t-1-i)w + k_i} v_i, without u.")
-_HINT_NO_BONUS = "the current token's term is e^{u + k_t} v_t (and e^{u + k_t} below): u is missing."
+_HINT_BONUS_PAST = ("u belongs to the current token's term, e^{u+k_t} v_t, and to no past term: the past "
+                    "terms are e^{-(t-1-i)w + k_i} v_i, without u.")
+_HINT_NO_BONUS = ("the current token's term is e^{u + k_t} v_t (and e^{u + k_t} below): u is missing. (u on "
+                  "every term, past and current, looks the same: a factor e^u above and below cancels.)")
 _HINT_SIGN = "the past decays: the weight is e^{-(t-1-i)w} with w > 0, a minus sign in the exponent."
 
 
@@ -478,7 +486,7 @@ def _wkv_mistakes(state_of):
     return [
         _Mistake("the latest past token decayed once too often (e^{-(t-i)w} instead of e^{-(t-1-i)w})",
                  _HINT_DECAY, variant("decayed_once_too_often")),
-        _Mistake("u applied to the past", _HINT_BONUS_PAST, variant("bonus_on_past")),
+        _Mistake("u applied to the past instead of the current token", _HINT_BONUS_PAST, variant("bonus_on_past")),
         _Mistake("u missing on the current token", _HINT_NO_BONUS, variant("no_bonus")),
         _Mistake("the state updated with the bonus u", _HINT_BONUS_STATE, variant("bonus_in_state")),
         _Mistake("the decay with the wrong sign (e^{+(t-1-i)w})", _HINT_SIGN, variant("decay_sign")),
@@ -548,7 +556,8 @@ def _recurrent_case(name, w, u, k, v, a=None, b=None, split=None):
             y2, a2, b2 = fn(w, u, k[split:], v[split:], np.asarray(a1).copy(), np.asarray(b1).copy())
             return np.concatenate([np.asarray(y1), np.asarray(y2)]), a2, b2
     return _Case(name, (w, u, k, v, a0, b0), expected, call,
-                 data=dict(k=k, v=v, pack=pack, expected_unnormalised=None, empty=a is None))
+                 data=dict(k=k, v=v, pack=pack, expected_unnormalised=None, empty=a is None),
+                 chained=split is not None)
 
 
 def _ab_state_view(r):
@@ -577,7 +586,7 @@ def check_wkv_recurrent(wkv_recurrent):
         "the state passed in ignored (started from a = b = 0)",
         "start the scan from the a and b given: they are the past, carried from the previous call.",
         lambda c: _wkv_variant(*c.args[:4], np.zeros_like(c.args[4]), np.zeros_like(c.args[5]))
-        if c.call is None else None)]
+        if not c.chained else None)]
     return _run_checks("wkv_recurrent", wkv_recurrent, cases, names, _ab_state_view, mistakes,
                        rtol=1e-9, atol=1e-12, signatures=[_eq14_signatures])
 
@@ -602,7 +611,8 @@ def _stable_case(name, w, u, k, v, state=None, split=None):
             y2, *s2 = fn(w, u, k[split:], v[split:], *(np.asarray(s).copy() for s in s1))
             return (np.concatenate([np.asarray(y1), np.asarray(y2)]), *s2)
     return _Case(name, (w, u, k, v, *state), (out, *st), call,
-                 data=dict(k=k, v=v, empty=state[2][0] == PP_EMPTY, expected_unnormalised=None))
+                 data=dict(k=k, v=v, empty=state[2][0] == PP_EMPTY, expected_unnormalised=None),
+                 chained=split is not None)
 
 
 def check_wkv_stable(wkv_stable):
@@ -627,7 +637,7 @@ def check_wkv_stable(wkv_stable):
 
     def plain_variant(name):
         def f(case):
-            if case.call is not None:
+            if case.chained:
                 return None
             w, u, k, v, aa, bb, pp = case.args
             out, a, b = _wkv_variant(w, u, k, v, *_plain(aa, bb, pp), name)
@@ -639,11 +649,11 @@ def check_wkv_stable(wkv_stable):
                  "after token t the state's exponent must move to the new maximum: pp = max(pp - w, k_t), "
                  "the same q that aa and bb were rescaled by. Left at its old value, the past's weight "
                  "e^{pp - q} becomes 0 (here wkv_t = v_t) or overflows.",
-                 lambda c: None if c.call else _wkv_stable_variant(*c.args, mistake="p_not_updated")),
+                 lambda c: None if c.chained else _wkv_stable_variant(*c.args, mistake="p_not_updated")),
         _Mistake("the latest past token decayed once too often", _HINT_DECAY,
                  plain_variant("decayed_once_too_often")),
         _Mistake("the state updated with the bonus u", _HINT_BONUS_STATE, plain_variant("bonus_in_state")),
-        _Mistake("u applied to the past", _HINT_BONUS_PAST, plain_variant("bonus_on_past")),
+        _Mistake("u applied to the past instead of the current token", _HINT_BONUS_PAST, plain_variant("bonus_on_past")),
         _Mistake("u missing on the current token", _HINT_NO_BONUS, plain_variant("no_bonus")),
     ]
     # float32 cases: the state's ln b near 100 carries ~1e-5 of rounding, wkv ~1e-6 relative
@@ -696,7 +706,7 @@ def _tm_case(name, x, x_prev, state, att, split=None):
             s1 = [np.asarray(s).copy() for s in s1]
             out2, s2 = fn(args[0][split:], *s1, *args[5:])
             return np.concatenate([np.asarray(out1), np.asarray(out2)]), s2
-    return _Case(name, args, expected, call)
+    return _Case(name, args, expected, call, chained=split is not None)
 
 
 def _mixing_signature(case, got, got_arrays, diff):
@@ -733,7 +743,7 @@ def check_time_mixing(time_mixing):
                       np.zeros(Cr, np.float32), real_empty, block["att"])]
 
     def variant(name):
-        return lambda c: None if c.call else _time_mixing_variant(c.args, name)
+        return lambda c: None if c.chained else _time_mixing_variant(c.args, name)
 
     mistakes = [
         _Mistake("mu applied to the wrong term (mu on x_{t-1})",
@@ -748,7 +758,7 @@ def check_time_mixing(time_mixing):
                  variant("w_is_time_decay")),
         _Mistake("the latest past token decayed once too often", _HINT_DECAY, variant("decayed_once_too_often")),
         _Mistake("the state updated with the bonus u", _HINT_BONUS_STATE, variant("bonus_in_state")),
-        _Mistake("u applied to the past", _HINT_BONUS_PAST, variant("bonus_on_past")),
+        _Mistake("u applied to the past instead of the current token", _HINT_BONUS_PAST, variant("bonus_on_past")),
         _Mistake("u missing on the current token", _HINT_NO_BONUS, variant("no_bonus")),
     ]
     # float32 matrix products over C <= 192 terms and the eq. 14 scan: ~1e-6 relative; real weights'
@@ -785,7 +795,7 @@ def _cm_case(name, x, x_prev, ffn, split=None):
             out1, s1 = fn(args[0][:split], *args[1:])
             out2, s2 = fn(args[0][split:], np.asarray(s1).copy(), *args[2:])
             return np.concatenate([np.asarray(out1), np.asarray(out2)]), s2
-    return _Case(name, args, expected, call)
+    return _Case(name, args, expected, call, chained=split is not None)
 
 
 def check_channel_mixing(channel_mixing):
@@ -804,7 +814,7 @@ def check_channel_mixing(channel_mixing):
                       np.zeros(xr.shape[1], np.float32), block["ffn"])]
 
     def variant(name):
-        return lambda c: None if c.call else _channel_mixing_variant(c.args, name)
+        return lambda c: None if c.chained else _channel_mixing_variant(c.args, name)
 
     mistakes = [
         _Mistake("relu instead of squared relu",
@@ -909,7 +919,7 @@ def _model_mistakes(names, per_token):
                     lg, s = _forward_variant(params, [tok], s, key)
                     logits.append(lg[0])
                 return np.stack(logits), s
-            if case.data["chained"]:  # forward over two calls: the mistakes show on the other cases
+            if case.chained:  # forward over two calls: the mistakes show on the other cases
                 return None
             return _forward_variant(params, tokens, state, key)
         out.append(_Mistake(name, hint, variant))
@@ -933,7 +943,7 @@ def _step_case(name, params, tokens, state=None):
             state = np.array(state, copy=True)  # what the caller keeps is a copy of what was returned
         return np.stack(out), state
     return _Case(name, (params, tokens, state), expected, call,
-                 data=dict(params=params, tokens=tokens, state=state, chained=True))
+                 data=dict(params=params, tokens=tokens, state=state))
 
 
 def check_step(step):
@@ -965,7 +975,7 @@ def _forward_case(name, params, tokens, state=None, split=None):
             lg2, s2 = fn(params, tokens[split:], np.array(s1, copy=True))
             return np.concatenate([np.asarray(lg1), np.asarray(lg2)]), s2
     return _Case(name, (params, tokens, state), expected, call,
-                 data=dict(params=params, tokens=tokens, state=state, chained=split is not None))
+                 data=dict(params=params, tokens=tokens, state=state), chained=split is not None)
 
 
 def check_forward(forward):
