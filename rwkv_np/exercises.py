@@ -112,6 +112,16 @@ def _changed(before, after, path="argument"):
     return None
 
 
+def _arg_name(fn, i):
+    """The name of fn's i-th parameter ("argument i" when it cannot be read)."""
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)[i]
+    except (TypeError, ValueError, IndexError):
+        return f"argument {i}"
+
+
 def _fmt(x):
     return f"{x:.6g}" if np.isfinite(x) else str(x)
 
@@ -184,7 +194,9 @@ def _run_checks(exercise, fn, cases, names, view, mistakes, rtol, atol, signatur
                                f"✗ {title}: case '{case.name}': your function raised "
                                f"{type(e).__name__}: {text}{_frame_of_learner(e)}", case.name)
         expected = view(case.expected)
-        changed = _changed(case.args, args)
+        changed = None
+        for i, (before, after) in enumerate(zip(case.args, args)):
+            changed = changed or _changed(before, after, _arg_name(fn, i))
         try:
             _structure(got, case.expected)
             got_arrays = _as_arrays(view(got), names, expected)

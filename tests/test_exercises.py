@@ -136,7 +136,7 @@ def test_mix_mistakes():
         x += (1 - mu) * xs
         return x
 
-    _assert_caught(E.check_mix(mix), "modified the inputs in place", "`argument[0]` was changed")
+    _assert_caught(E.check_mix(mix), "modified the inputs in place", "`x` was changed")
 
 
 def test_wrong_dtype():
