@@ -866,14 +866,17 @@ def _forward_variant(params, tokens, state, mistake):
     for i, p in enumerate(blocks):
         s = state[i]
         x1 = reference.layer_norm(x, **p["ln1"])
-        if mistake in ("bonus_in_state", "decayed_once_too_often"):
+        if mistake in ("bonus_in_state", "decayed_once_too_often", "w_is_time_decay", "no_gate"):
             args = (x1, s[ATT_X], s[AA], s[BB], s[PP], *(p["att"][n] for n in _TM_ORDER))
             dx, (att_x, aa, bb, pp) = _time_mixing_variant(args, mistake)
         else:
             dx, (att_x, aa, bb, pp) = reference.time_mixing(x1, s[ATT_X], s[AA], s[BB], s[PP], **p["att"])
         x_mid = dx if mistake == "no_residual" else x + dx
         x2 = reference.layer_norm(x_mid, **p["ln2"])
-        dx, ffn_x = reference.channel_mixing(x2, s[FFN_X], **p["ffn"])
+        if mistake == "relu":
+            dx, ffn_x = _channel_mixing_variant((x2, s[FFN_X], *(p["ffn"][n] for n in _CM_ORDER)), mistake)
+        else:
+            dx, ffn_x = reference.channel_mixing(x2, s[FFN_X], **p["ffn"])
         if mistake == "residual_state":
             att_x, ffn_x = x[-1], x_mid[-1]
         x = dx if mistake == "no_residual" else x_mid + dx
@@ -920,6 +923,12 @@ _MODEL_MISTAKES = {
                            "return the new state, built from what time_mixing and channel_mixing return."),
     "bonus_in_state": ("the state updated with the bonus u", _HINT_BONUS_STATE),
     "decayed_once_too_often": ("the latest past token decayed once too often", _HINT_DECAY),
+    "w_is_time_decay": ("the decay as e^{-w} with w = time_decay instead of w = e^{time_decay}",
+                        "checkpoints store ln w (so that w stays positive while training): "
+                        "w = np.exp(time_decay)."),
+    "no_gate": ("sigmoid gate missing in time mixing",
+                "eq. 15: out = W_o (sigmoid(r_t) * wkv_t); the receptance gates wkv."),
+    "relu": ("relu instead of squared relu", "eq. 18 squares the ReLU: max(k'_t, 0) ** 2."),
 }
 
 
@@ -976,7 +985,8 @@ def check_step(step):
              _step_case("random weights, starting from a given state (after tokens 3 1 4)", tiny, [1, 5], given),
              _step_case("the shipped model on 'ROMEO:', state carried", real, _text_tokens(b"ROMEO:"))]
     mistakes = _model_mistakes(("no_ln0", "no_ln_out", "no_residual", "residual_state", "state_ignored",
-                                "bonus_in_state", "decayed_once_too_often"), per_token=True)
+                                "bonus_in_state", "decayed_once_too_often", "w_is_time_decay", "no_gate",
+                                "relu"), per_token=True)
     # float32 through L layers of products over C (and F = 4C) terms, logits ~10: 1e-4 relative and
     # absolute is ~10x the rounding measured between two correct implementations and far below a mistake
     return _run_checks("step", step, cases, _MODEL_NAMES, _model_view, mistakes, rtol=1e-4, atol=1e-4)

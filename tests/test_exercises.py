@@ -319,16 +319,17 @@ def _step(mistake=None):
             r = mix(xa, s[ATT_X], att["time_mix_r"]) @ att["receptance"].T
             k = mix(xa, s[ATT_X], att["time_mix_k"]) @ att["key"].T
             v = mix(xa, s[ATT_X], att["time_mix_v"]) @ att["value"].T
-            wkv, aa, bb, pp = _stable(mistake)(np.exp(att["time_decay"]), att["time_first"], k[None], v[None],
-                                               s[AA], s[BB], s[PP])
+            w = att["time_decay"] if mistake == "w_is_time_decay" else np.exp(att["time_decay"])
+            wkv, aa, bb, pp = _stable(mistake)(w, att["time_first"], k[None], v[None], s[AA], s[BB], s[PP])
             s[AA], s[BB], s[PP] = aa, bb, pp
             s[ATT_X] = x if mistake == "residual_state" else xa
-            x = x + (sigmoid(r) * wkv[0]) @ att["output"].T
+            x = x + ((1 if mistake == "no_gate" else sigmoid(r)) * wkv[0]) @ att["output"].T
             xf = layer_norm(x, **p["ln2"])
             r = mix(xf, s[FFN_X], ffn["time_mix_r"]) @ ffn["receptance"].T
             k = mix(xf, s[FFN_X], ffn["time_mix_k"]) @ ffn["key"].T
             s[FFN_X] = x if mistake == "residual_state" else xf
-            x = x + sigmoid(r) * (np.maximum(k, 0) ** 2 @ ffn["value"].T)
+            hidden = np.maximum(k, 0) if mistake == "relu" else np.maximum(k, 0) ** 2
+            x = x + sigmoid(r) * (hidden @ ffn["value"].T)
         return layer_norm(x, **params["ln_out"]) @ params["head"].T, state
     return step
 
@@ -339,6 +340,10 @@ def _step(mistake=None):
     ("state_ignored", "the state passed in ignored (started from the initial state every call)", "use the state"),
     ("bonus_in_state", "the state updated with the bonus u", "e^{k_t}"),
     ("in_place", "modified the inputs in place", "was changed by your function"),
+    ("w_is_time_decay", "the decay as e^{-w} with w = time_decay instead of w = e^{time_decay}",
+     "w = np.exp(time_decay)"),
+    ("no_gate", "sigmoid gate missing in time mixing", "the receptance gates wkv"),
+    ("relu", "relu instead of squared relu", "squares the ReLU"),
 ])
 def test_step_mistakes(mistake, name, words):
     _assert_caught(E.check_step(_step(mistake)), name, words)
