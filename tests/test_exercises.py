@@ -12,6 +12,7 @@ from conftest import REPO
 from rwkv_np import exercises as E
 from rwkv_np import exercises_solutions as S
 from rwkv_np import reference
+from rwkv_np.errors import ArgumentError
 from rwkv_np.reference import AA, ATT_X, BB, FFN_X, PP, initial_state, layer_norm, sigmoid
 from rwkv_np.wkv import wkv_naive
 
@@ -551,3 +552,53 @@ def test_exercise_notebooks_run(variant, tmp_path):
         else:
             assert text.count("✓ check_") == n_checks, (path.name, text)
             assert "not implemented yet" not in text and "✗" not in text, (path.name, text)
+
+
+# ---------------------------------------------------------------------------------- other answers
+
+def test_stable_with_another_choice_of_pp_passes():
+    """The state is compared through a/b and ln b, so a correct scan that keeps bb = 1 (aa = a/b,
+    pp = ln b) passes as well as the reference's choice."""
+    def wkv_stable(w, u, k, v, aa, bb, pp):
+        out = np.empty_like(k)
+        m = np.where(bb > 0, aa / np.where(bb > 0, bb, 1), 0)  # a/b, 0 for an empty past
+        lb = np.where(bb > 0, np.log(np.where(bb > 0, bb, 1)) + pp, pp)  # ln b
+        for t in range(len(k)):
+            q = np.maximum(lb, u + k[t])
+            e1, e2 = np.exp(lb - q), np.exp(u + k[t] - q)
+            out[t] = (e1 * m + e2 * v[t]) / (e1 + e2)
+            q = np.maximum(lb - w, k[t])
+            e1, e2 = np.exp(lb - w - q), np.exp(k[t] - q)
+            m, lb = (e1 * m + e2 * v[t]) / (e1 + e2), q + np.log(e1 + e2)
+        return out, m, np.ones_like(m), lb
+
+    result = E.check_wkv_stable(wkv_stable)
+    assert result.passed, result.message
+
+
+def test_unknown_mistake_gets_the_first_wrong_value_and_no_name():
+    result = E.check_mix(lambda x, xs, mu: 0.5 * (x + xs))
+    assert result.status == "failed" and result.mistake is None
+    case = E._mix_cases()[0]
+    x, xs, mu = case.args
+    assert f"first wrong value: mixed x[0, 0]: expected {E._fmt(case.expected[0, 0])}, " \
+           f"got {E._fmt(0.5 * (x[0, 0] + xs[0, 0]))}" in result.message
+    assert "No known mistake matches" in result.message
+
+
+def test_not_a_function():
+    result = E.check_mix(None)
+    assert result.status == "error" and "expected your function `mix`, got NoneType" in result.message
+
+
+def test_write_solutions_command(tmp_path, capsys):
+    assert E.main(["write-solutions"]) == 2
+    assert "usage: python -m rwkv_np.exercises write-solutions" in capsys.readouterr().err
+    with pytest.raises(ArgumentError, match="no exercise notebooks"):
+        E.write_solutions(tmp_path / "out", tmp_path)
+    assert E.main(["write-solutions", str(tmp_path / "solved")]) == 0
+    written = sorted(p.name for p in (tmp_path / "solved").glob("*.ipynb"))
+    assert written == [p.name for p in NOTEBOOKS]
+    nb = json.loads((tmp_path / "solved" / "04_wkv_stable.ipynb").read_text())
+    stub = next(c for c in nb["cells"] if c["metadata"].get("exercise") == "wkv_stable")
+    assert "NotImplementedError" not in stub["source"] and "def wkv_stable(" in stub["source"]
