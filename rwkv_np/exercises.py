@@ -387,11 +387,11 @@ def _tiny_params(seed=0, n_layer=2, n_embd=8, ffn_dim=32, vocab_size=16):
     return schema.nest(schema.random_weights(config, seed), n_layer, 1e-5)
 
 
-def _real_layer_input(n_tokens=12, layer=0):
+def _real_layer_input(layer=0):
     """Real activations: the LayerNorm outputs entering layer `layer`'s time and channel mixing on
-    the first bytes of "First Citizen:", from the shipped model."""
+    the 14 bytes of "First Citizen:", from the shipped model."""
     params = shipped_params()
-    tokens = list(b"First Citizen:\nBefore we proceed")[:n_tokens]
+    tokens = list(b"First Citizen:")
     record = []
     reference.forward(params, tokens, record=record)
     return params["blocks"][layer], record[layer]
@@ -691,6 +691,8 @@ def _time_mixing_variant(args, mistake):
         mk, mv, mr = 1 - mk, 1 - mv, 1 - mr
     if mistake == "shift_zeros":
         x_prev = np.zeros_like(x_prev)
+    if mistake == "not_transposed":
+        Wk, Wv, Wr, Wo = Wk.T, Wv.T, Wr.T, Wo.T
     xx = reference.token_shift(x, x_prev)
     r = reference.mix(x, xx, mr) @ Wr.T
     k = reference.mix(x, xx, mk) @ Wk.T
@@ -777,6 +779,9 @@ def check_time_mixing(time_mixing):
         _Mistake("the state updated with the bonus u", _HINT_BONUS_STATE, variant("bonus_in_state")),
         _Mistake("u applied to the past instead of the current token", _HINT_BONUS_PAST, variant("bonus_on_past")),
         _Mistake("u missing on the current token", _HINT_NO_BONUS, variant("no_bonus")),
+        _Mistake("the weight matrices used untransposed (x @ W)",
+                 "a weight is stored (out, in), as in PyTorch: W x_t for every row t at once is x @ W.T.",
+                 variant("not_transposed")),
     ]
     # float32 matrix products over C <= 192 terms and the eq. 14 scan: ~1e-6 relative; real weights'
     # outputs reach ~10, so 1e-4 absolute leaves a margin of ~10x over rounding and none for a mistake

@@ -254,6 +254,8 @@ def _time_mixing(mistake=None):
         xx = np.concatenate([x_prev[None], x[:-1]])
         mk, mv, mr = time_mix_k, time_mix_v, time_mix_r
         mix = (lambda m: (1 - m) * x + m * xx) if mistake == "mu_on_previous" else (lambda m: m * x + (1 - m) * xx)
+        if mistake == "not_transposed":
+            key, value, receptance, output = key.T, value.T, receptance.T, output.T
         r, k, v = mix(mr) @ receptance.T, mix(mk) @ key.T, mix(mv) @ value.T
         w = time_decay if mistake == "w_is_time_decay" else np.exp(time_decay)
         wkv, aa, bb, pp = _stable(mistake)(w, time_first, k, v, aa, bb, pp)
@@ -271,6 +273,7 @@ def _time_mixing(mistake=None):
      "w = np.exp(time_decay)"),
     ("bonus_in_state", "the state updated with the bonus u", "e^{k_t}"),
     ("x_prev_from_out", "the state's x_prev taken from the output", "return x[-1]"),
+    ("not_transposed", "the weight matrices used untransposed (x @ W)", "x @ W.T"),
 ])
 def test_time_mixing_mistakes(mistake, name, words):
     assert E.check_time_mixing(_time_mixing()).passed
