@@ -54,30 +54,12 @@ MiB = 1 << 20
 # ---- the checkpoints ----------------------------------------------------------------------------
 
 def random_169m(seed: int = 0) -> dict[str, np.ndarray]:
-    """A raw BlinkDL state dict of the 169M shape, float32, with trained-like magnitudes."""
-    L, C, F, V = SHAPE["n_layer"], SHAPE["C"], SHAPE["F"], SHAPE["V"]
-    rng = np.random.default_rng(seed)
+    """A raw BlinkDL state dict of the 169M shape, float32 (rwkv_np.schema.random_weights)."""
+    from rwkv_np.config import RWKVConfig
+    from rwkv_np.schema import random_weights
 
-    def normal(shape, scale):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
-
-    w = {"emb.weight": normal((V, C), 0.5), "blocks.0.ln0.weight": 1 + normal(C, 0.1),
-         "blocks.0.ln0.bias": normal(C, 0.1)}
-    for i in range(L):
-        b = f"blocks.{i}."
-        for n in ("ln1", "ln2"):
-            w[b + n + ".weight"], w[b + n + ".bias"] = 1 + normal(C, 0.1), normal(C, 0.1)
-        w[b + "att.time_decay"] = rng.uniform(-6, 2, C).astype(np.float32)
-        w[b + "att.time_first"] = rng.uniform(-1, 1.5, C).astype(np.float32)
-        for n in ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r"):
-            w[b + n] = rng.uniform(0, 1, (1, 1, C)).astype(np.float32)
-        for n in ("att.key", "att.value", "att.receptance", "att.output", "ffn.receptance"):
-            w[b + n + ".weight"] = normal((C, C), C ** -0.5)
-        w[b + "ffn.key.weight"] = normal((F, C), C ** -0.5)
-        w[b + "ffn.value.weight"] = normal((C, F), F ** -0.5)
-    w["ln_out.weight"], w["ln_out.bias"] = 1 + normal(C, 0.1), normal(C, 0.1)
-    w["head.weight"] = normal((V, C), C ** -0.5)
-    return w
+    config = RWKVConfig(n_layer=SHAPE["n_layer"], n_embd=SHAPE["C"], vocab_size=SHAPE["V"], ffn_dim=SHAPE["F"])
+    return random_weights(config, seed)
 
 
 def write_aligned_torch_zip(path: Path, tensors: dict[str, np.ndarray], dtype: str) -> None:
@@ -108,7 +90,7 @@ def write_checkpoints(folder: Path) -> dict[str, Path]:
 def weight_bytes(bytes_per_matrix_element: int) -> dict[str, int]:
     L, C, F, V = SHAPE["n_layer"], SHAPE["C"], SHAPE["F"], SHAPE["V"]
     block_matrix = 5 * C * C + 2 * C * F
-    vectors = L * 11 * C + 4 * C
+    vectors = L * 11 * C + 4 * C  # the 11 per-channel vectors of rwkv_np.schema.VECTORS, ln0, ln_out
     return {"block_params": L * block_matrix,
             "all": (2 * V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4,
             "per_token": (V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4}
@@ -166,7 +148,10 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
 
     res = {}
     t0 = time.perf_counter()
-    import rwkv_np  # noqa: F401  (numpy is imported already; this times numba and rwkv_np)
+    import rwkv_np.engine  # noqa: F401  (numpy is imported already; this times numba and the engine)
+    from rwkv_np.threads import short_spin
+
+    short_spin()  # as the command line does
 
     res["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -195,13 +180,13 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         res["gen_peak_mib"] = rss("VmHWM")
         res.update(interleaved_ceiling(model, state, rng, bytes_per_token=weight_bytes(
             2 if model.weight_dtype != "float32" else 4)["per_token"]))
-        # the readable functions of model.py (NumPy + BLAS matrix-vector products), for comparison
-        from rwkv_np.model import rwkv
-        s = state.data.copy()
+        # rwkv_np/reference.py (NumPy + BLAS matrix-vector products), for comparison
+        from rwkv_np import reference
+        s, params = state.data, model.params
         times = []
         for tok in rng.integers(0, SHAPE["V"], 12):
             t = time.perf_counter()
-            _, s = rwkv(np.array([tok]), s, model.params, model.config)
+            _, s = reference.step(params, int(tok), s)
             times.append(time.perf_counter() - t)
         res["ref_gen_tok_s"] = 1 / np.median(times)
     else:
@@ -209,9 +194,9 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         model.forward(prompt[:16])  # compile / warm
         res["prompt_par_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="parallel"), 3)
         res["prompt_rec_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="recurrent"), 1)
-        from rwkv_np.model import rwkv
-        start = model.init_state().data
-        res["ref_prompt_tok_s"] = 512 / best_time(lambda: rwkv(prompt, start, model.params, model.config), 1)
+        from rwkv_np import reference
+        params = model.params
+        res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
     return res
 
 
@@ -282,7 +267,10 @@ def run_child(path: Path, keep_16bit: bool, what: str, threads: int, quick: bool
 def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
     """ns per (token, channel) at T = 1024, C = 768 for each form of eq. 14."""
     from rwkv_np import kernels as K
-    from rwkv_np.wkv import PP_EMPTY, wkv_naive, wkv_numba, wkv_numpy
+    from rwkv_np.reference import PP_EMPTY
+    from rwkv_np.wkv import wkv_naive
+    from rwkv_np.training.wkv_grad import wkv_forward
+    from _eq14 import reference_wkv  # tests/_eq14.py: eq. 14 of reference.time_mixing alone
 
     T, C = 1024, 768
     rng = np.random.default_rng(2)
@@ -300,12 +288,15 @@ def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
                                     k[:Tn].astype(np.float64), v[:Tn].astype(np.float64)), 1)
     res["naive (eq. 14 as written, float64)"] = (t * 1e9 / (Tn * C) * T / Tn,
                                                  f"measured at T={Tn}, x{T // Tn} (O(T^2))" if Tn < T else "")
-    res["NumPy recurrence (one step per token)"] = (best_time(lambda: wkv_numpy(w, u, k, v, *state()), 2) * per, "")
-    wkv_numba(w, u, k[:8], v[:8], *state())
-    res["Numba scan (wkv_numba)"] = (best_time(lambda: wkv_numba(w, u, k, v, *state()), 5) * per, "")
+    res["reference.py's recurrence (NumPy, one step per token)"] = (
+        best_time(lambda: reference_wkv(w, u, k, v, *state()), 2) * per,
+        "inside reference.time_mixing, whose 4 projections (here (T, 2C) x (2C, C)) are included")
+    wkv_forward(w, u, k[:8, None], v[:8, None])
+    res["compiled scan of kernels.wkv_step (training's, with saves)"] = (
+        best_time(lambda: wkv_forward(w, u, k[:, None], v[:, None]), 5) * per, "")
     out = np.empty_like(k)
     K.wkv_gate(w, u, k[:8], v[:8], r[:8], *state(), out[:8])
-    res["Numba scan + gate, fused (kernels.wkv_gate)"] = (
+    res["scan + gate, fused (kernels.wkv_gate, the engine's)"] = (
         best_time(lambda: K.wkv_gate(w, u, k, v, r, *state(), out), 5) * per, "")
     return res
 
@@ -367,7 +358,7 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
     print(f"weights: fp32 {b32['all'] / MiB:.0f} MiB ({b32['per_token'] / MiB:.0f} MiB read per token), "
           f"bf16 {b16['all'] / MiB:.0f} MiB ({b16['per_token'] / MiB:.0f} MiB per token)")
     print()
-    print("| figure | rwkv_np | ceiling (same run) | fraction | readable functions of model.py |")
+    print("| figure | rwkv_np | ceiling (same run) | fraction | rwkv_np/reference.py |")
     print("| --- | --- | --- | --- | --- |")
 
     def row(name, value, unit, ceiling, ref=None, digits=1):

@@ -1,5 +1,8 @@
 """rwkv_np: RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") in NumPy.
 
+Read rwkv_np/reference.py for the network itself (plain NumPy, both forms); rwkv_np.RWKV (engine.py)
+computes the same thing fast.
+
     import rwkv_np
     model = rwkv_np.load_model("path/to/RWKV-4-Pile-169M.pth")
     logits, state = model.forward([510, 3158, 8516], mode="parallel")
@@ -11,16 +14,25 @@ from __future__ import annotations
 import os
 
 from .config import RWKVConfig
-from .errors import ArgumentError, CheckpointError, DownloadError, RWKVError
-from .engine import RWKV
+from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError
 from .state import State
 
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
-           "ArgumentError", "DownloadError"]
+           "ArgumentError", "DownloadError", "ModelError"]
 __version__ = "0.1.0"
 
 
-def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> RWKV:
+def __getattr__(name: str):
+    # the engine (and with it Numba) is imported on first use, so that `import rwkv_np.reference`
+    # or `rwkv_np.schema` needs nothing but NumPy
+    if name == "RWKV":
+        from .engine import RWKV
+
+        return RWKV
+    raise AttributeError(f"module 'rwkv_np' has no attribute {name!r}")
+
+
+def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> "RWKV":
     """Load an RWKV-4 checkpoint: a BlinkDL .pth, a Hugging Face folder or file (safetensors or
     pytorch_model.bin), an rwkv.cpp FP32/FP16 file, or a name such as "169m" that was downloaded
     with `python -m rwkv_np download 169m`. The format is detected from the bytes.
@@ -37,6 +49,8 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
 
         if is_model_name(str(path)):
             path = resolve_model(str(path))
+    from .engine import RWKV
+
     checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
     model = RWKV(checkpoint.weights, checkpoint.config)
     model.checkpoint_path = checkpoint.path

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentError, RWKVError
+from .threads import short_spin
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -27,6 +28,49 @@ def default_model_path() -> Path:
     return found[0]
 
 
+#: the most standard input `generate -` reads for a prompt (what a tokenizer then accepts may be
+#: less: see rwkv_np.tokenizer); more is refused, so `< /dev/zero` cannot fill the memory
+MAX_STDIN_BYTES = 16 << 20
+
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+ESCAPES_HELP = "\\n newline, \\t tab, \\r, \\0, \\xHH, \\uXXXX, \\UXXXXXXXX (code points), \\\\ a backslash"
+
+
+def unescape(text: str) -> str:
+    """`text` with backslash escapes replaced: a shell passes `--stop "\\n\\n"` on as backslash, n,
+    backslash, n, and it means two newlines. An unknown escape or a lone trailing backslash is an
+    error, not a silent literal: a stop string that never matches would only show as a run that
+    does not stop."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 == len(text):
+            raise argparse.ArgumentTypeError(f"{text!r} ends with a lone backslash; write \\\\ for a backslash")
+        e = text[i + 1]
+        if e in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[e])
+            i += 2
+        elif e in _HEX_ESCAPES:
+            digits = text[i + 2:i + 2 + _HEX_ESCAPES[e]]
+            if len(digits) != _HEX_ESCAPES[e] or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise argparse.ArgumentTypeError(f"in {text!r}: \\{e} needs {_HEX_ESCAPES[e]} hex digits")
+            code = int(digits, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise argparse.ArgumentTypeError(f"in {text!r}: \\{e}{digits} is not a Unicode character")
+            out.append(chr(code))
+            i += 2 + len(digits)
+        else:
+            raise argparse.ArgumentTypeError(f"in {text!r}: unknown escape \\{e} (known: {ESCAPES_HELP})")
+    if not out:
+        raise argparse.ArgumentTypeError("a stop string cannot be empty")
+    return "".join(out)
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -35,8 +79,10 @@ def _int(text: str) -> int:
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt", help="the text to continue; '-' reads it from standard input. An empty prompt "
-                                  "starts a NeoX model from <|endoftext|>; a byte-level model needs text")
+    p.add_argument("prompt", help="the text to continue, as given (no escapes); '-' reads it from standard "
+                                  f"input (at most {MAX_STDIN_BYTES >> 20} MiB, bytes that are not UTF-8 kept "
+                                  "as they are for a byte-level model). An empty prompt starts a NeoX model "
+                                  "from <|endoftext|>; a byte-level model needs text")
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
                         "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name: 169m, 430m, 1b5, 3b, 7b, "
@@ -53,15 +99,17 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw only from the k most likely tokens; 0 = off (default: %(default)s)")
     p.add_argument("--presence-penalty", type=float, default=0.0,
                    help="subtract this from the logit of every token already generated once or more, to "
-                        "discourage repetition (default: %(default)s)")
+                        "discourage repetition; in [-1e6, 1e6] (default: %(default)s)")
     p.add_argument("--frequency-penalty", type=float, default=0.0,
-                   help="subtract this times the number of times a token was generated from its logit "
-                        "(default: %(default)s)")
+                   help="subtract this times the number of times a token was generated from its logit; "
+                        "in [-1e6, 1e6] (default: %(default)s)")
     p.add_argument("--seed", type=_int, default=None,
                    help="random seed (integer >= 0): the same seed, model and options give the same text "
                         "(default: a fresh random seed)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when the output contains TEXT (not printed); repeat for several stop strings")
+    p.add_argument("--stop", action="append", type=unescape, default=[], metavar="TEXT",
+                   help="stop when the output contains TEXT (not printed); repeat for several stop strings. "
+                        f"Backslash escapes are interpreted: {ESCAPES_HELP}; so --stop '\\n\\n' stops at "
+                        "a blank line")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer JSON file (GPT-NeoX-20B 20B_tokenizer.json) for vocab-50277 models (default: "
                         "the file beside the checkpoint, then the Hugging Face cache); byte-level models need none")
@@ -112,25 +160,72 @@ def _load(args):
     return model, tokenizer
 
 
+def read_stdin_prompt() -> str:
+    """The prompt from standard input, at most MAX_STDIN_BYTES. Bytes that are not UTF-8 come back
+    as lone surrogates (as in command-line arguments): the byte tokenizer turns them back into the
+    exact bytes, the NeoX tokenizer into U+FFFD."""
+    stream = sys.stdin
+    if stream is None:
+        raise ArgumentError("prompt '-': standard input is closed")
+    try:
+        if hasattr(stream, "buffer"):
+            data = stream.buffer.read(MAX_STDIN_BYTES + 1)
+        else:  # a text stream without bytes underneath (tests, embedding programs)
+            data = stream.read(MAX_STDIN_BYTES + 1).encode("utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise ArgumentError(f"prompt '-': cannot read standard input ({e.strerror or e})") from None
+    if len(data) > MAX_STDIN_BYTES:
+        raise ArgumentError(f"prompt '-': standard input holds more than {MAX_STDIN_BYTES} bytes, the most a "
+                            "prompt may have")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: main() stops quietly
+    except OSError as e:
+        raise ArgumentError(f"cannot write to standard output ({e.strerror or e})") from None
+
+
+def _stderr(text: str) -> None:
+    if sys.stderr is not None:
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except OSError:
+            pass
+
+
 def run_generate(args) -> int:
+    import numpy as np
+
     from .generate import generate
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model, tokenizer = _load(args)
-    gen = generate(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                   top_p=args.top_p, top_k=args.top_k, presence_penalty=args.presence_penalty,
-                   frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed,
-                   mode=args.mode)
-    code = 0
-    try:
-        for piece in gen:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    print(gen.stats.summary(), file=sys.stderr, flush=True)
+    if sys.stdout is None:
+        raise ArgumentError("standard output is closed: generate writes the text there (redirect it to a file "
+                            "or to /dev/null instead)")
+    for option, value in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+        if value is not None and not value.strip():
+            raise ArgumentError(f"{option}: an empty path")
+    prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
+    # weights too large for float32 make NumPy warn about overflows; the forward pass reports
+    # them as one error naming the checkpoint (rwkv_np.errors.ModelError) instead
+    with np.errstate(all="ignore"):
+        model, tokenizer = _load(args)
+        gen = generate(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                       top_p=args.top_p, top_k=args.top_k, presence_penalty=args.presence_penalty,
+                       frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed,
+                       mode=args.mode)
+        code = 0
+        try:
+            for piece in gen:
+                _write(piece)
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+    _write("\n")
+    _stderr(gen.stats.summary())
     return code
 
 
@@ -158,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_ERROR
         if args.command == "generate":
+            short_spin()  # before any kernel starts Numba's threads (rwkv_np/threads.py says why)
             return run_generate(args)
         if args.command == "download":
             return run_download(args)
@@ -165,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(run_train(args) or 0)
     except RWKVError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _stderr(f"error: {e}")
+        return EXIT_ERROR
+    except MemoryError:
+        _stderr("error: not enough memory for this model or input")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _stderr("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, as other Unix tools do

@@ -24,7 +24,7 @@ from . import schema
 from .config import RWKVConfig
 from .errors import ArgumentError
 from .reference import AA, ATT_X, BB, FFN_X, PP, layer_norm
-from .state import State
+from .state import State, check_forward_output
 
 
 class RWKV:
@@ -102,6 +102,7 @@ class RWKV:
             logits = self._fast.recurrent(tokens, s, return_all)
         else:
             raise ArgumentError(f"mode: expected 'parallel' or 'recurrent', got {mode!r}")
+        check_forward_output(logits, s, getattr(self, "checkpoint_path", None), state is not None)
         return logits, State(s)
 
     def _check_tokens(self, tokens) -> np.ndarray:
@@ -224,13 +225,14 @@ class _FastWeights:
         T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
         eps, m, scratch = self.eps, self.matrices, [None]
         rows = np.asarray(self.emb[tokens])
-        x = layer_norm(_as_float32(rows), self.ln0[0], self.ln0[1], eps)
+        x = layer_norm(_as_float32(rows), self.ln0[0], self.ln0[1], eps)  # reference.forward's ln0
         x = np.ascontiguousarray(x, dtype=np.float32)
         mixed = np.empty((3, T, C), np.float32)
         k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))
         kf = np.empty((T, F), np.float32)
-        for i in range(self.config.n_layer):
+        for i in range(self.config.n_layer):  # reference.block
             p = self.vecs[i]
+            # reference.time_mixing: layer_norm, token_shift, mix (eqs. 11-13), then the products
             last = K.norm_shift_mix(x, p[K.LN1_W], p[K.LN1_B], eps, s[i, ATT_X].copy(),
                                     p[[K.ATT_MK, K.ATT_MV, K.ATT_MR]], mixed)
             s[i, ATT_X] = last
@@ -238,7 +240,8 @@ class _FastWeights:
             np.matmul(mixed[1], self._f32(m["att.value.weight"][i], scratch).T, out=v)  # eq. 13
             np.matmul(mixed[2], self._f32(m["att.receptance.weight"][i], scratch).T, out=r)  # eq. 11
             K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
-            x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)
+            x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)  # eq. 15, residual
+            # reference.channel_mixing
             last = K.norm_shift_mix(x, p[K.LN2_W], p[K.LN2_B], eps, s[i, FFN_X].copy(),
                                     p[[K.FFN_MK, K.FFN_MR]], mixed[:2])
             s[i, FFN_X] = last

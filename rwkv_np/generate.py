@@ -173,6 +173,11 @@ def generate(model, tokenizer, prompt, *, max_tokens: int = 100, temperature: fl
         raise ArgumentError(f"seed must be an integer >= 0 or None, got {seed!r}")
     if mode not in MODES:
         raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
+    tok_vocab = getattr(tokenizer, "vocab_size", None)
+    if isinstance(tok_vocab, Integral) and tok_vocab < model.config.vocab_size:
+        # the model could sample an id the tokenizer cannot print: refuse now, not mid-text
+        raise ArgumentError(f"tokenizer: it has {tok_vocab} tokens but the model {model.config.vocab_size}; it is "
+                            "not this model's tokenizer")
     prompt_ids = _prompt_ids(prompt, tokenizer, model.config.vocab_size)
     return Generation(model, tokenizer, prompt_ids, max_tokens=int(max_tokens),
                       sampling=dict(temperature=temperature, top_p=top_p, top_k=int(top_k)),

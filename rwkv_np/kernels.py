@@ -1,15 +1,18 @@
-"""Compiled kernels for the fast paths of `rwkv_np.model.RWKV`: the same equations as model.py,
-fused so that every weight is read once per token and nothing waits on Python.
+"""Compiled kernels of the engine (rwkv_np/engine.py): rwkv_np/reference.py's arithmetic, fused so
+that every weight is read once per token and nothing waits on Python.
 
-Recurrent form (generation): one token costs a matrix-vector product with every weight matrix, so
-its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through all layers in
-one call; per layer four parallel loops over output rows, each row's elementwise work (token
-shift, WKV of eq. 14, gates) done right where its dot products are, so no (C,) vector goes back
-to Python and no thread waits for another more than four times a layer.
+Eq. 14 is one function here, `wkv_step` (one channel, one token, float64): the loop body of
+reference.time_mixing, used by both forms below and by the trainer's forward (rwkv_np/wkv_grad.py).
 
-Parallel form (prompts): the projections are matrix-matrix products (BLAS); the kernels here fuse
-the elementwise work between them (LayerNorm + token shift + mixes; WKV scan + output gate;
-squared ReLU; gated residual add) so each (T, C) activation is read and written once.
+Recurrent form (generation; reference.step): one token costs a matrix-vector product with every
+weight matrix, so its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through
+all layers in one call; per layer four parallel loops over output rows, each row's elementwise work
+(token shift, eq. 14, gates) done right where its dot products are, so no (C,) vector goes back to
+Python and no thread waits for another more than four times a layer.
+
+Parallel form (prompts; reference.forward): the projections are matrix-matrix products (BLAS); the
+kernels here fuse the elementwise work between them (LayerNorm + token shift + mixes; the scan of
+eq. 14 + output gate; squared ReLU; gated residual add) so each (T, C) activation is read and written once.
 
 Weights may be float32, or 16-bit kept as stored: bfloat16 bit patterns as uint16, float16 bit
 patterns as int16 (Numba has no float16 on the CPU). `widen` turns one element into float32
@@ -30,7 +33,7 @@ from .schema import MATRICES, VECTORS
 # the dot products may reorder their float32 sums (that is what lets them use SIMD lanes)
 _DOT_MATH = {"reassoc", "contract", "nsz"}
 # fused multiply-adds only (one rounding instead of two, never a different order): the float64
-# polynomials of the exponentials in the parallel form's WKV and gates, 22% faster
+# polynomials of the exponentials in the parallel form's WKV and gates (benchmarks/NOTES.md)
 _FMA = {"contract"}
 
 # rows of the per-layer vector table `vecs` (L, len(VECTORS), C): rwkv_np.schema.VECTORS, except
@@ -232,7 +235,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
         for i in range(L):
             p = vecs[i]
             s = state[i]
-            # time mixing (eqs. 11-15)
+            # reference.time_mixing (eqs. 11-15)
             _layer_norm_into(x, p[LN1_W], p[LN1_B], eps, xn)
             for j in range(C):
                 xk[j] = xn[j] * p[ATT_MK, j] + s[ATT_X, j] * (one - p[ATT_MK, j])
@@ -252,7 +255,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
             wo = _matrix(addr[ATT_O, i], kind, C, C)
             for c in prange(C):
                 x[c] += _dot(wo[c], y)
-            # channel mixing (eqs. 16-18)
+            # reference.channel_mixing (eqs. 16-18)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 xk[j] = xn[j] * p[FFN_MK, j] + s[FFN_X, j] * (one - p[FFN_MK, j])
@@ -274,7 +277,7 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
 
 # ---- parallel form: the elementwise work between the BLAS products -----------------------------
 # These run on the calling thread: BLAS owns the threads here, and a second pool spinning between
-# the products would take the cores BLAS needs (measured: 2 Numba threads made prompts slower).
+# the products would take the cores BLAS needs (benchmarks/NOTES.md: 2 Numba threads were slower).
 
 @njit(cache=True, error_model="numpy")
 def norm_shift_mix(x, g, b, eps, x_prev, mus, outs):

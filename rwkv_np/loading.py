@@ -7,13 +7,12 @@ EVERY tensor is checked before any weight is copied, then each is converted to f
 """
 
 import json
-import mmap
 import os
 import re
-import threading
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from . import schema
 from .config import RWKVConfig
 from .errors import CheckpointError, RWKVError
 from .formats import BadFile, LazyTensor, read_rwkv_cpp, read_safetensors, read_torch_zip
+from .formats._common import FileBytes, json_int
 from .formats.rwkv_cpp import MAGIC as RWKV_CPP_MAGIC
 
 SUPPORTED = ("supported formats: a BlinkDL .pth (torch.save zip archive); a Hugging Face RWKV-4 folder "
@@ -70,9 +70,10 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
     lazy_embedding: the embedding (V, C), when it can be used as stored (float32, or 16-bit with
         keep_16bit), is left in the file as a `FileRows`: a model reads one row of it per token,
         so those rows are read from the file when needed and the embedding takes no memory (it
-        is checked for NaN/inf like every tensor while loading). The file must not be modified or
-        truncated while the weights are in use. (The other matrices are read whole for every
-        token, so they are copied into memory.)
+        is checked for NaN/inf like every tensor while loading). A model using it raises
+        CheckpointError if the file is truncated or rewritten in place meanwhile (see FileRows for
+        what can and cannot be detected). (The other matrices are read whole for every token, so
+        they are copied into memory.)
     """
     path = Path(path)
     try:
@@ -155,25 +156,36 @@ def _read_json(path: Path) -> object:
             data = f.read(MAX_JSON_BYTES + 1)
         if len(data) > MAX_JSON_BYTES:
             raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES} bytes; not a config file")
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), parse_int=json_int)
     except CheckpointError:
         raise
+    except BadFile as e:  # an integer of thousands of digits
+        raise CheckpointError(f"{path}: has {e}; refusing it") from None
     except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot read as JSON ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor], dict | None]:
-    """Map the file and parse it with the reader its first bytes call for: (format, tensors, cpp header)."""
-    buf = stack.enter_context(_Mapped(path))
-    head = bytes(buf[:16])
+    """Open the file and parse it with the reader its first bytes call for: (format, tensors, cpp header).
+
+    The file is read with pread, never mapped (see FileBytes): a file truncated meanwhile gives a
+    short read, our error, where a mapping would give SIGBUS. When the load finishes, a file whose
+    size or modification time changed meanwhile is refused (its bytes may mix two versions); a file
+    replaced by another (renamed over it) is harmless, as the open one is read to the end. Not
+    detected: a rewrite in place that leaves size and modification time as they were."""
+    buf = stack.enter_context(FileBytes(path))
+    stack.push(_unchanged_on_success(buf))
+    if len(buf) == 0:
+        raise CheckpointError(f"{path}: the file is empty; {SUPPORTED}")
+    head = buf[:16]
     try:
         if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-            return "pth", _from(path, read_torch_zip(buf)), None
+            return "pth", _from(buf, read_torch_zip(buf)), None
         if len(head) >= 4 and int.from_bytes(head[:4], "little") == RWKV_CPP_MAGIC:
             tensors, header = read_rwkv_cpp(buf)
-            return "rwkv.cpp", _from(path, tensors), header
+            return "rwkv.cpp", _from(buf, tensors), header
         if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 40:
-            return "safetensors", _from(path, read_safetensors(buf)[0]), None
+            return "safetensors", _from(buf, read_safetensors(buf)[0]), None
     except BadFile as e:
         raise CheckpointError(f"{path}: {e}") from None
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -183,8 +195,16 @@ def _read_file(path: Path, stack: ExitStack) -> tuple[str, dict[str, LazyTensor]
     raise CheckpointError(f"{path}: not a recognised checkpoint (starts with {head[:8]!r}); {SUPPORTED}")
 
 
-def _from(path: Path, tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
-    return {name: replace(t, source=path) for name, t in tensors.items()}
+def _unchanged_on_success(buf: FileBytes):
+    def check(exc_type, exc, tb) -> None:
+        if exc_type is None and buf.changed():
+            raise CheckpointError(f"{buf.path}: the file changed (size or modification time) while it was "
+                                  "being loaded; refusing weights that may mix two versions - load it again")
+    return check
+
+
+def _from(buf: FileBytes, tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    return {name: replace(t, source=buf) for name, t in tensors.items()}
 
 
 class FileRows:
@@ -193,20 +213,27 @@ class FileRows:
     in the stored dtype (bfloat16 as uint16); `np.asarray(rows)` reads the whole matrix.
 
     Rows are read with pread, not through a memory map: a mapped file's pages count in the
-    process's memory, and the kernel maps them in large folios (up to 2 MiB for one 1.5 KB row).
+    process's memory, the kernel maps them in large folios (up to 2 MiB for one 1.5 KB row), and
+    a mapped file truncated by another process kills this one with SIGBUS.
+
+    A file that changes while the model uses it (it is read from the file the checkpoint was
+    loaded from, the same inode even if the path now names another file):
+    - truncated, or grown or rewritten in place: the next read raises CheckpointError - a short
+      read, or fstat showing another size or modification time than when the load began;
+    - replaced by a new file (rename, or delete and write, as most tools save): not seen, and no
+      harm: the rows still come from the old file, which stays readable while it is open;
+    - not detected: a rewrite in place that keeps the size and the modification time (a tool that
+      restores the time, or a write within the same clock tick as the file's previous write),
+      and a write that lands between the read and the fstat check (those rows are from before).
     """
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
-        self.path, self.offset = path, offset
+    def __init__(self, source: FileBytes | Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self._fb = source.reopen() if isinstance(source, FileBytes) else FileBytes(Path(source))
+        self.path, self.offset = self._fb.path, offset
         self.shape, self.dtype = shape, np.dtype(dtype)
         self.ndim, self.size = 2, shape[0] * shape[1]
         self.nbytes = self.size * self.dtype.itemsize
         self._row_bytes = shape[1] * self.dtype.itemsize
-        try:
-            self._file = open(path, "rb")
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
-        self._lock = threading.Lock()  # for the seek + read fallback where os.preadv is missing
 
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, slice):
@@ -223,26 +250,27 @@ class FileRows:
         out = np.empty((rows.size, self.shape[1]), self.dtype)
         for n, i in enumerate(rows.tolist()):
             self._read_into(out[n], self.offset + i * self._row_bytes)
+        self._check_unchanged()
         return out[0] if idx.ndim == 0 else out
 
     def _read_into(self, row: np.ndarray, at: int) -> None:
-        view = memoryview(row).cast("B")
         try:
-            if hasattr(os, "preadv"):
-                got = os.preadv(self._file.fileno(), [view], at)
-            else:
-                with self._lock:
-                    self._file.seek(at)
-                    got = self._file.readinto(view)
+            got = self._fb.read_at(row, at)
         except OSError as e:
             raise CheckpointError(f"{self.path}: cannot read the embedding from the file ({e.strerror or e})") from None
-        if got != len(view):
+        if got != row.nbytes:
             raise CheckpointError(f"{self.path}: the file is shorter than when it was loaded (truncated while in use?)")
+
+    def _check_unchanged(self) -> None:
+        if self._fb.changed():
+            raise CheckpointError(f"{self.path}: the file changed (size or modification time) since it was loaded, "
+                                  "and the model reads its embedding from it; load it again")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         a = np.empty(self.shape, self.dtype)
         if a.size:
             self._read_into(a.reshape(-1), self.offset)  # the rows are contiguous in the file
+            self._check_unchanged()
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def copy(self) -> np.ndarray:
@@ -251,32 +279,6 @@ class FileRows:
 
     def __repr__(self) -> str:
         return f"FileRows({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
-
-
-class _Mapped:
-    """Context manager: the file's bytes as a read-only mmap, unmapped on exit when no view is alive."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> mmap.mmap:
-        try:
-            with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    raise CheckpointError(f"{self.path}: the file is empty; {SUPPORTED}")
-                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot read the file ({e.strerror or e})") from None
-        return self.mm
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.mm.close()
-        except BufferError:
-            # a view is still alive (a traceback holds one); the map goes when it is collected.
-            # The checks paged the whole file in: give the pages back meanwhile
-            if hasattr(self.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                self.mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _is_hf(tensors: dict[str, LazyTensor]) -> bool:
@@ -338,9 +340,11 @@ def _infer_config(path: Path, tensors: dict[str, LazyTensor], original: dict[str
         raise CheckpointError(f"{path}: no blocks.N tensors; an RWKV-4 checkpoint has at least one block")
     n_layer = max(layers) + 1
     if len(layers) != n_layer:
-        missing = sorted(set(range(n_layer)) - layers)[:5]
+        # the layer count a name claims is not trusted: only the blocks present are counted, and
+        # the first gaps are found in at most len(layers) + 5 steps, whatever the largest index
+        missing = list(islice((i for i in range(n_layer) if i not in layers), 5))
         raise CheckpointError(f"{path}: block indices must run 0..{n_layer - 1} without gaps; blocks "
-                              f"{missing} are missing")
+                              f"{missing}{' and more' if n_layer - len(layers) > 5 else ''} are missing")
     ffn_key = tensors.get("blocks.0.ffn.key.weight")
     if ffn_key is None:
         raise CheckpointError(f"{path}: missing tensor blocks.0.ffn.key.weight (needed for the FFN width)")
@@ -389,9 +393,18 @@ def _cross_check(path: Path, config: RWKVConfig, hf_config: dict | None, cpp_hea
         claims = {k: (k.replace("n_vocab", "vocab_size"), cpp_header[k]) for k in ("n_vocab", "n_embd", "n_layer")}
         where = "the rwkv.cpp header"
     for key, (field, value) in claims.items():
-        if value is not None and value != getattr(config, field):
-            raise CheckpointError(f"{path}: {where} says {key}={str(value)[:30]} but the weights have "
+        if value is None:
+            continue
+        if type(value) is not int:  # "1" or 1.0 or true would print as the number it is not
+            raise CheckpointError(f"{path}: {where} {key} is {json.dumps(value)[:40]} (a JSON "
+                                  f"{_JSON_TYPES.get(type(value), type(value).__name__)}); expected an integer")
+        if value != getattr(config, field):
+            raise CheckpointError(f"{path}: {where} says {key}={value} but the weights have "
                                   f"{field}={getattr(config, field)}")
+
+
+_JSON_TYPES = {str: "string", float: "number with a fraction or exponent", bool: "boolean", list: "array",
+               dict: "object"}
 
 
 # inf/NaN have an all-ones exponent: the bits to test, by stored dtype
@@ -399,36 +412,21 @@ _EXPONENT = {np.dtype(np.float32): (np.uint32, 0x7F800000), np.dtype(np.uint16):
              np.dtype(np.float16): (np.uint16, 0x7C00)}
 
 
-def _checked(a: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
-    """(a, or a copy of it, and the number of its inf/NaN elements): one pass over the bytes.
-
-    NumPy, a block at a time: each block stays in the cache between the copy and the checks."""
+def _non_finite(a: np.ndarray) -> int:
+    """The number of inf/NaN elements of a stored tensor: one pass over its bits, a block at a time."""
     bits, exponent = _EXPONENT[a.dtype]
     exponent = bits(exponent)
-    out = np.empty_like(a) if copy else a
-    src, dst = a.reshape(-1).view(bits), out.reshape(-1).view(bits)
+    src = a.reshape(-1).view(bits)
     block = 1 << 16
     masked, flags = np.empty(min(block, src.size), bits), np.empty(min(block, src.size), bool)
     bad = 0
     for start in range(0, src.size, block):
         chunk = src[start:start + block]
         n = chunk.size
-        if copy:
-            dst[start:start + n] = chunk
         np.bitwise_and(chunk, exponent, out=masked[:n])
         np.equal(masked[:n], exponent, out=flags[:n])
         bad += int(np.count_nonzero(flags[:n]))
-    return out, bad
-
-
-def _release(t: LazyTensor) -> None:
-    """Unmap the file pages of a tensor once it is copied and checked: otherwise every page of the
-    file stays in this process's memory until the whole load is done (its peak: file + copies)."""
-    if isinstance(t.buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        start = t.offset - t.offset % mmap.PAGESIZE
-        stop = min(len(t.buf), t.offset + t.nbytes)
-        if stop > start:
-            t.buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    return bad
 
 
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
@@ -438,15 +436,13 @@ def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str,
     for name, shape in expected_shapes(config).items():
         t = tensors[name]
         if len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
-            a = t.stored(copy=False)  # a view of the file's bytes when they allow it
-            in_file = lazy_embedding and name == "emb.weight" and not a.flags.writeable and t.source is not None
-            a, bad = _checked(a, copy=not a.flags.writeable and not in_file)
-            if in_file and not bad:
-                a = FileRows(t.source, t.offset, shape, a.dtype)
+            a = t.stored(copy=True)  # as stored (bfloat16 as its bit pattern), read into a new array
+            bad = _non_finite(a)
+            if lazy_embedding and name == "emb.weight" and t.source is not None and not bad:
+                a = FileRows(t.source, t.offset, shape, a.dtype)  # checked; left in the file from now on
         else:
             a = t.read().reshape(shape)
-            bad = _checked(a, copy=False)[1]
-        _release(t)
+            bad = _non_finite(a)
         if bad:
             raise CheckpointError(f"{path}: tensor {original[name]} has {bad} non-finite values (NaN or inf)")
         if decay_is_neg_stored and name.endswith("att.time_decay"):

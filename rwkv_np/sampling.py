@@ -6,7 +6,8 @@ reaches top-p, renormalise, draw. All arithmetic is float64 so a 50277-way softm
 logits does not lose the tail.
 
 temperature 0 means greedy: the arg-max (lowest id on ties), no random draw, and top-k / top-p
-cannot change it. Logits of -inf are banned tokens and are never drawn.
+cannot change it. Any temperature > 0 works, however small: the logits are shifted so that the
+largest is 0 before they are divided, so nothing overflows. Logits of -inf are banned tokens and are never drawn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from numbers import Integral, Real
 import numpy as np
 
 from .errors import ArgumentError
+
+#: |penalty| bound. A penalty of 1e6 already outweighs any logit a model produces (their spread is
+#: tens), so a larger one could not change the choice; and times a count of at most 10^7
+#: generated tokens it stays far inside float64, where 1e308 * 2 overflowed to inf (or NaN).
+MAX_PENALTY = 1e6
 
 
 def check_sampling_args(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -29,8 +35,8 @@ def check_sampling_args(temperature: float = 1.0, top_p: float = 1.0, top_k: int
     if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
         raise ArgumentError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            raise ArgumentError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, Real) or not -MAX_PENALTY <= value <= MAX_PENALTY:
+            raise ArgumentError(f"{name} must be a finite number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value!r}")
 
 
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, presence_penalty: float = 0.0,
@@ -73,8 +79,13 @@ class Sampler:
         x = self._load(logits)
         if self.temperature == 0:
             return int(np.argmax(x))
+        # shift before dividing: (x - max) / T is <= 0 for every T > 0, so a tiny temperature
+        # (1e-320) gives -inf for all but the best tokens (greedy in the limit, ties drawn
+        # evenly) instead of inf - inf = NaN; softmax does not change under the shift
+        x -= x.max()
         if self.temperature != 1:
-            x /= self.temperature
+            with np.errstate(over="ignore"):  # -huge / tiny T = -inf: a probability of 0, as meant
+                x /= self.temperature
         if 0 < self.top_k < x.size:
             self._keep_top_k(x, self.top_k)
         p = self._p

@@ -12,12 +12,22 @@ Its size does not depend on how many tokens were read: this is what makes RWKV a
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .errors import ArgumentError
+from .errors import ArgumentError, ModelError
 from .reference import AA, ATT_X, BB, FFN_X, PP, PP_EMPTY  # noqa: F401 - the layout, defined once
+
+ARRAY_NAME = "rwkv_np_state"
+#: the largest state file we read: 256x the state of the largest RWKV-4 (14B: 40 layers x 5 x 5120
+#: float32 = 4 MB). A bigger header is not a state any released model can have.
+MAX_STATE_BYTES = 1 << 30
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,18 @@ class State:
     data: np.ndarray
 
     def __post_init__(self):
-        data = np.array(self.data, dtype=np.float32)  # private copy
-        if data.ndim != 3 or data.shape[1] != 5:
-            raise ArgumentError(f"state: expected an array of shape (n_layer, 5, C), got {data.shape}")
+        try:
+            arr = np.asarray(self.data)
+        except (ValueError, TypeError) as e:  # ragged nested lists and the like
+            raise ArgumentError(f"state: expected an array of shape (n_layer, 5, C), got {type(self.data).__name__} "
+                                f"({e})") from None
+        if arr.dtype.kind not in "fiu":
+            # complex would silently lose its imaginary part, strings and records have no meaning here
+            raise ArgumentError(f"state: expected real numbers (float32), got dtype {arr.dtype}")
+        if arr.ndim != 3 or arr.shape[1] != 5 or arr.size == 0:
+            raise ArgumentError(f"state: expected an array of shape (n_layer, 5, C), got {arr.shape}")
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
+            data = np.array(arr, dtype=np.float32)  # private copy
         if not np.isfinite(data).all():
             raise ArgumentError("state: contains NaN or infinite values")
         data.flags.writeable = False
@@ -59,24 +78,176 @@ class State:
         return State(self.data)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state to a .npz file (exact float32 values)."""
-        np.savez(path, rwkv_np_state=self.data)
+        """Write the state to exactly `path` (an .npz archive holding one float32 array).
+
+        The file is written beside its destination under a temporary name and renamed over it,
+        so an interrupted save leaves either the old file or the new one, never half of one.
+        """
+        path = _state_path(path)
+        folder = path.parent
+        if not folder.is_dir():
+            raise ArgumentError(f"{path}: cannot write the state file: the folder {folder} does not exist")
+        if path.is_dir():
+            raise ArgumentError(f"{path}: cannot write the state file: it is a folder")
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
+            with os.fdopen(fd, "wb") as f:
+                # a file object, not a name: np.savez would append ".npz" to a name
+                np.savez(f, **{ARRAY_NAME: self.data})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as e:
+            raise ArgumentError(f"{path}: cannot write the state file ({e.strerror or e})") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "State":
-        """Read a state written by `save`."""
+        """Read a state written by `save`.
+
+        The file is untrusted: it must be a regular file (a FIFO or device is refused without
+        reading it), an uncompressed .npz whose array header says float32 (n_layer, 5, C) and
+        whose size matches that header exactly, all checked before any array memory is
+        allocated. Memory used is therefore at most the file's own size (and MAX_STATE_BYTES).
+        """
+        path = _state_path(path)
         try:
-            with np.load(path, allow_pickle=False) as f:
-                if "rwkv_np_state" not in f.files:
-                    raise ArgumentError(f"{path}: not an rwkv_np state file (no 'rwkv_np_state' array)")
-                data = f["rwkv_np_state"]
-        except (OSError, ValueError) as e:
-            if isinstance(e, ArgumentError):
-                raise
-            raise ArgumentError(f"{path}: cannot read a state file: {e}") from None
-        return cls(data)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise ArgumentError(f"{path}: cannot read a state file ({e.strerror or e})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ArgumentError(f"{path}: not a regular file; a state file is written by State.save")
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as f:
+            data = _read_state_array(f, st.st_size, path)
+        try:
+            return cls(data)
+        except ArgumentError as e:
+            raise ArgumentError(f"{path}: {e}") from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, State) and np.array_equal(self.data, other.data)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _state_path(path) -> Path:
+    if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"state file path: expected a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise ArgumentError("state file path: empty")
+    return path
+
+
+def _read_state_array(f, file_size: int, path: Path) -> np.ndarray:
+    """The (n_layer, 5, C) float32 array of an open state file, checked before it is read."""
+    what = f"{path}: not an rwkv_np state file"
+    if file_size > MAX_STATE_BYTES + (1 << 20):  # the array and the archive's few hundred bytes around it
+        raise ArgumentError(f"{what}: {file_size} bytes, more than the state of any RWKV-4 model needs")
+    try:
+        if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+            raise ArgumentError(f"{what}: it is a single .npy array, not the .npz archive State.save writes")
+        f.seek(0)
+        with zipfile.ZipFile(f) as zf:
+            try:
+                info = zf.getinfo(ARRAY_NAME + ".npy")
+            except KeyError:
+                raise ArgumentError(f"{what} (no '{ARRAY_NAME}' array)") from None
+            if info.compress_type != zipfile.ZIP_STORED:
+                # State.save stores the array uncompressed; a compressed member could expand
+                # to any size, stored bytes cannot exceed the file
+                raise ArgumentError(f"{what}: its '{ARRAY_NAME}' array is compressed; State.save writes it "
+                                    "uncompressed")
+            if info.file_size > file_size or info.compress_size != info.file_size:
+                raise ArgumentError(f"{path}: corrupt state file: the archive claims {info.file_size} bytes for "
+                                    f"'{ARRAY_NAME}' in a file of {file_size} bytes")
+            with zf.open(info) as m:
+                return _read_npy_member(m, info.file_size, path)
+    except ArgumentError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as e:  # zipfile and numpy's header parser raise all of these on bad bytes
+        raise ArgumentError(f"{path}: not a valid state file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _read_npy_member(m, member_size: int, path: Path) -> np.ndarray:
+    fmt = np.lib.format
+    version = fmt.read_magic(m)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(m)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(m)
+    else:
+        raise ArgumentError(f"{path}: not a valid state file: .npy format version {version}")
+    header_size = m.tell()
+    if dtype != np.dtype("<f4"):
+        raise ArgumentError(f"{path}: not a valid state file: its array has dtype {dtype}, expected float32")
+    if fortran or len(shape) != 3 or shape[1] != 5 or shape[0] < 1 or shape[2] < 1:
+        order = ", Fortran order" if fortran else ""
+        raise ArgumentError(f"{path}: not a valid state file: its array has shape {shape}{order}, expected "
+                            "(n_layer, 5, C)")
+    nbytes = 4 * shape[0] * shape[1] * shape[2]  # Python ints: no overflow whatever the header says
+    if nbytes > MAX_STATE_BYTES:
+        raise ArgumentError(f"{path}: not a valid state file: shape {shape} is {nbytes} bytes, more than the "
+                            f"{MAX_STATE_BYTES} a state of any RWKV-4 model needs")
+    if header_size + nbytes != member_size:
+        raise ArgumentError(f"{path}: corrupt state file: the array header says {nbytes} bytes of data, the "
+                            f"archive member holds {member_size - header_size}")
+    buf = m.read(nbytes)
+    if len(buf) != nbytes or m.read(1):  # reading to the end also makes zipfile check the CRC
+        raise ArgumentError(f"{path}: corrupt state file: the array data is truncated")
+    return np.frombuffer(buf, dtype="<f4").reshape(shape)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    # a float64 sum of float32 values cannot overflow, so it is finite exactly when every value
+    # is: one pass, no boolean temporary of the array's size
+    return bool(np.isfinite(np.add.reduce(a, axis=None, dtype=np.float64)))
+
+
+def check_forward_output(logits: np.ndarray | None, state: np.ndarray, source=None,
+                         state_given: bool = False) -> None:
+    """Raise ModelError if a forward pass produced inf or NaN.
+
+    logits: (V,) or (T, V) float32 (None when no head was applied); state: (L, 5, C) after the
+    pass. A NaN or inf that appears in a layer propagates to every later layer and token, so the
+    first non-finite layer of the state (or the first non-finite row of the logits) says where
+    it started. `source` names the checkpoint; `state_given` says whether the pass started from
+    a state the caller passed (then it shares the blame), or from the initial state.
+    """
+    state_ok = _all_finite(state)
+    logits_ok = logits is None or _all_finite(logits)
+    if state_ok and logits_ok:
+        return
+    weights = f"the weights of {source}" if source is not None else "the model's weights"
+    if not state_ok:
+        layer = int(np.argmax(~np.isfinite(state).all(axis=(1, 2))))
+        where = f"first in the state of layer {layer} (of {state.shape[0]})"
+    else:
+        rows = np.atleast_2d(logits)
+        token = int(np.argmax(~np.isfinite(rows).all(axis=1)))
+        where = "in the logits (ln_out and head)" + (f", first at token {token}" if rows.shape[0] > 1 else "")
+    if state_given:
+        raise ModelError(f"{weights}, starting from the given state, produce non-finite values (inf or NaN) "
+                         f"{where}: the weights or that state hold values too large for float32 arithmetic")
+    raise ModelError(f"{weights} produce non-finite values (inf or NaN) {where}: some weights are too large "
+                     "for float32 arithmetic")

@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ArgumentError, DownloadError
+from .tokenizer_json import ENCODE_BUDGET_BYTES, check_tokenizer_json, read_tokenizer_json
 
 NEOX_VOCAB_SIZE = 50277
 TOKENIZER_FILENAMES = ("20B_tokenizer.json", "tokenizer.json")
@@ -71,37 +72,74 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 class NeoXTokenizer:
-    """The GPT-NeoX-20B BPE of the RWKV-4 Pile models, through the `tokenizers` library."""
+    """The GPT-NeoX-20B BPE of the RWKV-4 Pile models, through the `tokenizers` library.
+
+    The JSON file is untrusted (it is picked up beside a downloaded checkpoint), and `tokenizers`
+    is native code that can be made to allocate without bound or to panic. So the file is read
+    and checked here first (`check_tokenizer_json`: a byte-level BPE built only from allowed
+    parts, with bounded sizes), and only the checked structure, re-serialised, reaches
+    `tokenizers`. Every call into it is contained: whatever it raises, including a Rust panic
+    (a BaseException), becomes an ArgumentError naming the file. Inputs are bounded too
+    (`max_input_bytes`), by how much the file's normalizer and pre-tokenizer can expand them.
+    """
 
     eos_id = 0  # "<|endoftext|>": documents in the Pile are separated by it
 
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
-
         self.path = Path(path)
+        spec = check_tokenizer_json(read_tokenizer_json(self.path), self.path)
+        self.vocab_size = spec.vocab_size
+        self.expansion = spec.expansion
+        self.max_input_bytes = ENCODE_BUDGET_BYTES // spec.expansion
+        self._pieces = spec.pieces
+        self._added = spec.added
+
         try:
-            self._tok = Tokenizer.from_file(str(self.path))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise ArgumentError(f"--tokenizer {self.path}: cannot read it as a tokenizers JSON file ({e})") from None
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise ArgumentError(f"tokenizer file {self.path}: reading it needs the `tokenizers` package ({e}); "
+                                "install it with `pip install tokenizers`") from None
+        self._tok = self._contained("reading it", lambda: Tokenizer.from_str(spec.json))
+
+    def _contained(self, doing: str, call):
+        """call() with anything the native library raises turned into our error."""
+        try:
+            return call()
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except MemoryError:
+            raise ArgumentError(f"tokenizer file {self.path}: not enough memory while {doing}") from None
+        except BaseException as e:  # noqa: B036 - pyo3 turns a Rust panic into a BaseException
+            raise ArgumentError(f"tokenizer file {self.path}: the tokenizers library failed while {doing} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
     def encode(self, text: str) -> list[int]:
-        # tokenizers cannot take lone surrogates; go through bytes and U+FFFD instead
-        clean = text_to_utf8(text).decode("utf-8", errors="replace")
-        return self._tok.encode(clean, add_special_tokens=False).ids
+        # every character is at least one byte: a text that long is refused before any copy of it
+        size = len(text) if len(text) > self.max_input_bytes else None
+        if size is None:
+            # tokenizers cannot take lone surrogates; go through bytes and U+FFFD instead (which
+            # takes 3 bytes where a stray byte took 1: the limit applies to what tokenizers gets)
+            clean = text_to_utf8(text).decode("utf-8", errors="replace")
+            size = len(clean.encode("utf-8"))
+        if size > self.max_input_bytes:
+            raise ArgumentError(
+                f"prompt: {size} {'bytes' if size != len(text) else 'characters'} of text, more than the "
+                f"{self.max_input_bytes} bytes the tokenizer file {self.path} accepts at once (its normalizer "
+                f"and pre-tokenizer can make text up to {self.expansion}x longer, and "
+                f"{ENCODE_BUDGET_BYTES >> 20} MiB is the most rwkv_np lets tokenizers work on)")
+        return self._contained("encoding the prompt",
+                               lambda: list(self._tok.encode(clean, add_special_tokens=False).ids))
 
     @cached_property
     def _token_bytes(self) -> list[bytes]:
         """Token id -> the exact bytes it stands for (added tokens are stored as plain text)."""
         alphabet = _byte_level_alphabet()
-        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
         out = []
-        for i in range(self.vocab_size):
-            piece = self._tok.id_to_token(i)
+        for piece in self._pieces:
             if piece is None:
                 out.append(b"")
-            elif piece in added or any(c not in alphabet for c in piece):
-                out.append(piece.encode("utf-8"))
+            elif piece in self._added or any(c not in alphabet for c in piece):
+                out.append(piece.encode("utf-8", errors="replace"))
             else:
                 out.append(bytes(alphabet[c] for c in piece))
         return out
@@ -154,7 +192,7 @@ def get_tokenizer(vocab_size: int, tokenizer_path: str | Path | None = None,
     """
     if tokenizer_path is not None:
         path = Path(tokenizer_path)
-        if not path.is_file():
+        if not path.exists():
             raise ArgumentError(f"--tokenizer {path}: no such file")
         tok = NeoXTokenizer(path)
     elif vocab_size == 256:
@@ -172,8 +210,11 @@ def get_tokenizer(vocab_size: int, tokenizer_path: str | Path | None = None,
                 f"{where} nor in the Hugging Face cache. Pass --tokenizer PATH/20B_tokenizer.json, or fetch it "
                 f"with `python -m rwkv_np download 169m` (it downloads the GPT-NeoX-20B tokenizer too)")
         tok = NeoXTokenizer(path)
-    if tok.vocab_size > vocab_size:
-        # ids the model has no row for would only fail later, mid-prompt
-        raise ArgumentError(f"--tokenizer {tok.path}: its vocabulary has {tok.vocab_size} tokens but the model "
-                            f"only {vocab_size}")
+    if tok.vocab_size != vocab_size:
+        # fewer: ids the model has no row for would fail mid-prompt; more: the model would sample
+        # ids the tokenizer cannot print. Either way the two were not made for each other
+        # (a vocab-65536 RWKV-4 "World" model, say, has its own tokenizer, not this one)
+        raise ArgumentError(f"tokenizer file {tok.path}: its vocabulary has {tok.vocab_size} tokens but the "
+                            f"model has {vocab_size}: it is not this model's tokenizer (pass the right one with "
+                            "--tokenizer)")
     return tok

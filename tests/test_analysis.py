@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from rwkv_np import RWKV, reference
+from rwkv_np import RWKV, RWKVConfig, reference
+from rwkv_np.schema import random_weights
 from rwkv_np import analysis as A
 from rwkv_np.errors import ArgumentError
 from rwkv_np.reference import layer_norm
@@ -16,25 +17,13 @@ L, C, V, F = 2, 16, 32, 64
 
 
 def random_model(seed: int = 0) -> RWKV:
-    """A small model with trained-looking weights (decays 0.02..5, mu in (0, 1), non-zero FFN)."""
-    rng = np.random.default_rng(seed)
-    n = lambda *shape, s=0.3: rng.normal(0, s, shape).astype(np.float32)  # noqa: E731
-    w = {"emb.weight": n(V, C, s=1.0), "blocks.0.ln0.weight": 1 + n(C, s=0.1), "blocks.0.ln0.bias": n(C, s=0.1),
-         "ln_out.weight": 1 + n(C, s=0.1), "ln_out.bias": n(C, s=0.1), "head.weight": n(V, C)}
-    for i in range(L):
-        b = f"blocks.{i}."
-        for ln in ("ln1", "ln2"):
-            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + n(C, s=0.1), n(C, s=0.1)
-        for name in ("k", "v", "r"):
-            w[b + "att.time_mix_" + name] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "att.time_first"] = rng.uniform(-1, 2, C).astype(np.float32)
-        w[b + "att.time_decay"] = rng.uniform(-4, 1.6, C).astype(np.float32)
-        for m in ("key", "value", "receptance", "output"):
-            w[b + f"att.{m}.weight"] = n(C, C)
-        w[b + "ffn.time_mix_k"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "ffn.time_mix_r"] = rng.uniform(0.05, 0.95, C).astype(np.float32)
-        w[b + "ffn.key.weight"], w[b + "ffn.value.weight"] = n(F, C), n(C, F)
-        w[b + "ffn.receptance.weight"] = n(C, C)
+    """A small model with trained-looking weights (rwkv_np.schema.random_weights: decays e^-6..e^2,
+    mu in (0, 1), non-zero FFN), mu kept away from 0 and 1 so every ablation below changes something."""
+    config = RWKVConfig(n_layer=L, n_embd=C, vocab_size=V, ffn_dim=F)
+    w = random_weights(config, seed)
+    for k in w:
+        if ".time_mix_" in k:
+            w[k] = 0.05 + 0.9 * w[k]
     return RWKV(w)
 
 

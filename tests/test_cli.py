@@ -166,3 +166,149 @@ def test_subprocess_sigint(tiny):
     err = err.decode()
     assert p.returncode == 130, err
     assert "Traceback" not in err and STATS.match(err.splitlines()[-1])
+
+
+# --- every argument and stream checked (issue 15) -----------------------------------------------
+
+@pytest.mark.parametrize("given,meant", [
+    ("\\n\\n", "\n\n"), ("END", "END"), ("a\\tb", "a\tb"), ("\\\\n", "\\n"), ("\\x41\\u00e9\\U0001F389", "Aé🎉"),
+    ("q\\\"\\'\\r\\0", "q\"'\r\0"), ("日本\\n", "日本\n")])
+def test_stop_strings_interpret_backslash_escapes(given, meant):
+    args = cli.build_parser().parse_args(["generate", "x", "--stop", given, "--stop", "plain"])
+    assert args.stop == [meant, "plain"]
+
+
+@pytest.mark.parametrize("given,message", [
+    ("\\q", r"unknown escape \\q \(known: \\n newline"), ("ab\\", r"'ab\\\\' ends with a lone backslash"),
+    ("\\x4", r"\\x needs 2 hex digits"), ("\\uD800", r"\\uD800 is not a Unicode character"),
+    ("\\U00110000", r"is not a Unicode character"), ("", r"a stop string cannot be empty")])
+def test_bad_stop_strings_are_refused_by_name(capsys, given, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "x", "--stop", given])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(r"argument --stop: .*" + message, err), err
+
+
+def test_readme_stop_example_stops_at_a_blank_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("first line\n\nsecond")))
+    assert cli.main(["generate", "x", "-t", "0", "-n", "30", "--stop", "\\n\\n"]) == 0
+    assert capsys.readouterr().out == "first line\n"
+
+
+@pytest.mark.parametrize("temperature", ["1e-320", "5e-324", "1e-45"])
+def test_subnormal_temperatures_behave_as_greedy(capsys, monkeypatch, temperature):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("greedy text!")))
+    assert cli.main(["generate", "x", "-n", "12", "-t", temperature, "--seed", "3"]) == 0
+    assert capsys.readouterr().out == "greedy text!\n"
+
+
+@pytest.mark.parametrize("option", ["--frequency-penalty=1e308", "--presence-penalty=-1e308",
+                                    "--frequency-penalty=1000001", "--presence-penalty=nan"])
+def test_extreme_penalties_are_refused_by_name(capsys, monkeypatch, option):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("a")))
+    assert cli.main(["generate", "x", option]) == 2
+    name = option[2:].split("=")[0].replace("-", "_")
+    assert re.fullmatch(rf"error: {name} must be a finite number in \[-1e\+06, 1e\+06\], got \S+\n",
+                        capsys.readouterr().err)
+
+
+class RecordingModel(ScriptedModel):
+    def forward(self, tokens, state=None, mode="parallel", return_all=False):
+        self.prompt = getattr(self, "prompt", None) or list(tokens)
+        return super().forward(tokens, state, mode, return_all)
+
+
+def _stdin(monkeypatch, data: bytes):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe ab", b"caf\xc3\xa9 \xc3", bytes(range(256))])
+def test_stdin_prompt_keeps_bytes_that_are_not_utf8(capsys, monkeypatch, data):
+    model = RecordingModel("ok")
+    monkeypatch.setattr(cli, "_load", fake_load(model))
+    _stdin(monkeypatch, data)
+    assert cli.main(["generate", "-", "-n", "2", "-t", "0"]) == 0
+    assert model.prompt == list(data)  # the byte model reads exactly the bytes given
+    assert capsys.readouterr().out == "ok\n"
+
+
+def test_stdin_prompt_is_bounded_and_must_be_open(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("a")))
+    monkeypatch.setattr(cli, "MAX_STDIN_BYTES", 1000)
+    _stdin(monkeypatch, b"y" * 1000)
+    assert cli.main(["generate", "-", "-n", "1"]) == 0
+    assert "prompt: 1000 tokens" in capsys.readouterr().err
+    _stdin(monkeypatch, b"y" * 1001)
+    assert cli.main(["generate", "-", "-n", "1"]) == 2
+    assert capsys.readouterr().err == "error: prompt '-': standard input holds more than 1000 bytes, the most a prompt may have\n"
+    monkeypatch.setattr(sys, "stdin", None)
+    assert cli.main(["generate", "-"]) == 2
+    assert capsys.readouterr().err == "error: prompt '-': standard input is closed\n"
+
+
+@pytest.mark.parametrize("option", ["--model", "--tokenizer"])
+def test_empty_paths_are_refused_by_name(capsys, monkeypatch, option):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("a")))
+    assert cli.main(["generate", "x", option, " "]) == 2
+    assert capsys.readouterr().err == f"error: {option}: an empty path\n"
+
+
+def test_closed_or_failing_stdout(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load", fake_load(ScriptedModel("abc")))
+    monkeypatch.setattr(sys, "stdout", None)
+    assert cli.main(["generate", "x"]) == 2
+    assert capsys.readouterr().err.startswith("error: standard output is closed: generate writes the text there")
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert cli.main(["generate", "x", "-n", "3"]) == 2
+    assert capsys.readouterr().err == "error: cannot write to standard output (No space left on device)\n"
+
+
+def test_a_model_error_mid_generation_is_one_line(capsys, monkeypatch):
+    from rwkv_np.errors import ModelError
+
+    class Failing(ScriptedModel):
+        def forward(self, tokens, state=None, mode="parallel", return_all=False):
+            if state == 2:
+                raise ModelError("the weights of m.pth produce non-finite values (inf or NaN) first in the state "
+                                 "of layer 3 (of 4): some weights are too large for float32 arithmetic")
+            return super().forward(tokens, state, mode, return_all)
+
+    monkeypatch.setattr(cli, "_load", fake_load(Failing("abcdef")))
+    assert cli.main(["generate", "x", "-n", "5", "-t", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "a" and err == ("error: the weights of m.pth produce non-finite values (inf or NaN) first in the "
+                                  "state of layer 3 (of 4): some weights are too large for float32 arithmetic\n")
+
+
+def test_subprocess_stdin_from_dev_zero_is_refused_quickly():
+    t0 = time.perf_counter()
+    with open(os.devnull.replace("null", "zero"), "rb") as zero:
+        r = subprocess.run([sys.executable, "-m", "rwkv_np", "generate", "-", "--model", "unused"], cwd=ROOT,
+                           stdin=zero, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"error: prompt '-': standard input holds more than {cli.MAX_STDIN_BYTES} bytes, the most a "
+                        "prompt may have\n")
+    assert time.perf_counter() - t0 < 60
+
+
+def test_subprocess_reader_going_away_is_quiet(tiny):
+    p = subprocess.Popen(_cmd("Once", "-n", "100000", "--seed", "1"), cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert p.stdout.read(5)  # generation has started; then the reader goes away, as `| head -c 5`
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        p.wait(timeout=60)
+    finally:
+        p.kill() if p.poll() is None else None
+    assert p.returncode == 0 and err == "", err

@@ -9,6 +9,7 @@ file, random byte flips (spread over the file and concentrated on its headers) a
 import atexit
 import json
 import os
+import pickle
 import shutil
 import struct
 import sys
@@ -22,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _writers import (rwkv_cpp_bytes, safetensors_bytes, tiny_weights, to_hf_names,  # noqa: E402
-                      torch_zip_members, zip_bytes)
+from _writers import (p_global, p_str, rwkv_cpp_bytes, safetensors_bytes, tiny_weights,  # noqa: E402
+                      to_hf_names, torch_zip_members, zip_bytes)
 
 from rwkv_np.errors import CheckpointError  # noqa: E402
 from rwkv_np.loading import load_checkpoint  # noqa: E402
@@ -156,6 +157,38 @@ def test_pth_random_pickle_and_members(pkl, names):
 
 def pickle_prefix(pkl: bytes) -> bytes:
     return b"\x80\x02" + pkl
+
+
+def _long(n: int) -> bytes:
+    blob = pickle.encode_long(n)
+    return (pickle.LONG1 + bytes([len(blob)]) if len(blob) < 256 else pickle.LONG4 + struct.pack("<i", len(blob))) + blob
+
+
+# one opcode (with its argument) of those the scan admits, to be repeated: structure bombs are
+# made of runs of a few opcodes (nesting, memo aliasing, stack growth, huge integers)
+_OPCODE = st.one_of(
+    st.sampled_from([pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP, pickle.EMPTY_DICT, pickle.EMPTY_LIST,
+                     pickle.EMPTY_TUPLE, pickle.DICT, pickle.LIST, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2,
+                     pickle.TUPLE3, pickle.SETITEM, pickle.SETITEMS, pickle.APPEND, pickle.APPENDS, pickle.NONE,
+                     pickle.NEWFALSE, pickle.REDUCE, pickle.BUILD, pickle.BINPERSID, pickle.STACK_GLOBAL,
+                     pickle.MEMOIZE]),
+    st.builds(lambda i: pickle.BINPUT + bytes([i]), st.integers(0, 4)),
+    st.builds(lambda i: pickle.BINGET + bytes([i]), st.integers(0, 4)),
+    st.builds(p_str, st.sampled_from(["storage", "cpu", "0", "emb.weight", "torch", "FloatStorage", "k"])),
+    st.builds(_long, st.one_of(st.integers(-2 ** 70, 2 ** 70), st.sampled_from([2 ** 63, -2 ** 63, 10 ** 700]))),
+    st.sampled_from([p_global("torch._utils", "_rebuild_tensor_v2"), p_global("torch", "FloatStorage"),
+                     p_global("collections", "OrderedDict"), p_global("torch._utils", "_rebuild_parameter")]),
+)
+
+
+@FUZZ
+@given(program=st.lists(st.tuples(_OPCODE, st.integers(1, 3000)), min_size=1, max_size=8))
+def test_pth_opcode_programs(program):
+    # runs of allowed opcodes: deep nesting, aliasing, big integers, growth. The scan must refuse
+    # what it cannot bound, and nothing may crash, hang or leak a foreign exception
+    pkl = pickle.PROTO + b"\x02" + b"".join(op * n for op, n in program) + pickle.STOP
+    members = torch_zip_members(tiny_weights(n_layer=1, C=4, V=8, F=8, seed=1), pickle_bytes=pkl)
+    check("pth", zip_bytes(members))
 
 
 # ---- safetensors ---------------------------------------------------------------------------------

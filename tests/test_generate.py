@@ -133,6 +133,14 @@ def test_empty_prompt():
     assert pieces == ["Hello"] and gen.stop_reason == "eos"
 
 
+def test_a_tokenizer_smaller_than_the_model_is_refused_up_front():
+    for vocab in (257, 50277, 65536):
+        model = ScriptedModel("a", vocab_size=vocab)
+        with pytest.raises(ArgumentError, match=rf"tokenizer: it has 256 tokens but the model {vocab}; it is not"):
+            generate(model, ByteTokenizer(), "hi", max_tokens=3)
+        assert model.calls == []
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(prompt=[65, 300]), r"prompt: token id 300 is outside the model's vocabulary \[0, 256\)"),
     (dict(prompt=[-1]), r"prompt: token id -1 is outside"),
@@ -145,6 +153,7 @@ def test_empty_prompt():
     (dict(top_p=0), r"top_p must be in \(0, 1\]"),
     (dict(top_k=-3), r"top_k must be an integer >= 0"),
     (dict(presence_penalty=float("inf")), r"presence_penalty must be a finite number"),
+    (dict(presence_penalty=-2e6), r"presence_penalty must be a finite number in \[-1e\+06, 1e\+06\], got -2000000.0"),
     (dict(frequency_penalty=float("nan")), r"frequency_penalty must be a finite number"),
     (dict(stop=["ok", ""]), r"stop strings must be non-empty str"),
     (dict(seed=-1), r"seed must be an integer >= 0 or None, got -1"),
@@ -167,28 +176,11 @@ def test_token_id_prompt_and_zero_tokens():
 # --- the real network -------------------------------------------------------------------------
 
 def random_byte_model(seed=0, n_layer=2, C=32, V=256):
-    """A small RWKV-4 with random weights shaped like a trained one (conventions of COMMON.md)."""
-    from rwkv_np import RWKV
+    """A small RWKV-4 with random weights shaped like a trained one (rwkv_np.schema.random_weights)."""
+    from rwkv_np import RWKV, RWKVConfig
+    from rwkv_np.schema import random_weights
 
-    rng = np.random.default_rng(seed)
-    F = 4 * C
-    r = lambda *s, scale=0.3: (rng.normal(size=s) * scale).astype(np.float32)  # noqa: E731
-    u = lambda lo, hi: rng.uniform(lo, hi, C).astype(np.float32)  # noqa: E731
-    w = {"emb.weight": r(V, C, scale=1.0),
-         "blocks.0.ln0.weight": 1 + r(C, scale=0.1), "blocks.0.ln0.bias": r(C, scale=0.1),
-         "ln_out.weight": 1 + r(C, scale=0.1), "ln_out.bias": r(C, scale=0.1), "head.weight": r(V, C, scale=1.0)}
-    for i in range(n_layer):
-        b = f"blocks.{i}."
-        for ln in ("ln1", "ln2"):
-            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + r(C, scale=0.1), r(C, scale=0.1)
-        for m in ("k", "v", "r"):
-            w[b + "att.time_mix_" + m] = u(0, 1)
-        w[b + "ffn.time_mix_k"], w[b + "ffn.time_mix_r"] = u(0, 1), u(0, 1)
-        w[b + "att.time_first"], w[b + "att.time_decay"] = u(-0.8, 1.7), u(-6, 2)
-        for m in ("key", "value", "receptance", "output"):
-            w[b + f"att.{m}.weight"] = r(C, C)
-        w[b + "ffn.key.weight"], w[b + "ffn.receptance.weight"], w[b + "ffn.value.weight"] = r(F, C), r(C, C), r(C, F)
-    return RWKV(w)
+    return RWKV(random_weights(RWKVConfig(n_layer=n_layer, n_embd=C, vocab_size=V, ffn_dim=4 * C), seed))
 
 
 @pytest.fixture(scope="module")

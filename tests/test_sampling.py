@@ -118,7 +118,7 @@ def _reference_draw(logits, temperature, top_p, top_k, rng) -> int:
     x = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return int(np.argmax(x))
-    x = x / temperature
+    x = (x - x.max()) / temperature
     if 0 < top_k < x.size:
         x[np.argsort(-x, kind="stable")[top_k:]] = -np.inf
     p = np.exp(x - x.max())
@@ -159,3 +159,41 @@ def test_sampler_keeps_working_when_the_vocabulary_size_changes():
     sampler = Sampler(temperature=1.0, top_p=0.9, rng=np.random.default_rng(0))
     assert sampler(np.array([0.0, -np.inf, -np.inf])) == 0
     assert sampler(np.array([-np.inf, -np.inf, 5.0, -np.inf, -np.inf])) == 2
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-320, 1e-300, 1e-30, 1e-7])
+def test_tiny_temperatures_are_greedy_in_the_limit(temperature):
+    # x / T overflowed to inf for such T, and inf - inf made every probability NaN
+    rng = np.random.default_rng(3)
+    tied = np.array([1.0, 3.0, 3.0, 2.0, -np.inf, 2.9999], np.float32)
+    draws = [sample_logits(tied, temperature=temperature, rng=rng) for _ in range(200)]
+    assert set(draws) == {1, 2}  # exactly the tied best, both of them
+    single = np.array([0.5, -1.0, 7.25, 7.0, -np.inf], np.float32)
+    for top_k, top_p in ((0, 1.0), (2, 1.0), (0, 0.5), (3, 0.9)):
+        assert {sample_logits(single, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
+                for _ in range(50)} == {2}
+
+
+def test_huge_temperature_is_uniform_over_allowed_tokens():
+    rng = np.random.default_rng(4)
+    logits = np.array([100.0, -100.0, 0.0, -np.inf, 3.0], np.float32)
+    counts = np.bincount([sample_logits(logits, temperature=1e308, rng=rng) for _ in range(4000)], minlength=5)
+    assert counts[3] == 0  # banned stays banned
+    # 1000 expected each; 5 binomial standard deviations (sqrt(4000 * 1/4 * 3/4) = 27)
+    assert np.all(np.abs(counts[[0, 1, 2, 4]] - 1000) < 5 * 27.4), counts
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+def test_penalties_are_bounded_so_the_arithmetic_cannot_overflow(name):
+    from rwkv_np.sampling import MAX_PENALTY, check_sampling_args
+
+    for ok in (MAX_PENALTY, -MAX_PENALTY, 0.0, 2.5, -1e-300):
+        check_sampling_args(**{name: ok})
+    for bad in (MAX_PENALTY * (1 + 1e-15), -1e308, 1e308, 10**400):
+        with pytest.raises(ArgumentError, match=rf"{name} must be a finite number in \[-1e\+06, 1e\+06\], got"):
+            check_sampling_args(**{name: bad})
+    counts = np.array([0, 1, 10**7])
+    for p in (MAX_PENALTY, -MAX_PENALTY):
+        out = apply_penalties(np.float32([3.0, -2.0, 1.0]), counts, **{name: p})
+        assert np.isfinite(out).all()
+        assert sample_logits(out, temperature=0.5, rng=np.random.default_rng(0)) == (0 if p > 0 else 2)

@@ -110,7 +110,9 @@ def test_get_tokenizer_missing_says_what_to_pass(tmp_path, monkeypatch):
 def test_get_tokenizer_rejects_bad_json_and_small_model(neox, tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{not json")
-    with pytest.raises(ArgumentError, match=r"--tokenizer .*tokenizer.json: cannot read it"):
+    with pytest.raises(ArgumentError, match=r"tokenizer file .*tokenizer.json: cannot read it as a tokenizers JSON"):
         get_tokenizer(50277, tokenizer_path=bad)
-    with pytest.raises(ArgumentError, match=r"50277 tokens but the model only 256"):
-        get_tokenizer(256, tokenizer_path=NEOX_JSON)
+    for model_vocab in (256, 50276, 50304, 65536):  # a vocabulary of another size is another tokenizer's
+        with pytest.raises(ArgumentError, match=rf"20B_tokenizer.json: its vocabulary has 50277 tokens but the "
+                                                rf"model has {model_vocab}: it is not this model's tokenizer"):
+            get_tokenizer(model_vocab, tokenizer_path=NEOX_JSON)

@@ -25,7 +25,7 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
     """Parse an rwkv.cpp file into ({name: LazyTensor}, header {n_vocab, n_embd, n_layer, data_type})."""
     if len(buf) < 24:
         raise BadFile(f"file of {len(buf)} bytes is too short for an rwkv.cpp header (24 bytes)")
-    magic, version, n_vocab, n_embd, n_layer, data_type = struct.unpack_from("<6i", buf, 0)
+    magic, version, n_vocab, n_embd, n_layer, data_type = struct.unpack("<6i", buf[0:24])
     if magic != MAGIC:
         raise BadFile(f"magic {magic:#x} is not rwkv.cpp's {MAGIC:#x}")
     if version not in VERSIONS:
@@ -40,7 +40,7 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
     while pos < size:
         if size - pos < 12:
             raise BadFile(f"truncated tensor record at byte {pos}")
-        n_dims, key_len, dtype = struct.unpack_from("<3i", buf, pos)
+        n_dims, key_len, dtype = struct.unpack("<3i", buf[pos:pos + 12])
         where = f"tensor record at byte {pos}"
         if not 1 <= n_dims <= 4:
             raise BadFile(f"{where} has {n_dims} dimensions; rwkv.cpp tensors have 1 to 4")
@@ -53,7 +53,7 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
         pos += 12
         if size - pos < 4 * n_dims + key_len:
             raise BadFile(f"{where} is truncated")
-        dims = struct.unpack_from(f"<{n_dims}i", buf, pos)
+        dims = struct.unpack(f"<{n_dims}i", buf[pos:pos + 4 * n_dims])
         pos += 4 * n_dims
         if any(d < 0 for d in dims):
             raise BadFile(f"{where} has negative sizes {dims}")

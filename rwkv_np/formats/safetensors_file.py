@@ -6,7 +6,7 @@ claim in the header (offsets, shapes) must be checked against the real file size
 
 import json
 
-from ._common import BadFile, Buffer, LazyTensor, check_shape, describe
+from ._common import BadFile, Buffer, LazyTensor, check_shape, describe, json_int
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -16,7 +16,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     out = {}
     for key, value in pairs:
         if key in out:
-            raise BadFile(f"safetensors header lists {describe(key)} twice")
+            raise BadFile(f"{describe(key)} twice")
         out[key] = value
     return out
 
@@ -30,9 +30,10 @@ def read_safetensors(buf: Buffer) -> tuple[dict[str, LazyTensor], dict]:
         raise BadFile(f"safetensors header claims {n} bytes but the file has {len(buf) - 8} after the length "
                       f"(limit {MAX_HEADER_BYTES}); truncated or not a safetensors file")
     try:
-        header = json.loads(bytes(buf[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except BadFile:
-        raise
+        header = json.loads(bytes(buf[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_int=json_int)
+    except BadFile as e:
+        raise BadFile(f"safetensors header has {e}") from None  # a name listed twice, or an integer too long
     except Exception as e:  # JSONDecodeError, UnicodeDecodeError, RecursionError, huge-int ValueError
         raise BadFile(f"safetensors header is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(header, dict):

@@ -5,13 +5,15 @@ storages, stored uncompressed). Tensors in the pickle are `_rebuild_tensor_v2(st
 stride, ...)` calls whose storages are persistent ids ('storage', StorageType, key, location, numel).
 
 Security: the pickle is first scanned opcode by opcode (every length checked against the bytes that
-exist, only plain-data opcodes admitted, only the handful of torch globals a state dict uses), then
-run by an Unpickler whose `find_class` maps those globals to harmless stand-ins defined here. Nothing
-from torch or any other module is ever imported or called; nothing is executed from the file.
+exist, only plain-data opcodes admitted, only the handful of torch globals a state dict uses), with
+the unpickler's stack machine simulated on stand-in records, so that what it would build is bounded
+before anything is built: opcodes, nesting depth, integer size, estimated memory (MAX_* below), and
+containers that cannot be changed once inside another, or used as dict keys. Then it is run by an
+Unpickler whose `find_class` maps those globals to harmless stand-ins defined here. Nothing from
+torch or any other module is ever imported or called; nothing is executed from the file.
 """
 
 import io
-import mmap
 import pickle
 import pickletools
 import re
@@ -104,7 +106,7 @@ def _make_rebuild_tensor(buf: Buffer):
             raise BadFile(f"_rebuild_tensor_v2 got {describe(storage)} instead of a storage")
         offset = _int(storage_offset, "storage offset")
         shape = check_shape(size, f"tensor in storage data/{storage.key}")
-        strides = check_shape(stride, f"strides of tensor in storage data/{storage.key}")
+        strides = check_shape(stride, f"tensor in storage data/{storage.key}", kind="strides")
         if len(strides) != len(shape):
             raise BadFile(f"tensor in storage data/{storage.key}: shape {shape} but strides {strides}")
         if offset < 0:
@@ -160,36 +162,224 @@ def _global_refusal(module: object, name: object) -> str:
 
 
 def _scan_pickle(data: bytes) -> None:
-    """Check every opcode and length before the C unpickler sees the bytes."""
+    """Check every opcode and length, and simulate what the C unpickler would build, before it sees
+    the bytes: the simulation keeps only a depth per container, so a hostile pickle is refused at
+    the first opcode past a limit, before anything of its size has been built."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # genops decodes a text opcode's argument before we refuse it
-            _scan_opcodes(data)
+            _PickleSimulation().run(data)
     except BadFile:
         raise
     except Exception as e:  # genops raises ValueError & co. on truncated or garbled input
         raise BadFile(f"data.pkl is not a valid pickle ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def _scan_opcodes(data: bytes) -> None:
-    memo_writes = 0
-    for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
-        if opcode.name not in _ALLOWED_OPCODES:
-            raise BadFile(f"data.pkl uses the pickle opcode {opcode.name}, which a state dict never "
-                          "needs; refusing to load it")
-        if opcode.name in ("BINPUT", "LONG_BINPUT"):
-            # picklers number memo slots 0, 1, 2, ...; the C unpickler allocates a table up to the
-            # index, so a 5-byte LONG_BINPUT 2**28 would cost gigabytes
-            if not 0 <= arg <= memo_writes:
-                raise BadFile(f"data.pkl stores memo slot {arg} after only {memo_writes} memo writes; "
-                              "refusing it (a memory bomb or a corrupt pickle)")
-            memo_writes += 1
-        elif opcode.name == "MEMOIZE":
-            memo_writes += 1
-        elif opcode.name == "GLOBAL":
-            module, _, name = arg.partition(" ")
-            if (module, name) not in _GLOBAL_NAMES:
-                raise BadFile(_global_refusal(module, name))
+# Limits on what data.pkl may build, far above any real state dict: torch.save writes ~32 opcodes
+# per tensor, estimated (below) at ~3.5 KB of objects, 5 levels deep ({name: rebuild(args(storage
+# id(...)))}); the largest RWKV-4 (14B, 40 layers) has 725 tensors: ~23,000 opcodes, ~2.6 MB.
+MAX_OPCODES = 1_000_000  # 30,000 tensors' worth; also bounds the scan's own time (~0.5 s)
+MAX_DEPTH = 64  # containers inside containers; a state dict needs 5
+MAX_BUILD_BYTES = 64 << 20  # estimated memory the unpickler would build: ~18,000 tensors' worth
+MAX_INT_BYTES = 8  # LONG1/LONG4 integers: torch writes sizes, strides and offsets below 2**63
+
+
+class _Record:
+    """What the simulation knows of one container: its nesting depth, and whether it can still
+    change (a dict or list, or an object made by REDUCE, until it is put into another container)."""
+
+    __slots__ = ("depth", "open")
+
+    def __init__(self, depth: int, open_: bool) -> None:
+        self.depth, self.open = depth, open_
+
+
+_ATOM = _Record(0, False)  # strings, numbers, None, booleans, globals: all one record
+
+# Estimated bytes of memory per object made (CPython 3.11, 64-bit), generous: an object's own size
+# plus its garbage-collector header, one pointer on the unpickler's stack and one in its memo.
+_COST = {"dict": 120, "list": 100, "tuple": 80, "item": 64, "atom": 64, "call": 400}
+
+
+class _PickleSimulation:
+    """Runs the unpickler's stack machine on records instead of objects, for the opcodes of
+    _ALLOWED_OPCODES, with the C unpickler's stack, mark and memo rules."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Record] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, _Record] = {}
+        self.cost = 0
+
+    def fail(self, why: str) -> BadFile:
+        return BadFile(f"data.pkl {why}; refusing it (a pickle bomb or a corrupt file)")
+
+    def pop(self, n: int) -> list[_Record]:
+        fence = self.marks[-1] if self.marks else 0
+        if len(self.stack) - n < fence:
+            raise self.fail("pops more items than its stack holds")
+        items = self.stack[len(self.stack) - n:]
+        del self.stack[len(self.stack) - n:]
+        return items
+
+    def pop_mark(self) -> list[_Record]:
+        if not self.marks:
+            raise self.fail("closes a MARK it never opened")
+        at = self.marks.pop()
+        items = self.stack[at:]
+        del self.stack[at:]
+        return items
+
+    def top(self, below: int = 0) -> _Record:
+        """The container that SETITEM(S)/APPEND(S)/BUILD modify, below `below` items."""
+        at = len(self.stack) - 1 - below
+        if at < 0:
+            raise self.fail("modifies an object its stack does not hold")
+        target = self.stack[at]
+        if not target.open:
+            raise self.fail("modifies an object that cannot be modified, or that is already inside "
+                            "another one (a state dict fills each container before using it)")
+        return target
+
+    def contain(self, items: list[_Record]) -> int:
+        """Close the items (they are now inside another object): the depth of their container."""
+        depth = 0
+        for r in items:
+            if r.open:
+                r.open = False
+            depth = max(depth, r.depth)
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise self.fail(f"nests containers more than {MAX_DEPTH} deep")
+        return depth
+
+    def new(self, kind: str, items: list[_Record], open_: bool, n_items: int = 0) -> None:
+        self.charge(_COST[kind] + _COST["item"] * n_items)
+        self.stack.append(_Record(self.contain(items), open_))
+
+    def charge(self, nbytes: int) -> None:
+        self.cost += nbytes
+        if self.cost > MAX_BUILD_BYTES:
+            raise self.fail(f"would build more than {MAX_BUILD_BYTES >> 20} MiB of objects")
+
+    def fill(self, target: _Record, items: list[_Record], keys: bool) -> None:
+        if keys:
+            if len(items) % 2:
+                raise self.fail("gives a dictionary a key without a value")
+            if any(k is not _ATOM for k in items[::2]):
+                # only strings, numbers and the like: hashing a nested key recurses without limit
+                raise self.fail("uses a container as a dictionary key, which a state dict never does")
+        self.charge(_COST["item"] * len(items))
+        target.depth = max(target.depth, self.contain(items))
+        if target.depth > MAX_DEPTH:
+            raise self.fail(f"nests containers more than {MAX_DEPTH} deep")
+
+    def run(self, data: bytes) -> None:
+        memo_writes = 0
+        for n, (opcode, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data))):
+            name = opcode.name
+            if name not in _ALLOWED_OPCODES:
+                raise BadFile(f"data.pkl uses the pickle opcode {name}, which a state dict never "
+                              "needs; refusing to load it")
+            if n >= MAX_OPCODES:
+                raise self.fail(f"has more than {MAX_OPCODES} opcodes")
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                self.pop(1)
+                return
+            if name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                # picklers number memo slots 0, 1, 2, ...; the C unpickler allocates a table up to the
+                # index, so a 5-byte LONG_BINPUT 2**28 would cost gigabytes
+                index = memo_writes if name == "MEMOIZE" else arg
+                if not 0 <= index <= memo_writes:
+                    raise BadFile(f"data.pkl stores memo slot {arg} after only {memo_writes} memo writes; "
+                                  "refusing it (a memory bomb or a corrupt pickle)")
+                if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+                    raise self.fail("memoizes an item its stack does not hold")
+                memo_writes += 1
+                self.memo[index] = self.stack[-1]
+                self.charge(16)
+            elif name in ("BINGET", "LONG_BINGET"):
+                if arg not in self.memo:
+                    raise self.fail(f"reads memo slot {arg}, which it never stored")
+                self.stack.append(self.memo[arg])
+                self.charge(8)
+            elif name == "MARK":
+                self.marks.append(len(self.stack))
+                self.charge(8)
+            elif name == "POP":
+                if self.marks and self.marks[-1] == len(self.stack):
+                    self.marks.pop()  # as the C unpickler does: POP right after MARK drops the mark
+                else:
+                    self.pop(1)
+            elif name == "POP_MARK":
+                self.pop_mark()
+            elif name == "DUP":
+                self.stack.append(self.pop(1)[0])
+                self.stack.append(self.stack[-1])
+                self.charge(8)
+            elif name in ("LONG1", "LONG4"):
+                if not -(1 << (8 * MAX_INT_BYTES - 1)) <= arg < 1 << (8 * MAX_INT_BYTES - 1):
+                    raise self.fail(f"has an integer of {arg.bit_length()} bits (a state dict's sizes, "
+                                    f"strides and offsets are {8 * MAX_INT_BYTES}-bit signed integers)")
+                self.atom()
+            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"):
+                self.atom(4 * len(arg))  # a str holds up to 4 bytes per character
+            elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
+                self.atom(len(arg))
+            elif name in ("BININT", "BININT1", "BININT2", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE"):
+                self.atom()
+            elif name == "GLOBAL":
+                module, _, gname = arg.partition(" ")
+                if (module, gname) not in _GLOBAL_NAMES:
+                    raise BadFile(_global_refusal(module, gname))
+                self.atom()
+            elif name == "STACK_GLOBAL":
+                self.pop(2)  # find_class checks the names when the unpickler runs
+                self.atom()
+            elif name == "EMPTY_DICT":
+                self.new("dict", [], True)
+            elif name == "EMPTY_LIST":
+                self.new("list", [], True)
+            elif name == "EMPTY_TUPLE":
+                self.new("tuple", [], False)
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                items = self.pop(int(name[-1]))
+                self.new("tuple", items, False, len(items))
+            elif name == "TUPLE":
+                items = self.pop_mark()
+                self.new("tuple", items, False, len(items))
+            elif name == "LIST":
+                items = self.pop_mark()
+                self.new("list", items, True, len(items))
+            elif name == "DICT":
+                items = self.pop_mark()
+                d = _Record(1, True)
+                self.fill(d, items, keys=True)
+                self.charge(_COST["dict"])
+                self.stack.append(d)
+            elif name in ("SETITEM", "APPEND"):
+                items = self.pop(2 if name == "SETITEM" else 1)
+                self.fill(self.top(), items, keys=name == "SETITEM")
+            elif name in ("SETITEMS", "APPENDS"):
+                items = self.pop_mark()
+                self.fill(self.top(), items, keys=name == "SETITEMS")
+            elif name == "REDUCE":
+                # the result (a tensor, an empty OrderedDict) stays open: SETITEMS/BUILD may fill it
+                self.new("call", self.pop(2), True)
+            elif name == "BUILD":
+                state = self.pop(1)
+                self.fill(self.top(), state, keys=False)
+            elif name == "BINPERSID":
+                self.new("call", self.pop(1), False)
+            else:  # an allowed opcode this simulation does not know: a bug here, refuse safely
+                raise self.fail(f"uses the opcode {name}, which the scan cannot simulate")
+        raise self.fail("ends without a STOP opcode")
+
+    def atom(self, nbytes: int = 0) -> None:
+        self.stack.append(_ATOM)
+        self.charge(_COST["atom"] + nbytes)
 
 
 _GLOBAL_NAMES = frozenset({
@@ -250,19 +440,35 @@ def _read_pickle(buf: Buffer, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> byt
         raise BadFile(f"cannot decompress {info.filename} ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-class _MmapFile:
-    """An mmap as the file object zipfile wants (mmap has read/seek/tell but no seekable())."""
+class _BufferFile:
+    """A Buffer (a FileBytes) as the file object zipfile wants: read/seek/tell on byte ranges."""
 
-    def __init__(self, mm: mmap.mmap) -> None:
-        self.read, self.seek, self.tell = mm.read, mm.seek, mm.tell
+    def __init__(self, buf: Buffer) -> None:
+        self.buf, self.pos = buf, 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = offset + (0, self.pos, len(self.buf))[whence]
+        if pos < 0:
+            raise OSError("seek before the start of the file")  # as a real file; zipfile expects it
+        self.pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n is None or n < 0 else self.pos + n
+        data = self.buf[self.pos:end]
+        self.pos += len(data)
+        return data
 
     def seekable(self) -> bool:
         return True
 
 
 def read_torch_zip(buf: Buffer) -> dict[str, LazyTensor]:
-    """Parse a torch.save zip archive held in buf (bytes or mmap) into {name: LazyTensor}."""
-    fp = _MmapFile(buf) if isinstance(buf, mmap.mmap) else io.BytesIO(buf)
+    """Parse a torch.save zip archive held in buf (a FileBytes, bytes or an mmap) into {name: LazyTensor}."""
+    fp = io.BytesIO(buf) if isinstance(buf, bytes) else _BufferFile(buf)
     try:
         zf = zipfile.ZipFile(fp)
         infos = zf.infolist()
