@@ -12,10 +12,14 @@ computes the same thing fast.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .config import RWKVConfig
 from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError
 from .state import State
+
+if TYPE_CHECKING:
+    from .engine import RWKV
 
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
            "ArgumentError", "DownloadError", "ModelError"]

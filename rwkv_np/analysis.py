@@ -19,8 +19,8 @@ import numpy as np
 from .errors import ArgumentError, DownloadError
 from . import reference
 from .engine import RWKV
-from .wkv import implied_attention, wkv_naive  # noqa: F401 - implied_attention is part of this API
 from .training.wkv_grad import wkv_forward
+from .wkv import eq14_reference, implied_attention, wkv_naive  # noqa: F401 - part of this API
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -270,28 +270,10 @@ def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.
     return [{key: rec[part][name] for key, (part, name) in names.items()} for rec in layers]
 
 
-def eq14_reference(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray, state=None):
-    """Eq. 14 alone as rwkv_np.reference computes it (the loop inside time_mixing, in the dtype of the
-    inputs): w, u (C,), k, v (T, C), state (aa, bb, pp) or None. Returns (wkv (T, C), (aa, bb, pp)).
-
-    The reference writes the recurrence inline in time_mixing, so this runs time_mixing with
-    projections that pass k and v straight through (x = [k | v], W_k = [I 0], W_v = [0 I])."""
-    T, C = k.shape
-    eye, zero = np.eye(C, dtype=k.dtype), np.zeros((C, C), k.dtype)
-    if state is None:
-        state = (np.zeros(C, k.dtype), np.zeros(C, k.dtype), np.full(C, reference.PP_EMPTY, k.dtype))
-    ones, record = np.ones(2 * C, k.dtype), {}
-    reference.time_mixing(np.concatenate([k, v], axis=1), np.zeros(2 * C, k.dtype), *state,
-                          time_mix_k=ones, time_mix_v=ones, time_mix_r=ones, time_decay=np.log(w), time_first=u,
-                          key=np.hstack([eye, zero]), value=np.hstack([zero, eye]),
-                          receptance=np.zeros((C, 2 * C), k.dtype), output=eye, record=record)
-    return record["wkv"], (record["aa"], record["bb"], record["pp"])
-
-
 def eq14_compiled(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Eq. 14 alone, from the empty state, by the compiled kernels.wkv_step (the engine's and the
     trainer's arithmetic, float64 inside): w, u (C,), k, v (T, C) -> wkv (T, C) in the dtype of k."""
-    return wkv_forward(w, u, k[None], v[None])[0][0]
+    return wkv_forward(w, u, k[:, None], v[:, None])[0][:, 0]  # the trainer's kernels take (T, B, C)
 
 
 def current_token_share(u: float | np.ndarray, w: float | np.ndarray, n_past: int | np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import reference
 from .reference import ATT_X, AA, BB, PP, FFN_X, PP_EMPTY
+from .wkv import eq14_reference
 
 __all__ = ["CheckResult", "reference_wkv", "shipped_params", "show_generation",
            "check_token_shift", "check_mix", "check_wkv_naive", "check_wkv_recurrent", "check_wkv_stable",
@@ -276,23 +277,11 @@ def _fail(exercise, case, diff, mistake, hint):
 
 def reference_wkv(w, u, k, v, aa=None, bb=None, pp=None):
     """Eq. 14 over k, v (T, C) after the state (aa, bb, pp) (None: an empty past), computed by
-    rwkv_np.reference.time_mixing itself: its eq. 14 lines run on k and v unchanged, because its
-    projections here only select them (x = [k | v], W_k = [I 0], W_v = [0 I], time_mix = 1 so that the
-    token shift drops out) and its recorder hands back wkv. w (C,) > 0 the decay, u (C,) the bonus.
-    Returns (wkv (T, C), (aa, bb, pp)): the state in the reference's form (a = aa e^pp, b = bb e^pp)."""
+    rwkv_np.reference.time_mixing itself (rwkv_np.wkv.eq14_reference). w (C,) > 0 the decay, u (C,) the
+    bonus. Returns (wkv (T, C), (aa, bb, pp)): the state in the reference's form (a = aa e^pp, b = bb e^pp)."""
     k, v = np.asarray(k), np.asarray(v)
-    dt = k.dtype
-    T, C = k.shape
-    if aa is None:
-        aa, bb, pp = np.zeros(C, dt), np.zeros(C, dt), np.full(C, PP_EMPTY, dt)
-    eye, zero = np.eye(C, dtype=dt), np.zeros((C, C), dt)
-    ones = np.ones(2 * C, dt)
-    record = {}
-    reference.time_mixing(np.concatenate([k, v], 1), np.zeros(2 * C, dt), aa, bb, pp, ones, ones, ones,
-                          np.log(np.asarray(w, dt)), np.asarray(u, dt),
-                          np.concatenate([eye, zero], 1), np.concatenate([zero, eye], 1),
-                          np.zeros((C, 2 * C), dt), zero, record=record)
-    return record["wkv"], (record["aa"], record["bb"], record["pp"])
+    state = None if aa is None else (aa, bb, pp)
+    return eq14_reference(np.asarray(w, k.dtype), np.asarray(u, k.dtype), k, v, state)
 
 
 def _wkv_variant(w, u, k, v, a, b, mistake=None):
