@@ -350,7 +350,7 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
         "held_out_loss": round(fp16_loss, 4),
         "held_out_loss_float32": round(last["val_loss"], 4),
         "held_out_loss_streaming": round(stream_loss, 4),
-        "held_out_loss_streaming_definition": "the whole held-out split as one sequence through rwkv_np.model.RWKV "
+        "held_out_loss_streaming_definition": "the whole held-out split as one sequence through rwkv_np.RWKV "
                                               "(float16 weights), state carried across, nats per byte",
         "held_out_loss_definition": f"mean cross-entropy, nats per byte, over all consecutive {a['ctx_len']}-byte "
                                     "windows of the held-out 10%, each read from the initial state",
