@@ -168,6 +168,8 @@ class WorldTokenizer:
         self._table, self._edges, self._ends = _load(str(self.path.resolve()))
 
     def encode_bytes(self, data: bytes) -> list[int]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ArgumentError(f"encode_bytes takes bytes, not {type(data).__name__} (use encode for text)")
         data = bytes(data)
         if len(data) > self.max_input_bytes:
             raise ArgumentError(f"prompt: {len(data)} bytes of text, more than the {self.max_input_bytes} the World "

@@ -187,6 +187,12 @@ def test_hostile_vocabulary_files(tmp_path):
             WorldTokenizer(fifo)
 
 
+def test_encode_bytes_wants_bytes(tok):
+    with pytest.raises(ArgumentError, match=r"encode_bytes takes bytes, not str \(use encode for text\)"):
+        tok.encode_bytes("abc")
+    assert tok.encode_bytes(bytearray(b"abc")) == tok.encode_bytes(memoryview(b"abc")) == tok.encode("abc")
+
+
 def test_input_bound(tok, monkeypatch):
     monkeypatch.setattr(tok, "max_input_bytes", 10)
     with pytest.raises(ArgumentError, match=r"prompt: 11 bytes of text, more than the 10 the World tokenizer"):
