@@ -318,6 +318,20 @@ def eq14_compiled(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray) ->
     return wkv_forward(w, u, k[None], v[None])[0][0]
 
 
+def eq14_weights(w: np.ndarray, u: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Every channel's implied attention at once: (T, T, C) float64, [t, i, c] the weight eq. 14 gives
+    token i in output t of channel c (`implied_attention` for all channels; rows sum to 1). O(T^2 C) memory."""
+    k = np.asarray(k, np.float64)
+    w, u = np.asarray(w, np.float64), np.asarray(u, np.float64)
+    T = len(k)
+    t, i = np.arange(T)[:, None], np.arange(T)[None, :]
+    x = -(t - 1 - i)[..., None] * w + k[None]  # (T, T, C): past exponents (used where i < t)
+    x = np.where((i == t)[..., None], (u + k)[:, None, :], x)  # the current token: u + k_t
+    x = np.where((i > t)[..., None], -np.inf, x)  # the future is masked
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def current_token_share(u: float | np.ndarray, w: float | np.ndarray, n_past: int | np.ndarray) -> np.ndarray:
     """Share of eq. 14's weight the current token gets when all keys are equal:
     e^u / (e^u + sum_{j<n_past} e^{-j w}); broadcasts over its arguments."""

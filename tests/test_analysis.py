@@ -299,3 +299,12 @@ def test_initial_params_follow_the_schedule():
 def test_palette_tells_trained_initial_and_ablated_apart():
     assert len({A.PALETTE[k] for k in ("trained", "initial", "ablated", "unigram")}) == 4
     assert A.layer_colors(5).shape == (5, 4)
+
+
+def test_eq14_weights_are_implied_attention_for_every_channel():
+    rng = np.random.default_rng(3)
+    T, C_ = 7, 3
+    w, u, k = np.exp(rng.uniform(-3, 2, C_)), rng.uniform(-2, 2, C_), rng.normal(0, 3, (T, C_))
+    all_w = A.eq14_weights(w, u, k)
+    for c in range(C_):
+        np.testing.assert_allclose(all_w[:, :, c], A.implied_attention(w[c], u[c], k[:, c]), rtol=1e-12, atol=1e-15)
