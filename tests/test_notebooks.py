@@ -23,8 +23,12 @@ def _run_all():
     return module
 
 
-def test_there_are_eight_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(8)]
+def test_the_numbered_notebooks_are_all_there():
+    # 00-07 answer the reader's questions, 10-11 work eq. 14 and its training through; 08-09 (the retrained
+    # ablations and associative recall) come from another branch and are allowed, not required, here
+    names = [p.name[:2] for p in NOTEBOOKS]
+    assert len(names) == len(set(names)), names
+    assert {f"{i:02d}" for i in (*range(8), 10, 11)} <= set(names), names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
