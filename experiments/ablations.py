@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rwkv_np import schema  # noqa: E402
 from rwkv_np.errors import ArgumentError  # noqa: E402
 from rwkv_np.training import checkpoint as ckpt  # noqa: E402
 from rwkv_np.training.data import (SHAKESPEARE_CACHE, SHAKESPEARE_SHA256, TRAIN_SHARE, get_batch,  # noqa: E402
@@ -87,11 +88,13 @@ def n_layer_of(name: str, cfg: dict) -> int:
         return cfg["n_layer"]
     C = cfg["n_embd"]
     base = count_params("baseline", cfg["n_layer"], C)
-    return min(range(1, 20 * cfg["n_layer"]), key=lambda n: abs(count_params("no_ffn", n, C) - base))
+    return min(range(1, 8 * cfg["n_layer"]), key=lambda n: abs(count_params("no_ffn", n, C) - base))
 
 
 def count_params(name: str, n_layer: int, n_embd: int) -> int:
-    params = init_params(n_layer, n_embd, 0)
+    """Parameters the variant's model uses (from the shapes alone: np.empty allocates nothing it
+    does not touch)."""
+    params = {k: np.empty(p.dims(n_embd, 4 * n_embd, VOCAB), np.float32) for k, p in schema.params_of(n_layer)}
     return VARIANTS[name][0].n_params(params)[0]
 
 
