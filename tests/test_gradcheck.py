@@ -152,14 +152,13 @@ def test_variant_gradients_match_finite_differences(name):
             continue
         if short in v.tied:
             assert (params[k] == params[k][0]).all() and (grads[k] == grads[k][0]).all(), k
-            whole = np.ones(a.shape, bool)
             a += 1e-5
             fp = loss()
             a -= 2e-5
             fm = loss()
             a += 1e-5
             assert abs((fp - fm) / 2e-5 - grads[k][0]) < 1e-6 * max(abs(grads[k][0]), 1e-3), k
-            checked += whole.sum()
+            checked += 1
             continue
         if k == "emb.weight":
             only = lambda i: i[0] == idx[0, 0]  # noqa: E731
