@@ -1,5 +1,5 @@
 """Retrained ablations of RWKV-4 at equal budget (issue 11): every variant trained from scratch on the
-same bytes, for the same steps, model size, batch, context and learning-rate schedule, at 2 seeds.
+same bytes, for the same steps, model size, batch, context and learning-rate schedule, at 4 seeds.
 
     PYTHONPATH=. python experiments/ablations.py            # the campaign -> experiments/ablations.json
     PYTHONPATH=. python experiments/ablations.py --tiny     # a few steps of a tiny model, to a temp folder
@@ -9,8 +9,8 @@ Each run lives in <runs>/<variant>-s<seed>/: a training checkpoint (rwkv_np/trai
 atomic, verified, with the curve so far in its manifest) every `eval_every` steps, and result.json once
 finished. A finished run is skipped; a killed campaign, restarted with the same command, resumes every
 unfinished run from its checkpoint and continues it exactly (the batches are drawn from (seed, step)).
-Runs go two at a time by default, each in its own process with one BLAS thread (on 2 cores this beats
-one run with two threads: the scan of eq. 14 is serial, and the products are small).
+Runs go two at a time by default, each in its own process with one BLAS thread (the scan of eq. 14 is
+serial and the products are small, so a second thread would buy little; two runs keep 2 cores busy).
 
 The variants are rwkv_np.training.variant.Variant values: the model code is the trainer's.
 """
@@ -46,11 +46,14 @@ RESULTS = REPO / "experiments" / "ablations.json"
 RUNS = REPO / "experiments" / "runs"  # checkpoints (not committed: experiments/.gitignore)
 
 #: the budget every variant gets: 4 x 64, 700 steps of 8 x 128 bytes (717k bytes, 0.7 of a pass over
-#: the training split), far smaller than the shipped model (4 x 128, 16 x 128 per step), so that 18
-#: runs fit in under an hour on 2 cores shared with other work (about 13 CPU-minutes in all).
+#: the training split), far smaller than the shipped model (4 x 128, 16 x 128 per step), so that 36
+#: runs (9 variants x 4 seeds) fit in about an hour on 2 cores shared with other work (about 27
+#: CPU-minutes in all). 4 seeds, not 2: the seed-to-seed spread of one variant (0.036 nats/byte for
+#: the baseline) is as large as several effects, and a 95% interval over n seeds is t(n-1) s / sqrt(n)
+#: wide, with t = 12.7 for 2 seeds and 3.18 for 4.
 FULL = {"n_layer": 4, "n_embd": 64, "ctx_len": 128, "batch_size": 8, "steps": 700, "lr": 2e-3, "warmup": 50,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "weight_decay": 0.0, "eval_every": 100, "curve_windows": 64,
-        "seeds": [0, 1]}
+        "seeds": [0, 1, 2, 3]}
 TINY = {"n_layer": 2, "n_embd": 16, "ctx_len": 32, "batch_size": 4, "steps": 6, "lr": 2e-3, "warmup": 2,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "weight_decay": 0.0, "eval_every": 3, "curve_windows": 4,
         "seeds": [0], "max_eval_windows": 8}
@@ -251,6 +254,17 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
             "held_out_loss_min": min(done) if done else None, "held_out_loss_max": max(done) if done else None,
             "held_out_loss_std": round(float(np.std(done, ddof=1)), 5) if len(done) > 1 else None,
             "runs": runs}
+    # the same seed means the same initial values of the shared parameters and the same batches:
+    # the difference to the baseline at each seed removes most of the seed-to-seed spread
+    base = {r["seed"]: r["held_out_loss"] for r in variants["baseline"]["runs"] if "held_out_loss" in r} \
+        if "baseline" in variants else {}
+    for name, v in variants.items():
+        d = {str(r["seed"]): round(r["held_out_loss"] - base[r["seed"]], 5) for r in v["runs"]
+             if "held_out_loss" in r and r["seed"] in base}
+        vals = list(d.values())
+        v["paired_change_vs_baseline"] = {
+            "per_seed": d, "mean": round(float(np.mean(vals)), 5) if vals else None,
+            "std": round(float(np.std(vals, ddof=1)), 5) if len(vals) > 1 else None}
     return {
         "what": "RWKV-4 ablations retrained from scratch at equal budget (issue 11)",
         "complete": complete,
