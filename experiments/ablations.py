@@ -209,9 +209,47 @@ def train_run(name: str, seed: int, cfg: dict, data_path: Path, run_dir: Path, c
     result = {"variant": name, "seed": seed, "n_layer": n_layer, "n_params": used, "n_params_trained": trained,
               "held_out_loss": round(final, 5), "train_loss_last_interval": curve[-1]["train"],
               "wall_time_minutes": round(elapsed / 60, 2), "final_eval_minutes": round(eval_time / 60, 2),
-              "steps": steps, "tokens": steps * B * ctx, "curve": curve, "command": command}
+              "steps": steps, "tokens": steps * B * ctx, "curve": curve, "command": command,
+              "vectors": drift(name, seed, cfg, params)}
     ckpt.atomic_write(run_dir / "result.json", (json.dumps(result, indent=1) + "\n").encode())
     return result
+
+
+def drift(name: str, seed: int, cfg: dict, params: dict) -> dict:
+    """How far training moved the per-channel vectors from their initial values, per layer: the RMS
+    change of ln w (att.time_decay), u (att.time_first) and the mus, and the mean of u before and after
+    (the notebook's "did the decay need to be learned?" reads these)."""
+    init = VARIANTS[name][0].init(init_params(n_layer_of(name, cfg), cfg["n_embd"], seed))
+    out = {}
+    for key, names in (("time_decay", ("att.time_decay",)), ("time_first", ("att.time_first",)),
+                       ("time_mix", ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k",
+                                     "ffn.time_mix_r"))):
+        out[key + "_rms_change"] = [round(float(np.sqrt(np.mean(np.concatenate(
+            [(params[f"blocks.{i}.{n}"].ravel() - init[f"blocks.{i}.{n}"]) ** 2 for n in names])))), 5)
+            for i in range(n_layer_of(name, cfg))]
+    out["time_decay_mean"] = [round(float(params[f"blocks.{i}.att.time_decay"].mean()), 4)
+                              for i in range(n_layer_of(name, cfg))]  # ln w; for tied_decay, the one value
+    out["time_first_mean_init"] = [round(float(init[f"blocks.{i}.att.time_first"].mean()), 4)
+                                   for i in range(n_layer_of(name, cfg))]
+    out["time_first_mean"] = [round(float(params[f"blocks.{i}.att.time_first"].mean()), 4)
+                              for i in range(n_layer_of(name, cfg))]
+    return out
+
+
+def final_params(run_dir: Path, name: str, seed: int, cfg: dict) -> dict | None:
+    """The weights of a run's last checkpoint (None if there is none)."""
+    p = run_dir / "run.ckpt"
+    if not p.exists():
+        return None
+    n_layer = n_layer_of(name, cfg)
+    shapes = {k: q.dims(cfg["n_embd"], 4 * cfg["n_embd"], VOCAB) for k, q in schema.params_of(n_layer)}
+    shaping = {k: cfg[k] for k in ("n_embd", "ctx_len", "batch_size", "steps", "lr", "warmup", "min_lr_ratio",
+                                   "grad_clip", "weight_decay", "eval_every", "curve_windows")}
+    with open(p, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        sha = json.loads(json.loads(f.read(n))["__metadata__"]["manifest"])["data_sha256"]
+    record = {"args": {**shaping, "n_layer": n_layer, "seed": seed, "variant": name}, "data_sha256": sha}
+    return ckpt.load_training(p, record, shapes)[0]
 
 
 def load_result(run_dir: Path, name: str, seed: int, cfg: dict) -> dict | None:
@@ -239,6 +277,10 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
         runs = []
         for seed in cfg["seeds"]:
             r = load_result(runs_dir / f"{name}-s{seed}", name, seed, cfg)
+            if r and "vectors" not in r:  # a run finished before the results recorded them
+                params = final_params(runs_dir / f"{name}-s{seed}", name, seed, cfg)
+                if params is not None:
+                    r["vectors"] = drift(name, seed, cfg, params)
             runs.append(r if r else {"variant": name, "seed": seed, "status": "not run (did not finish)",
                                      "command": command_of(name, seed, args)})
         done = [r["held_out_loss"] for r in runs if "held_out_loss" in r]
