@@ -333,6 +333,9 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
             "definition": "byte frequencies of the training split (add-one smoothed), scored on the same "
                           "held-out targets as held_out_loss: no context at all"},
         "uniform_loss": round(math.log(VOCAB), 5),
+        "wall_time_note": "wall_time_minutes: training time of the run, two runs at a time with one BLAS thread "
+                          "each, on 2 cores shared with other jobs: it measures the machine's load as much as "
+                          "the variant's cost (the final evaluation is timed apart, final_eval_minutes)",
         "variants": variants,
     }
 
