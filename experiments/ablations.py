@@ -47,8 +47,8 @@ RUNS = REPO / "experiments" / "runs"  # checkpoints (not committed: experiments/
 
 #: the budget every variant gets: 4 x 64, 700 steps of 8 x 128 bytes (717k bytes, 0.7 of a pass over
 #: the training split), far smaller than the shipped model (4 x 128, 16 x 128 per step), so that 36
-#: runs (9 variants x 4 seeds) fit in about an hour on 2 cores shared with other work (about 27
-#: CPU-minutes in all). 4 seeds, not 2: the seed-to-seed spread of one variant (0.036 nats/byte for
+#: runs (9 variants x 4 seeds) fit in about an hour on 2 cores shared with other work (one run takes
+#: about 30 s of CPU, no_ffn's 13 blocks about 1.5 times that: some 20 CPU-minutes in all). 4 seeds, not 2: the seed-to-seed spread of one variant (0.036 nats/byte for
 #: the baseline) is as large as several effects, and a 95% interval over n seeds is t(n-1) s / sqrt(n)
 #: wide, with t = 12.7 for 2 seeds and 3.18 for 4.
 FULL = {"n_layer": 4, "n_embd": 64, "ctx_len": 128, "batch_size": 8, "steps": 700, "lr": 2e-3, "warmup": 50,
