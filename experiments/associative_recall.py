@@ -50,7 +50,7 @@ from rwkv_np.training.run import set_blas_threads  # noqa: E402
 N_KEYS = 64  # keys are tokens 0..63
 VOCAB = 2 * N_KEYS  # values are tokens 64..127
 
-FULL = dict(pairs=[4, 8, 16, 32], seeds=[0, 1], n_layer=2, n_embd=64, n_head=2, steps=600, batch=32, lr=3e-3,
+FULL = dict(pairs=[1, 2, 4, 8, 16], seeds=[0, 1], n_layer=2, n_embd=64, n_head=2, steps=600, batch=32, lr=3e-3,
             warmup=50, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=256, eval_every=100)
 TINY = dict(pairs=[2, 4], seeds=[0], n_layer=1, n_embd=16, n_head=2, steps=20, batch=8, lr=3e-3,
             warmup=5, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=32, eval_every=10)
@@ -135,8 +135,7 @@ class Attention:
     name = "attention"
 
     def __init__(self, cfg, seed):
-        self.params = attn.init_params(cfg["n_layer"], cfg["n_embd"], cfg["n_head"], VOCAB, 3 * max(cfg["pairs"]),
-                                       seed)
+        self.params = attn.init_params(cfg["n_layer"], cfg["n_embd"], cfg["n_head"], VOCAB, seed)
 
     def weights(self):
         return attn.weights(self.params)
