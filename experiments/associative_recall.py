@@ -50,10 +50,15 @@ from rwkv_np.training.run import set_blas_threads  # noqa: E402
 N_KEYS = 64  # keys are tokens 0..63
 VOCAB = 2 * N_KEYS  # values are tokens 64..127
 
-FULL = dict(pairs=[1, 2, 4, 8, 16], seeds=[0, 1], n_layer=2, n_embd=64, n_head=2, steps=600, batch=32, lr=3e-3,
-            warmup=50, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=256, eval_every=100)
+# extras: runs beside the grid that test the grid's explanation of RWKV-4's failure (longer training, a
+# wider model); each is run for every seed, with its overrides of the grid's settings
+FULL = dict(pairs=[1, 2, 4, 8, 16, 32], seeds=[0, 1, 2], n_layer=2, n_embd=64, n_head=2, steps=600, batch=32,
+            lr=3e-3, warmup=50, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=256, eval_every=100,
+            extras=[{"model": "rwkv4", "pairs": 2, "steps": 2400}, {"model": "rwkv4", "pairs": 8, "steps": 2400},
+                    {"model": "rwkv4", "pairs": 8, "n_embd": 128}])
 TINY = dict(pairs=[2, 4], seeds=[0], n_layer=1, n_embd=16, n_head=2, steps=20, batch=8, lr=3e-3,
-            warmup=5, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=32, eval_every=10)
+            warmup=5, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=32, eval_every=10,
+            extras=[{"model": "rwkv4", "pairs": 2, "steps": 30}])
 MODELS = ("rwkv4", "attention")
 
 
@@ -175,7 +180,12 @@ def evaluate(m, eval_set) -> tuple[float, float]:
     return losses / n, accs / n
 
 
-def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print) -> dict:
+def variant_name(overrides: dict) -> str:
+    """'' for the grid; 'steps=2400' etc. for an extra run (its settings that differ from the grid's)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k not in ("model", "pairs"))
+
+
+def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print, variant: str = "") -> dict:
     m = build(model, cfg, seed)
     params = m.weights()
     opt = AdamW(params)
@@ -193,9 +203,10 @@ def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print) -> dict:
         if (step + 1) % cfg["eval_every"] == 0 or step + 1 == cfg["steps"]:
             el, ea = evaluate(m, eval_set)
             curve.append({"step": step + 1, "train_loss": loss, "eval_loss": el, "eval_acc": ea})
-            log(f"  {model} N={pairs} seed={seed} step {step + 1}: train loss {loss:.3f}, "
+            log(f"  {model}{' ' + variant if variant else ''} N={pairs} seed={seed} step {step + 1}: train loss {loss:.3f}, "
                 f"held-out loss {el:.3f}, acc {ea:.3f} ({time.time() - t0:.0f} s)")
-    return {"model": model, "pairs": pairs, "seed": seed, "params": n_params(m),
+    return {"model": model, "pairs": pairs, "seed": seed, "variant": variant, "steps": cfg["steps"],
+            "n_embd": cfg["n_embd"], "params": n_params(m),
             "state_floats": m.state_floats(cfg, 3 * pairs), "seq_len": 3 * pairs,
             "eval_loss": curve[-1]["eval_loss"], "eval_acc": curve[-1]["eval_acc"], "curve": curve,
             "seconds": round(time.time() - t0, 1)}
@@ -219,15 +230,17 @@ def run(cfg: dict, out: Path, command: str, log=print) -> dict:
             raise ArgumentError(f"--out {out} holds runs with other settings ({old.get('config')}); "
                                 f"give another --out to start afresh")
         data["runs"] = old.get("runs", [])
-    done = {(r["model"], r["pairs"], r["seed"]) for r in data["runs"]}
-    for pairs in cfg["pairs"]:
-        for seed in cfg["seeds"]:
-            for model in MODELS:
-                if (model, pairs, seed) in done:
-                    continue
-                data["runs"].append(train_one(model, pairs, seed, cfg, log))
-                data["complete"] = False
-                _write(out, data)
+    done = {(r["model"], r["pairs"], r["seed"], r["variant"]) for r in data["runs"]}
+    todo = [(model, pairs, seed, {}) for pairs in cfg["pairs"] for seed in cfg["seeds"] for model in MODELS]
+    todo += [(x["model"], x["pairs"], seed, x) for x in cfg["extras"] for seed in cfg["seeds"]]
+    for model, pairs, seed, overrides in todo:
+        variant = variant_name(overrides)
+        if (model, pairs, seed, variant) in done:
+            continue
+        run_cfg = {**cfg, **{k: v for k, v in overrides.items() if k not in ("model", "pairs")}}
+        data["runs"].append(train_one(model, pairs, seed, run_cfg, log, variant))
+        data["complete"] = False
+        _write(out, data)
     data["complete"] = True
     _write(out, data)
     return data

@@ -115,11 +115,13 @@ def test_tiny_run_end_to_end_resumes_and_refuses_other_settings(tmp_path, capsys
     assert ar.main(["--tiny", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["complete"] and data["config"] == ar.TINY
-    runs = {(r["model"], r["pairs"], r["seed"]): r for r in data["runs"]}
+    runs = {(r["model"], r["pairs"], r["seed"]): r for r in data["runs"] if not r["variant"]}
     assert set(runs) == {(m, n, s) for m in ar.MODELS for n in ar.TINY["pairs"] for s in ar.TINY["seeds"]}
     for (m, n, s), r in runs.items():
         assert r["seq_len"] == 3 * n and 0 <= r["eval_acc"] <= 1 and math.isfinite(r["eval_loss"])
-        assert r["curve"][-1]["step"] == ar.TINY["steps"]
+        assert r["curve"][-1]["step"] == r["steps"] == ar.TINY["steps"]
+    extras = [r for r in data["runs"] if r["variant"]]
+    assert [(r["model"], r["pairs"], r["variant"], r["curve"][-1]["step"]) for r in extras] == [("rwkv4", 2, "steps=30", 30)]
     # same size: parameter counts within 10%; RWKV-4's state is fixed, the KV cache grows with T
     pa, pr = runs[("attention", 4, 0)]["params"], runs[("rwkv4", 4, 0)]["params"]
     assert abs(pa - pr) / pr < 0.10
@@ -143,8 +145,9 @@ def test_committed_results_are_complete_and_compare_models_of_the_same_size():
     path = EXPERIMENTS / "associative_recall.json"
     data = json.loads(path.read_text())
     assert data["complete"] and data["config"] == ar.FULL
-    runs = data["runs"]
+    runs = [r for r in data["runs"] if not r["variant"]]
     cfg = data["config"]
     assert len(runs) == len(ar.MODELS) * len(cfg["pairs"]) * len(cfg["seeds"]) and len(cfg["seeds"]) >= 2
+    assert len(data["runs"]) - len(runs) == len(cfg["extras"]) * len(cfg["seeds"])
     sizes = {r["model"]: r["params"] for r in runs}
     assert abs(sizes["attention"] - sizes["rwkv4"]) / sizes["rwkv4"] < 0.10
