@@ -15,6 +15,9 @@ the value that followed that key; loss and accuracy count those N positions only
 are unpredictable). Chance accuracy is 1/64. Every training batch is fresh; accuracy is measured on a
 fixed held-out set of sequences drawn from another seed.
 
+Beside the grid (pairs x seeds x both models), a few extra RWKV-4 runs test the explanation of its
+results: 4x the steps, twice the width, and keys drawn from a smaller set (4 or 8 of the 64).
+
 Both models: same width C, depth, vocabulary, AdamW (rwkv_np.training.optim), steps, batch, peak lr,
 warm-up and cosine schedule, gradient clipping. RWKV-4 is rwkv_np.training.model (init, forward and
 the backward's pieces); the attention model is experiments/attention.py.
@@ -55,7 +58,8 @@ VOCAB = 2 * N_KEYS  # values are tokens 64..127
 FULL = dict(pairs=[1, 2, 4, 8, 16, 32], seeds=[0, 1, 2], n_layer=2, n_embd=64, n_head=2, steps=600, batch=32,
             lr=3e-3, warmup=50, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=256, eval_every=100,
             extras=[{"model": "rwkv4", "pairs": 2, "steps": 2400}, {"model": "rwkv4", "pairs": 8, "steps": 2400},
-                    {"model": "rwkv4", "pairs": 8, "n_embd": 128}])
+                    {"model": "rwkv4", "pairs": 8, "n_embd": 128}, {"model": "rwkv4", "pairs": 2, "keys": 4},
+                    {"model": "rwkv4", "pairs": 8, "keys": 8}])
 TINY = dict(pairs=[2, 4], seeds=[0], n_layer=1, n_embd=16, n_head=2, steps=20, batch=8, lr=3e-3,
             warmup=5, min_lr_ratio=0.1, grad_clip=1.0, eval_seqs=32, eval_every=10,
             extras=[{"model": "rwkv4", "pairs": 2, "steps": 30}])
@@ -64,11 +68,15 @@ MODELS = ("rwkv4", "attention")
 
 # ------------------------------------------------------------------------------ the task
 
-def make_batch(rng: np.random.Generator, batch: int, pairs: int):
-    """(tokens (B, 3N), targets (B, 3N), mask (B, 3N) True at the N query positions)."""
-    if not 1 <= pairs <= N_KEYS:
-        raise ArgumentError(f"pairs must be in 1..{N_KEYS} (the number of distinct keys), got {pairs}")
-    keys = np.argsort(rng.random((batch, N_KEYS)), axis=1)[:, :pairs]  # N distinct keys per row
+def make_batch(rng: np.random.Generator, batch: int, pairs: int, keys: int = N_KEYS):
+    """(tokens (B, 3N), targets (B, 3N), mask (B, 3N) True at the N query positions). Keys are drawn
+    from the first `keys` key tokens (all 64 but in one extra run, which tests a smaller key set)."""
+    if not 1 <= keys <= N_KEYS:
+        raise ArgumentError(f"keys must be in 1..{N_KEYS}, got {keys}")
+    if not 1 <= pairs <= keys:
+        raise ArgumentError(f"pairs must be in 1..{keys} (the number of distinct keys), got {pairs}")
+    n_keys = keys
+    keys = np.argsort(rng.random((batch, n_keys)), axis=1)[:, :pairs]  # N distinct keys per row
     vals = N_KEYS + rng.integers(0, N_KEYS, (batch, pairs))
     order = np.argsort(rng.random((batch, pairs)), axis=1)
     tokens = np.concatenate([np.stack([keys, vals], -1).reshape(batch, 2 * pairs),
@@ -190,11 +198,12 @@ def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print, variant: 
     params = m.weights()
     opt = AdamW(params)
     rng = np.random.default_rng([seed, pairs])  # the same batches for both models
-    eval_set = make_batch(np.random.default_rng([10_000 + seed, pairs]), cfg["eval_seqs"], pairs)
+    n_keys = cfg.get("keys", N_KEYS)
+    eval_set = make_batch(np.random.default_rng([10_000 + seed, pairs]), cfg["eval_seqs"], pairs, n_keys)
     curve = []
     t0 = time.time()
     for step in range(cfg["steps"]):
-        tokens, targets, mask = make_batch(rng, cfg["batch"], pairs)
+        tokens, targets, mask = make_batch(rng, cfg["batch"], pairs, n_keys)
         loss, acc, grads = m.loss_and_grads(tokens, targets, mask)
         if not math.isfinite(loss):
             raise TrainingError(f"{model}, {pairs} pairs, seed {seed}: loss {loss} at step {step}")
@@ -206,7 +215,7 @@ def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print, variant: 
             log(f"  {model}{' ' + variant if variant else ''} N={pairs} seed={seed} step {step + 1}: train loss {loss:.3f}, "
                 f"held-out loss {el:.3f}, acc {ea:.3f} ({time.time() - t0:.0f} s)")
     return {"model": model, "pairs": pairs, "seed": seed, "variant": variant, "steps": cfg["steps"],
-            "n_embd": cfg["n_embd"], "params": n_params(m),
+            "n_embd": cfg["n_embd"], "keys": n_keys, "params": n_params(m),
             "state_floats": m.state_floats(cfg, 3 * pairs), "seq_len": 3 * pairs,
             "eval_loss": curve[-1]["eval_loss"], "eval_acc": curve[-1]["eval_acc"], "curve": curve,
             "seconds": round(time.time() - t0, 1)}

@@ -29,8 +29,12 @@ def test_batch_is_pairs_then_every_key_queried_with_its_value_as_target():
         assert sorted(row[12:].tolist()) == sorted(keys.tolist())  # every key queried once
         lookup = dict(zip(keys.tolist(), vals.tolist()))
         assert [lookup[q] for q in row[12:]] == tgt[12:].tolist()
+    tokens, _, _ = ar.make_batch(np.random.default_rng(1), 50, 3, keys=4)
+    assert set(tokens[:, 0:6:2].ravel().tolist()) == {0, 1, 2, 3}  # keys from the first 4 only
     with pytest.raises(ArgumentError, match="pairs"):
         ar.make_batch(np.random.default_rng(0), 1, ar.N_KEYS + 1)
+    with pytest.raises(ArgumentError, match="pairs must be in 1..4"):
+        ar.make_batch(np.random.default_rng(0), 1, 5, keys=4)
 
 
 def test_masked_loss_counts_only_the_query_positions():
