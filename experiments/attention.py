@@ -2,17 +2,18 @@
 transformer (pre-LayerNorm), forward and hand-written backward in NumPy.
 
 It is an experiment's yardstick, not part of rwkv_np. To isolate what the issue asks about (eq. 14
-against the dot product), it is RWKV-4's block with eq. 14 swapped for softmax attention:
+against the dot product), its time mixing is RWKV-4's with eq. 14 swapped for softmax attention:
 - the inputs of W_q, W_k, W_v are RWKV-4's token-shift mixes mu x_t + (1 - mu) x_{t-1} (eqs. 11-13,
   with the same initial mu), so both models see the previous token the same way; attention needs no
   position embedding for this task (the shift tells a value from its key; causal masking tells early
   from late), so there is none;
-- per block: multi-head causal attention (W_q, W_k, W_v, W_o: 4C^2) and a ReLU MLP C -> F -> C with
-  F = 4.5C (9C^2), so a block has RWKV-4's 13C^2 matrix entries; same embedding, head and LayerNorms.
+- per block: multi-head causal attention (W_q, W_k, W_v, W_o: 4C^2) and a plain ReLU MLP C -> F -> C
+  with F = 4.5C (9C^2; RWKV-4's channel mixing has its own token shift, a squared ReLU and a gate), so
+  a block has RWKV-4's 13C^2 matrix entries; embedding and head of the same shapes (no ln0).
 
 Arrays are batch-major here, (B, T, C). Parameters are a flat dict of float arrays (plus "n_head");
-`backward` returns gradients under the same names. tests/test_associative_recall.py checks every
-gradient against central finite differences.
+`backward` returns gradients under the same names. tests/test_associative_recall.py checks them
+against central finite differences (every array, up to 64 sampled entries each).
 """
 
 from __future__ import annotations
