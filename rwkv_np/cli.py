@@ -143,6 +143,9 @@ def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+WORLD_VOCAB = 65536  # the vocabulary of BlinkDL's "World" tokenizer
+
+
 def _load(args):
     """(model, tokenizer) for the generate options; the tests replace this."""
     import rwkv_np
@@ -152,6 +155,12 @@ def _load(args):
     # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
     # widen each weight exactly to float32, so the numbers equal those of float32 weights
     model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True)
+    if model.config.vocab_size == WORLD_VOCAB and args.tokenizer is None:
+        # the RWKV "World" models (RWKV-4 World, 5, 6, 7) have their own tokenizer, not the NeoX one
+        raise ArgumentError(f"--model {model_arg}: an RWKV-{model.config.version} model with vocabulary "
+                            f"{WORLD_VOCAB}, which needs the RWKV World tokenizer (rwkv_vocab_v20230424); rwkv_np "
+                            "has no World tokenizer yet, so it cannot turn text into this model's tokens. Token ids "
+                            "still work through the Python API: rwkv_np.load_model(path).forward(ids)")
     model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):

@@ -343,13 +343,15 @@ def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2,
 
 # ---- parallel form: the scans over T (the projections are BLAS products in engine_later.py) ----
 
-@njit(parallel=True, cache=True, error_model="numpy")
+# The scans run on the calling thread (plain loops, as kernels.py's parallel-form kernels): BLAS owns
+# the threads in the parallel form, and a Numba pool spinning between the products starves it.
+@njit(cache=True, error_model="numpy")
 def scan_v5(r, k, v, w, u, S, y):
     """y (T, H, N) of y_t = r_t (diag(u) k_t^T v_t + S), S = diag(w_t) S + k_t^T v_t per head, S
     (H, N, N) advanced in place; r, k, v, w (T, H, N) float32, u (H, N). Serves 5.1, 5.2 (w the
     same at every t) and 6."""
     T, H, N = r.shape
-    for h in prange(H):
+    for h in range(H):
         Sh = S[h]
         for t in range(T):
             for jj in range(N):
@@ -362,12 +364,12 @@ def scan_v5(r, k, v, w, u, S, y):
                     Sh[ii, jj] = wi * Sh[ii, jj] + kv
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def scan_v7(r, w, k, v, kh, a, S, y):
     """y (T, H, N) of the delta rule S = S (diag(w_t) - kh_t^T (a_t kh_t)) + v_t^T k_t, y_t = S r_t^T
     per head (S (H, N, N): rows value channels, columns key channels), S advanced in place."""
     T, H, N = r.shape
-    for h in prange(H):
+    for h in range(H):
         Sh = S[h]
         for t in range(T):
             for vi in range(N):

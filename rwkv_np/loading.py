@@ -519,7 +519,9 @@ def _build_later(path: Path, tensors: dict[str, LazyTensor], fmt: str, version: 
         if bad:
             raise CheckpointError(f"{path}: tensor {name} has {bad} non-finite values (NaN or inf)")
         raw[name] = a
-    flat = from_rwkv_cpp(raw, version, where) if is_cpp else raw
+    lazy = {n: a for n, a in raw.items() if isinstance(a, FileRows)}  # kept in the file, not converted
+    flat = from_rwkv_cpp({n: a for n, a in raw.items() if n not in lazy}, version, where) if is_cpp else raw
+    flat.update(lazy)
     weights = {}
     for name, shape in shapes.items():
         a = flat[name]
