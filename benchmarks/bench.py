@@ -28,6 +28,7 @@ rwkv_np.kernels.release_compiler_pages).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -226,7 +227,7 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         res.update(interleaved_ceiling(model, state, rng, bytes_per_token=weight_bytes(
             2 if model.weight_dtype != "float32" else 4)["per_token"] if version == "4" else res["bytes_per_token"]))
         # the version's plain-NumPy reference (NumPy + BLAS matrix-vector products), for comparison
-        reference = model.reference if version != "4" else __import__("rwkv_np.reference").reference
+        reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
         s, params = (state.data if version == "4" else (state.data, state.wkv)), model.params
         times = []
         for tok in rng.integers(0, SHAPE["V"], 12):
@@ -239,7 +240,7 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         model.forward(prompt[:16])  # compile / warm
         res["prompt_par_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="parallel"), 3)
         res["prompt_rec_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="recurrent"), 1)
-        reference = model.reference if version != "4" else __import__("rwkv_np.reference").reference
+        reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
         params = model.params
         res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
     return res

@@ -45,11 +45,18 @@ class RWKV:
     chunk_size: int = 1024
 
     def __new__(cls, weights=None, config: RWKVConfig | None = None):
-        # RWKV(weights, config) of a later version (5.1, 5.2, 6, 7) is engine_later's model
-        if cls is RWKV and config is not None and config.version != "4":
-            from .engine_later import LaterRWKV
+        # RWKV(weights[, config]) of a later version (5.1, 5.2, 6, 7) is engine_later's model
+        if cls is RWKV and weights is not None:
+            if config is not None:
+                version = config.version
+            else:
+                from .versions import detect_version
 
-            return super().__new__(LaterRWKV)
+                version = detect_version(weights)
+            if version != "4":
+                from .engine_later import LaterRWKV
+
+                return super().__new__(LaterRWKV)
         return super().__new__(cls)
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):

@@ -42,8 +42,12 @@ class LaterRWKV(RWKV):
     ln_x_eps, LoRA ranks). `params` is the nested dict the reference of the version takes.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
-        if config is None or config.version == "4":
+    def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):
+        if config is None:
+            from .versions import config_from_weights
+
+            config = config_from_weights(weights)
+        if config.version == "4":
             raise ArgumentError("config: LaterRWKV runs RWKV-5.1/5.2/6/7; RWKV-4 is rwkv_np.RWKV")
         self.config = config
         self.weights = weights

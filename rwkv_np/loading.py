@@ -486,7 +486,7 @@ def _build_later(path: Path, tensors: dict[str, LazyTensor], fmt: str, version: 
     Weights: flat {BlinkDL name: array} with param_shapes' shapes: vectors and the small tensors
     float32; the Linear matrices, emb and head float32 or, with keep_16bit, as stored; emb possibly
     a FileRows."""
-    from .versions import LN_X_EPS, LN_X_EPS_RWKV_CPP, check_shapes, from_rwkv_cpp
+    from .versions import LN_X_EPS, LN_X_EPS_RWKV_CPP, check_shapes, config_from_weights, from_rwkv_cpp
 
     is_cpp = fmt == "rwkv.cpp"
     where = str(path)
@@ -494,11 +494,8 @@ def _build_later(path: Path, tensors: dict[str, LazyTensor], fmt: str, version: 
     stand_in = {n: np.broadcast_to(np.zeros((), np.float32), t.shape) for n, t in tensors.items()}
     with np.errstate(divide="ignore", invalid="ignore"):
         shaped = from_rwkv_cpp(stand_in, version, where) if is_cpp else stand_in
-    dims, shapes = check_shapes(shaped, version, where)
-    lora = tuple((k, dims[k]) for k in ("Dm", "Dd", "Dw", "Da", "Dv", "Dg") if k in dims)
-    ln_x_eps = LN_X_EPS_RWKV_CPP[version] if is_cpp else LN_X_EPS
-    config = RWKVConfig(n_layer=dims["L"], n_embd=dims["C"], vocab_size=dims["V"], ffn_dim=dims["F"],
-                        version=version, n_head=dims["H"], head_size=dims["N"], ln_x_eps=ln_x_eps, lora=lora)
+    _, shapes = check_shapes(shaped, version, where)
+    config = config_from_weights(shaped, version, LN_X_EPS_RWKV_CPP[version] if is_cpp else LN_X_EPS, where)
     _cross_check(path, config, None, cpp_header)
     counts = Counter()
     for t in tensors.values():

@@ -9,12 +9,9 @@ reference. rwkv.cpp's converter stored some tensors transformed; `from_rwkv_cpp`
 """
 
 import re
-from pathlib import Path
-
 import numpy as np
 
 from .errors import CheckpointError
-from .formats import BadFile, read_rwkv_cpp
 
 VERSIONS = ("4", "5.1", "5.2", "6", "7")
 LN_EPS = 1e-5  # every LayerNorm of every version (ln0, ln1, ln2, ln_out)
@@ -156,6 +153,20 @@ def check_shapes(flat: dict, version: str, source: str = "the weights"):
     return dims, shapes
 
 
+def config_from_weights(flat: dict, version: str | None = None, ln_x_eps: float = LN_X_EPS,
+                        source: str = "the weights"):
+    """The RWKVConfig of a flat {BlinkDL name: array} dict of any version (shapes checked)."""
+    from .config import RWKVConfig
+
+    version = version or detect_version(flat)
+    dims, _ = check_shapes(flat, version, source)
+    lora = tuple((k, dims[k]) for k in ("Dm", "Dd", "Dw", "Da", "Dv", "Dg") if k in dims)
+    if version == "4":
+        return RWKVConfig(n_layer=dims["L"], n_embd=dims["C"], vocab_size=dims["V"], ffn_dim=dims["F"])
+    return RWKVConfig(n_layer=dims["L"], n_embd=dims["C"], vocab_size=dims["V"], ffn_dim=dims["F"],
+                      version=version, n_head=dims["H"], head_size=dims["N"], ln_x_eps=ln_x_eps, lora=lora)
+
+
 def to_params(flat: dict, version: str | None = None, source: str = "the weights",
               ln_x_eps: float = LN_X_EPS) -> dict:
     """The nested float32 params dict the references take, from a flat {BlinkDL name: array} dict.
@@ -247,27 +258,18 @@ def from_rwkv_cpp(flat: dict, version: str, source: str = "the rwkv.cpp file") -
 
 
 def load_rwkv_cpp(path) -> tuple[str, dict]:
-    """(version, params) from an rwkv.cpp FP32 or FP16 file, for the references.
+    """(version, params) from an rwkv.cpp FP32 or FP16 file of a later version, for the references.
 
-    Reads the whole file (these are small reference checks; `rwkv_np.load_model` is the loader for
-    real use). ln_x's epsilon is rwkv.cpp's (LN_X_EPS_RWKV_CPP). Every problem is a CheckpointError
-    naming the file."""
-    path = Path(path)
-    try:
-        buf = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    try:
-        tensors, header = read_rwkv_cpp(buf)
-    except BadFile as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    flat = {name: t.read() for name, t in tensors.items()}
-    version = detect_version(flat)
-    params = to_params(from_rwkv_cpp(flat, version, str(path)), version, str(path),
-                       LN_X_EPS_RWKV_CPP.get(version, LN_X_EPS))
-    V, C = params["emb"].shape
-    found = {"n_vocab": V, "n_embd": C, "n_layer": len(params["blocks"])}
-    for key, value in found.items():
-        if header[key] != value:
-            raise CheckpointError(f"{path}: the header says {key}={header[key]} but the tensors have {value}")
-    return version, params
+    Read through rwkv_np.loading (the one hardened reading path: its readers, limits, checks and
+    errors naming the file), then nested for the references; ln_x's epsilon is rwkv.cpp's
+    (LN_X_EPS_RWKV_CPP). Every problem is a CheckpointError naming the file."""
+    from .loading import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    c = checkpoint.config
+    if checkpoint.format != "rwkv.cpp":
+        raise CheckpointError(f"{path}: a {checkpoint.format} checkpoint, not an rwkv.cpp file")
+    if c.version == "4":
+        raise CheckpointError(f"{path}: an RWKV-4 file; rwkv_np.reference takes RWKV-4's weights "
+                              "(rwkv_np.load_model(path).params)")
+    return c.version, to_params(checkpoint.weights, c.version, str(path), c.ln_x_eps)

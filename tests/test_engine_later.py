@@ -139,6 +139,15 @@ def test_later_checkpoint_refusals(tmp_path):
         rwkv_np.load_model(write_torch_zip(tmp_path / "hf.pth", hf))
 
 
+def test_rwkv_class_dispatches_on_the_version():
+    flat = random_flat("6")
+    model = rwkv_np.RWKV(flat)  # no config: read off the weights
+    assert isinstance(model, LaterRWKV) and model.config.version == "6" and model.config.n_head == 2
+    tokens = [1, 5, 7, 2]
+    close(model.forward(tokens, return_all=True)[0], model.reference.forward(to_params(flat, "6"), tokens)[0])
+    assert type(rwkv_np.RWKV(model.weights, model.config)) is LaterRWKV
+
+
 def test_state_must_fit_the_model(tmp_path):
     model = rwkv_np.load_model(write_torch_zip(tmp_path / "m.pth", random_flat("6")))
     s = model.init_state()

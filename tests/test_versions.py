@@ -229,7 +229,7 @@ def test_rwkv_cpp_values_the_converter_cannot_write_are_refused():
 
 
 def test_load_rwkv_cpp_missing_file_is_named(tmp_path):
-    with pytest.raises(CheckpointError, match="nope.bin: cannot read the file"):
+    with pytest.raises(CheckpointError, match="nope.bin: no such file or folder"):
         load_rwkv_cpp(tmp_path / "nope.bin")
 
 
