@@ -266,7 +266,8 @@ class _Layout:
             elif v == "6":
                 maa_w1, maa_w2, dec_w1, dec_w2 = (t[i] for t in self.lora)
                 hidden = np.tanh((xn + (xx - xn) * p[KL.V6_MX]) @ maa_w1.T)  # (T, 5 Dm)
-                m = np.einsum("tcd,cjd->ctj", hidden.reshape(T, 5, -1), maa_w2)  # (5, T, C)
+                # (5, T, Dm) @ (5, Dm, C): the five B_c as one batched BLAS product
+                m = np.matmul(hidden.reshape(T, 5, -1).transpose(1, 0, 2), maa_w2.transpose(0, 2, 1))  # (5, T, C)
                 xw, xk, xv, xr, xg = (xn + (xx - xn) * (p[KL.V6_MW + j] + m[j]) for j in range(5))
                 r, k, vv, gg = mm(xr, KL.M_R, i), mm(xk, KL.M_K, i), mm(xv, KL.M_V, i), mm(xg, KL.M_G, i)
                 d = q[KL.A6_D] + np.tanh(xw @ dec_w1.T) @ dec_w2.T  # (T, A)

@@ -364,7 +364,9 @@ def scan_v5(r, k, v, w, u, S, y):
                     Sh[ii, jj] = wi * Sh[ii, jj] + kv
 
 
-@njit(cache=True, error_model="numpy")
+# the two sums over key channels may be reordered (SIMD lanes), as kernels.py's dot products are:
+# in order, each addition waits for the previous one
+@njit(fastmath={"reassoc", "contract", "nsz"}, cache=True, error_model="numpy")
 def scan_v7(r, w, k, v, kh, a, S, y):
     """y (T, H, N) of the delta rule S = S (diag(w_t) - kh_t^T (a_t kh_t)) + v_t^T k_t, y_t = S r_t^T
     per head (S (H, N, N): rows value channels, columns key channels), S advanced in place."""
