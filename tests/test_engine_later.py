@@ -8,7 +8,7 @@ sizes, the engine against the reference, 16-bit weights, and the refusals.
 
 import numpy as np
 import pytest
-from _writers import bf16_round, write_torch_zip
+from _writers import bf16_round, safetensors_bytes, write_torch_zip
 from conftest import RWKV_CPP, SHAKESPEARE, need
 from test_versions import DIMS, PROMPT, STEM, SUM_TOL, random_flat
 
@@ -115,6 +115,20 @@ def test_random_pth_of_every_version(tmp_path, version, dtype):
     widened = {k: bf16_round(v) if dtype == "bfloat16" else v for k, v in flat.items()}
     tokens = list(np.random.default_rng(0).integers(0, DIMS["V"], 40))
     want, _ = model.reference.forward(to_params(widened, version), tokens)
+    for mode in ("parallel", "recurrent"):
+        close(model.forward(tokens, mode=mode, return_all=True)[0], want)
+
+
+def test_bare_safetensors_fp16_kept_and_lazy_embedding(tmp_path):
+    flat = random_flat("7", seed=5)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors_bytes(flat, dtype="float16"))
+    model = rwkv_np.load_model(path, keep_16bit=True, lazy_embedding=True)
+    assert model.config.version == "7" and model.checkpoint_format == "safetensors"
+    assert model.weight_dtype == "float16" and type(model.weights["emb.weight"]).__name__ == "FileRows"
+    widened = {k: v.astype(np.float16).astype(np.float32) for k, v in flat.items()}
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    want, _ = model.reference.forward(to_params(widened, "7"), tokens)
     for mode in ("parallel", "recurrent"):
         close(model.forward(tokens, mode=mode, return_all=True)[0], want)
 
