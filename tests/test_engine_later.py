@@ -197,3 +197,27 @@ def test_cli_refuses_world_vocab_text(tmp_path, capsys):
     assert cli.main(["generate", "--model", str(path), "hello", "-n", "2"]) == 2
     err = capsys.readouterr().err
     assert "needs the RWKV World tokenizer" in err and "rwkv_np has no World tokenizer yet" in err
+
+
+def test_state_file_of_a_later_version_is_checked(tmp_path):
+    good = State(np.ones((3, 2, 16)), np.full((3, 2, 8, 8), 0.5))
+    good.save(tmp_path / "s.npz")
+    back = State.load(tmp_path / "s.npz")
+    assert back == good and back.wkv.dtype == np.float32 and not back.wkv.flags.writeable
+    assert back != State(np.ones((3, 2, 16)), np.zeros((3, 2, 8, 8)))
+    # the matrices of another layer count
+    np.savez(tmp_path / "l.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+             rwkv_np_wkv=np.zeros((2, 2, 8, 8), np.float32))
+    with pytest.raises(ArgumentError, match=r"l.npz: not a valid state file: its array has shape \(2, 2, 8, 8\), "
+                                            r"expected \(3, H, N, N\)"):
+        State.load(tmp_path / "l.npz")
+    # compressed members could expand to any size: refused before reading
+    np.savez_compressed(tmp_path / "c.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+                        rwkv_np_wkv=np.zeros((3, 2, 8, 8), np.float32))
+    with pytest.raises(ArgumentError, match="c.npz: not an rwkv_np state file: its 'rwkv_np_state' array is compressed"):
+        State.load(tmp_path / "c.npz")
+    # a float64 wkv member is refused, not converted
+    np.savez(tmp_path / "d.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+             rwkv_np_wkv=np.zeros((3, 2, 8, 8)))
+    with pytest.raises(ArgumentError, match="d.npz: not a valid state file: its array has dtype float64"):
+        State.load(tmp_path / "d.npz")
