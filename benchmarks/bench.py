@@ -324,7 +324,7 @@ def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
     from rwkv_np import kernels as K
     from rwkv_np.reference import PP_EMPTY
     from rwkv_np.wkv import wkv_naive
-    from rwkv_np.wkv_grad import wkv_forward
+    from rwkv_np.training.wkv_grad import wkv_forward
     from _eq14 import reference_wkv  # tests/_eq14.py: eq. 14 of reference.time_mixing alone
 
     T, C = 1024, 768
@@ -346,9 +346,9 @@ def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
     res["reference.py's recurrence (NumPy, one step per token)"] = (
         best_time(lambda: reference_wkv(w, u, k, v, *state()), 2) * per,
         "inside reference.time_mixing, whose 4 projections (here (T, 2C) x (2C, C)) are included")
-    wkv_forward(w, u, k[None, :8], v[None, :8])
+    wkv_forward(w, u, k[:8, None], v[:8, None])
     res["compiled scan of kernels.wkv_step (training's, with saves)"] = (
-        best_time(lambda: wkv_forward(w, u, k[None], v[None]), 5) * per, "")
+        best_time(lambda: wkv_forward(w, u, k[:, None], v[:, None]), 5) * per, "")
     out = np.empty_like(k)
     K.wkv_gate(w, u, k[:8], v[:8], r[:8], *state(), out[:8])
     res["scan + gate, fused (kernels.wkv_gate, the engine's)"] = (

@@ -13,13 +13,17 @@ later versions; rwkv_np.RWKV (engine.py, engine_later.py) computes the same thin
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .config import RWKVConfig
-from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError
+from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError, TrainingError
 from .state import State
 
+if TYPE_CHECKING:
+    from .engine import RWKV
+
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
-           "ArgumentError", "DownloadError", "ModelError"]
+           "ArgumentError", "DownloadError", "ModelError", "TrainingError"]
 __version__ = "0.1.0"
 
 

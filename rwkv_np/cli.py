@@ -85,8 +85,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                                   "from <|endoftext|>; a byte-level model needs text")
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
-                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name: 169m, 430m, 1b5, 3b, 7b, "
-                        "14b (default: the model shipped in rwkv_np/assets/)")
+                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name (see `download --help`: "
+                        "169m ... 14b, rwkv7-world-0.1b, ...) (default: the model shipped in rwkv_np/assets/)")
     p.add_argument("--max-tokens", "-n", type=_int, default=200,
                    help="generate at most this many tokens, 0 to 10^7 (default: %(default)s)")
     p.add_argument("--temperature", "-t", type=float, default=1.0,
@@ -127,23 +127,21 @@ def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
     add_generate_arguments(gen)
     from .download import model_names
 
-    dl = sub.add_parser("download", help="fetch a released RWKV-4 Pile checkpoint into the Hugging Face cache",
-                        description="Download BlinkDL's RWKV-4 Pile checkpoint and the GPT-NeoX-20B tokenizer "
-                                    "into the Hugging Face cache (HF_HOME), checking size and sha256. Afterwards "
-                                    "`generate --model NAME` finds them without network.")
-    dl.add_argument("name", choices=model_names(), help="model size")
+    dl = sub.add_parser("download", help="fetch a released checkpoint into the Hugging Face cache",
+                        description="Download one of BlinkDL's released checkpoints (RWKV-4 Pile with the "
+                                    "GPT-NeoX-20B tokenizer, checking size and sha256; RWKV-4 World, RWKV-7 World "
+                                    "and G1, whose sizes and hashes are not checked) into the Hugging Face cache "
+                                    "(HF_HOME). Afterwards `generate --model NAME` finds them without network.")
+    dl.add_argument("name", choices=model_names(), help="which release: %(choices)s")
     tr = sub.add_parser("train", help="train a small byte-level model (see `train --help`)",
                         description="Train a small byte-level RWKV-4.")
     if with_train:  # imported only for `train`: it is not needed to generate
         try:
-            from .train import add_train_arguments
+            from .training.run import add_train_arguments
         except ImportError as e:
             raise ArgumentError(f"train: training is not available in this installation ({e})") from None
         add_train_arguments(tr)
     return parser
-
-
-WORLD_VOCAB = 65536  # the vocabulary of BlinkDL's "World" tokenizer
 
 
 def _load(args):
@@ -155,12 +153,6 @@ def _load(args):
     # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
     # widen each weight exactly to float32, so the numbers equal those of float32 weights
     model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True)
-    if model.config.vocab_size == WORLD_VOCAB and args.tokenizer is None:
-        # the RWKV "World" models (RWKV-4 World, 5, 6, 7) have their own tokenizer, not the NeoX one
-        raise ArgumentError(f"--model {model_arg}: an RWKV-{model.config.version} model with vocabulary "
-                            f"{WORLD_VOCAB}, which needs the RWKV World tokenizer (rwkv_vocab_v20230424); rwkv_np "
-                            "has no World tokenizer yet, so it cannot turn text into this model's tokens. Token ids "
-                            "still work through the Python API: rwkv_np.load_model(path).forward(ids)")
     model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):
@@ -266,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "download":
             return run_download(args)
-        from .train import run_train
+        from .training.run import run_train
 
         return int(run_train(args) or 0)
     except RWKVError as e:

@@ -24,3 +24,7 @@ class DownloadError(RWKVError, RuntimeError):
 class ModelError(RWKVError, ArithmeticError):
     """The model's weights produce values float32 cannot hold (inf or NaN): the message names the
     checkpoint and the first layer or token where it happened."""
+
+
+class TrainingError(RWKVError, RuntimeError):
+    """Training cannot go on (the loss or the weights stopped being finite): the message names the step."""

@@ -2,7 +2,7 @@
 that every weight is read once per token and nothing waits on Python.
 
 Eq. 14 is one function here, `wkv_step` (one channel, one token, float64): the loop body of
-reference.time_mixing, used by both forms below and by the trainer's forward (rwkv_np/wkv_grad.py).
+reference.time_mixing, used by both forms below and by the trainer's forward (rwkv_np/training/wkv_grad.py).
 
 Recurrent form (generation; reference.step): one token costs a matrix-vector product with every
 weight matrix, so its speed is set by memory bandwidth. `recurrent_tokens` runs whole tokens through

@@ -64,8 +64,10 @@ def time_mixing(x, x_prev, aa, bb, pp,
                 key, value, receptance, output,  # W_k, W_v, W_r, W_o (C, C)
                 record=None):
     """Time mixing, eqs. 11-15. x (T, C): the LayerNorm output; x_prev, aa, bb, pp (C,): the state.
+    Returns (out (T, C), (x_prev, aa, bb, pp) after the last token). Eq. 14, per channel:
 
-    Returns (out (T, C), (x_prev, aa, bb, pp) after the last token)."""
+        wkv_t = (sum_{i<t} e^{-(t-1-i)w + k_i} v_i + e^{u+k_t} v_t) / (sum_{i<t} e^{-(t-1-i)w + k_i} + e^{u+k_t})
+    """
     xx = token_shift(x, x_prev)  # (T, C)
     # eq. 11: r_t = W_r (mu_r x_t + (1 - mu_r) x_{t-1});  eqs. 12, 13 likewise for k_t, v_t
     r = mix(x, xx, time_mix_r) @ receptance.T  # (T, C)
@@ -73,11 +75,10 @@ def time_mixing(x, x_prev, aa, bb, pp,
     v = mix(x, xx, time_mix_v) @ value.T  # (T, C)
     # checkpoints store ln w, so that training keeps the decay rate w positive
     w, u = np.exp(time_decay), time_first  # (C,), (C,)
-    # eq. 14, per channel:  wkv_t = (sum_{i<t} e^{-(t-1-i)w + k_i} v_i + e^{u+k_t} v_t)
-    #                             / (sum_{i<t} e^{-(t-1-i)w + k_i}     + e^{u+k_t})
-    # as a recurrence: a_t = e^{-w} a_{t-1} + e^{k_t} v_t,  b_t = e^{-w} b_{t-1} + e^{k_t},
-    # wkv_t = (a_{t-1} + e^{u+k_t} v_t) / (b_{t-1} + e^{u+k_t}). Kept as a = aa e^pp, b = bb e^pp
-    # with every exponential taken relative to the larger exponent q, so none exceeds 1.
+    # eq. 14 as a recurrence over the two sums: a_t = e^{-w} a_{t-1} + e^{k_t} v_t,
+    # b_t = e^{-w} b_{t-1} + e^{k_t}, and wkv_t = (a_{t-1} + e^{u+k_t} v_t) / (b_{t-1} + e^{u+k_t}).
+    # Kept as a = aa e^pp, b = bb e^pp, every exponential taken relative to the larger exponent q
+    # (so none exceeds 1 and float32 never overflows, however large k and u are).
     wkv = np.empty_like(k)  # (T, C)
     for t in range(len(k)):
         q = np.maximum(pp, u + k[t])

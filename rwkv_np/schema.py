@@ -27,7 +27,7 @@ class Param:
     symbol: str  # the paper's symbol
     eq: str  # the equation of arXiv 2305.13048v1 it enters
     role: str  # what it does
-    init: str  # the rule `rwkv_np.training.init_params` applies (see there)
+    init: str  # the rule `rwkv_np.training.init` applies (see there)
 
     @property
     def path(self) -> tuple[str, ...]:

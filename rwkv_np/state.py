@@ -16,7 +16,6 @@ head. An RWKV-4 State has wkv None; its API and file format are unchanged by the
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArgumentError, ModelError
+from .files import open_regular
 from .reference import AA, ATT_X, BB, FFN_X, PP, PP_EMPTY  # noqa: F401 - the layout, defined once
 
 ARRAY_NAME = "rwkv_np_state"
@@ -124,19 +124,9 @@ class State:
         allocated. Memory used is therefore at most the file's own size (and MAX_STATE_BYTES).
         """
         path = _state_path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError as e:
-            raise ArgumentError(f"{path}: cannot read a state file ({e.strerror or e})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ArgumentError(f"{path}: not a regular file; a state file is written by State.save")
-        except BaseException:
-            os.close(fd)
-            raise
-        with os.fdopen(fd, "rb") as f:
-            data, wkv = _read_state_array(f, st.st_size, path)
+        f, size = open_regular(path, f"state file {path}")
+        with f:
+            data, wkv = _read_state_array(f, size, path)
         try:
             return cls(data, wkv)
         except ArgumentError as e:

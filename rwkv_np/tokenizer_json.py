@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArgumentError
+from .files import open_regular
 
 #: 3.4x the GPT-NeoX-20B file (2.4 MB, 50277 tokens), the largest an RWKV-4 model comes with. Python's
 #: json can need 24x a hostile file ("[{},{},...]": 5.6M empty dicts), so about 200 MB at most
@@ -73,25 +72,15 @@ def read_tokenizer_json(path: Path):
     """The parsed JSON of `path`: a regular file of at most MAX_TOKENIZER_BYTES, UTF-8, no duplicate
     keys, no NaN/Infinity. A FIFO or device is refused without reading it."""
     where = f"tokenizer file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise ArgumentError(f"{where}: cannot open it ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ArgumentError(f"{where}: not a regular file")
-        if st.st_size > MAX_TOKENIZER_BYTES:
-            raise ArgumentError(f"{where}: {st.st_size} bytes, more than the {MAX_TOKENIZER_BYTES} a tokenizer "
+    f, size = open_regular(path, where)
+    with f:
+        if size > MAX_TOKENIZER_BYTES:
+            raise ArgumentError(f"{where}: {size} bytes, more than the {MAX_TOKENIZER_BYTES} a tokenizer "
                                 "file may have")
-        with os.fdopen(fd, "rb") as f:
-            fd = None
+        try:
             data = f.read(MAX_TOKENIZER_BYTES + 1)
-    except OSError as e:
-        raise ArgumentError(f"{where}: cannot read it ({e.strerror or e})") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
+        except OSError as e:
+            raise ArgumentError(f"{where}: cannot read it ({e.strerror or e})") from None
     if len(data) > MAX_TOKENIZER_BYTES:
         raise ArgumentError(f"{where}: more than the {MAX_TOKENIZER_BYTES} bytes a tokenizer file may have")
     try:

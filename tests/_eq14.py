@@ -3,7 +3,7 @@
 import numpy as np
 
 from rwkv_np import reference
-from rwkv_np.analysis import eq14_reference
+from rwkv_np.wkv import eq14_reference
 
 
 def reference_wkv(w, u, k, v, aa, bb, pp):

@@ -187,16 +187,20 @@ def test_cli_generates_text_with_tiny_v7(capsys):
     assert out.startswith(" the the the")  # the greedy continuation of this checkpoint
 
 
-def test_cli_refuses_world_vocab_text(tmp_path, capsys):
-    dims = dict(DIMS, V=65536)
+def test_cli_generates_with_a_world_vocab_v7(tmp_path, capsys):
+    # a vocab-65536 RWKV-7 goes to the World tokenizer (rwkv_np.world_tokenizer)
+    from rwkv_np.world_tokenizer import packaged_vocab_path
+
+    if packaged_vocab_path() is None:
+        pytest.skip("the World vocabulary rwkv_vocab_v20230424.txt is not installed (pip install rwkv)")
     flat = random_flat("7")
     flat["emb.weight"] = np.random.default_rng(0).standard_normal((65536, 16)).astype(np.float32)
     flat["head.weight"] = flat["emb.weight"] * 0.1
     path = write_torch_zip(tmp_path / "world.pth", flat)
-    assert dims["V"] == rwkv_np.load_model(path).config.vocab_size
-    assert cli.main(["generate", "--model", str(path), "hello", "-n", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "needs the RWKV World tokenizer" in err and "rwkv_np has no World tokenizer yet" in err
+    assert rwkv_np.load_model(path).config.vocab_size == 65536
+    assert cli.main(["generate", "--model", str(path), "hello", "-n", "4", "-t", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "generated: 4 tokens" in captured.err
 
 
 def test_state_file_of_a_later_version_is_checked(tmp_path):

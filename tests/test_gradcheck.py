@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from rwkv_np.train import forward, init_params, loss_and_grads
-from rwkv_np.wkv_grad import wkv_backward, wkv_forward
+from rwkv_np.training.init import init_params
+from rwkv_np.training.model import forward, loss_and_grads
+from rwkv_np.training.wkv_grad import wkv_backward, wkv_forward
 
 
 def _central_difference(f, arr: np.ndarray, h: float, only=None) -> np.ndarray:
@@ -52,32 +53,32 @@ def test_every_parameter_gradient_matches_finite_differences():
     assert not grads["emb.weight"][unused].any()
 
 
-def _wkv_case(rng, B, T, C, key_scale, u_scale):
+def _wkv_case(rng, T, B, C, key_scale, u_scale):
+    """Inputs of the training kernels, time-major (T, B, C)."""
     w = np.exp(rng.uniform(-4, 1.5, C))  # positive decays from e^-4 to e^1.5
     u = rng.uniform(-u_scale, u_scale, C)
-    k = rng.uniform(-key_scale, key_scale, (B, T, C))
-    v = rng.normal(size=(B, T, C))
-    gy = rng.normal(size=(B, T, C))
+    k = rng.uniform(-key_scale, key_scale, (T, B, C))
+    v = rng.normal(size=(T, B, C))
+    gy = rng.normal(size=(T, B, C))
     return w, u, k, v, gy
 
 
 def _naive_wkv(w, u, k, v):
-    B, T, C = k.shape
     y = np.zeros_like(k)
-    for t in range(T):
-        num = np.exp(u + k[:, t]) * v[:, t]
-        den = np.exp(u + k[:, t])
+    for t in range(len(k)):
+        num = np.exp(u + k[t]) * v[t]
+        den = np.exp(u + k[t])
         for i in range(t):
-            e = np.exp(-(t - 1 - i) * w + k[:, i])
-            num = num + e * v[:, i]
+            e = np.exp(-(t - 1 - i) * w + k[i])
+            num = num + e * v[i]
             den = den + e
-        y[:, t] = num / den
+        y[t] = num / den
     return y
 
 
 def test_wkv_forward_equals_the_definition():
     rng = np.random.default_rng(1)
-    w, u, k, v, _ = _wkv_case(rng, 2, 9, 4, 2.0, 1.0)
+    w, u, k, v, _ = _wkv_case(rng, 9, 2, 4, 2.0, 1.0)
     y, _ = wkv_forward(w, u, k, v)
     # same float64 sums in another order: differences at the 1e-16 * (T terms) level
     np.testing.assert_allclose(y, _naive_wkv(w, u, k, v), rtol=0, atol=1e-13)
@@ -86,7 +87,7 @@ def test_wkv_forward_equals_the_definition():
 @pytest.mark.parametrize("key_scale,u_scale", [(1.0, 1.0), (100.0, 5.0)])
 def test_wkv_backward_matches_finite_differences(key_scale, u_scale):
     rng = np.random.default_rng(2)
-    w, u, k, v, gy = _wkv_case(rng, 2, 8, 3, key_scale, u_scale)
+    w, u, k, v, gy = _wkv_case(rng, 8, 2, 3, key_scale, u_scale)
     if key_scale > 1:
         # large enough that evaluating e^k naively overflows float32, where training runs
         with np.errstate(over="ignore"):

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_np import train as T
 from rwkv_np.errors import ArgumentError, CheckpointError, DownloadError
+from rwkv_np.training import checkpoint as ckpt
+from rwkv_np.training import data as D
+from rwkv_np.training import init, model, optim, run
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
@@ -23,7 +25,7 @@ def _shakespeare() -> Path:
 
 def _args(**kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    T.add_train_arguments(parser)
+    run.add_train_arguments(parser)
     argv = []
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -31,7 +33,7 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def test_init_follows_the_official_recipe():
-    p = T.init_params(3, 16, seed=0)
+    p = init.init_params(3, 16, seed=0)
     assert all(v.dtype == np.float32 for v in p.values())
     assert p["emb.weight"].shape == (256, 16) and np.abs(p["emb.weight"]).max() <= 1e-4
     # decay ramp: raw time_decay from -5 (channel 0) to +3 (last channel) in every block
@@ -56,10 +58,10 @@ def test_training_loss_equals_cross_entropy_of_model_forward():
     from rwkv_np import RWKV
 
     rng = np.random.default_rng(3)
-    params = {k: v + rng.normal(0, 0.2, v.shape).astype(np.float32) for k, v in T.init_params(2, 32, 1).items()}
+    params = {k: v + rng.normal(0, 0.2, v.shape).astype(np.float32) for k, v in init.init_params(2, 32, 1).items()}
     tokens = rng.integers(0, 256, 40)
-    logits_train, loss, _ = T.forward(params, tokens[None, :-1], tokens[None, 1:])
-    logits, _ = RWKV(T.model_ready(params)).forward(tokens[:-1], return_all=True)
+    logits_train, loss, _ = model.forward(params, tokens[None, :-1], tokens[None, 1:])
+    logits, _ = RWKV(ckpt.model_ready(params)).forward(tokens[:-1], return_all=True)
     z = logits.astype(np.float64)
     lse = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
     ce = float(np.mean(lse - z[np.arange(39), tokens[1:]]))
@@ -70,50 +72,63 @@ def test_training_loss_equals_cross_entropy_of_model_forward():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    lrs = [T.lr_at(s, 1e-3, 10, 100, 0.1) for s in range(100)]
+    lrs = [optim.lr_at(s, 1e-3, 10, 100, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert T.lr_at(100, 1e-3, 10, 100, 0.1) == pytest.approx(1e-4)
+    assert optim.lr_at(100, 1e-3, 10, 100, 0.1) == pytest.approx(1e-4)
 
 
 def test_clip_grads_bounds_the_global_norm():
     g = {"a": np.full(3, 4.0), "b": np.full(1, 2.0)}  # norm sqrt(48 + 4) ~ 7.2
-    assert T.clip_grads(g, 1.0) == pytest.approx(math.sqrt(52))
+    assert optim.clip_grads(g, 1.0) == pytest.approx(math.sqrt(52))
     assert math.sqrt(sum((v ** 2).sum() for v in g.values())) == pytest.approx(1.0)
 
 
 def test_short_run_lowers_the_loss():
-    train, held = T.load_bytes(_shakespeare())
-    params = T.init_params(2, 32, seed=0)
-    opt = T.AdamW(params)
-    before = T.evaluate(params, held, 32, max_windows=16)
+    train, held = D.load_bytes(_shakespeare())
+    assert train.dtype == np.uint8 and held.dtype == np.uint8  # bytes are not widened in memory
+    params = init.init_params(2, 32, seed=0)
+    opt = optim.AdamW(params)
+    before = model.evaluate(params, held, 32, max_windows=16)
     losses = []
     for step in range(40):
-        x, y = T.get_batch(train, 8, 32, np.random.default_rng([0, step]))
-        loss, grads = T.loss_and_grads(params, x, y)
-        T.clip_grads(grads, 1.0)
-        opt.step(params, grads, T.lr_at(step, 3e-3, 5, 40))
+        x, y = D.get_batch(train, 8, 32, np.random.default_rng([0, step]))
+        loss, grads = model.loss_and_grads(params, x, y)
+        optim.clip_grads(grads, 1.0)
+        opt.step(params, grads, optim.lr_at(step, 3e-3, 5, 40))
         losses.append(loss)
-    after = T.evaluate(params, held, 32, max_windows=16)
+    after = model.evaluate(params, held, 32, max_windows=16)
     # untrained: about ln 256 = 5.55 nats (the random orthogonal head adds a little); 40 steps learn at
     # least the byte frequencies (unigram entropy of the text ~3.3 nats)
     assert before > 5.3
     assert np.mean(losses[-5:]) < 3.4 and after < 3.4
 
 
-def test_cli_run_writes_loadable_checkpoint_and_resume_is_exact(tmp_path):
+def test_cli_run_writes_loadable_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
     data = tmp_path / "text.txt"
     data.write_bytes(_shakespeare().read_bytes()[:20000])
-    common = dict(data=data, n_layer=1, n_embd=16, ctx_len=16, batch_size=4, lr=3e-3, warmup=2,
-                  eval_every=3, eval_windows=4)
+    common = dict(data=data, n_layer=1, n_embd=16, ctx_len=16, batch_size=4, lr=3e-3, warmup=2, steps=6,
+                  eval_every=3, eval_windows=4, save_every=2)
     # one uninterrupted run of 6 steps
     full = tmp_path / "full.safetensors"
-    assert T.run_train(_args(out=full, steps=6, save_every=100, **common)) == 0
-    # the same 6 steps as 3 + resume 3
+    assert run.run_train(_args(out=full, **common)) == 0
+    # the same run stopped during step 5 (after the checkpoint of step 4), then resumed
     part = tmp_path / "part.safetensors"
-    assert T.run_train(_args(out=part, steps=3, save_every=100, **common)) == 0
-    assert T.run_train(_args(out=part, steps=6, save_every=100, resume=True, **common)) == 0
-    a, b = T.load_params(full), T.load_params(part)
+    draws = []
+
+    def stop_in_step_5(*a):
+        draws.append(1)
+        if len(draws) == 5:
+            raise KeyboardInterrupt
+        return D.get_batch(*a)
+
+    monkeypatch.setattr(run, "get_batch", stop_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_train(_args(out=part, **common))
+    monkeypatch.undo()
+    assert ckpt.load_params(part)  # the model file of step 4 is there
+    assert run.run_train(_args(out=part, resume=True, **common)) == 0
+    a, b = ckpt.load_params(full), ckpt.load_params(part)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
@@ -125,39 +140,43 @@ def test_cli_run_writes_loadable_checkpoint_and_resume_is_exact(tmp_path):
     steps = [r for r in log if "step" in r and "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert [r["step"] for r in steps if "val_loss" in r] == [3, 6] and steps[-1]["val_full"]
+    # the resumed run's log holds each step once, with the uninterrupted run's losses
+    log2 = [json.loads(line) for line in Path(str(part) + ".log.jsonl").read_text().splitlines()]
+    steps2 = [r for r in log2 if "loss" in r]
+    assert [(r["step"], r["loss"]) for r in steps2] == [(r["step"], r["loss"]) for r in steps]
 
 
 def test_resume_without_checkpoint_and_bad_data_are_clear_errors(tmp_path):
     with pytest.raises(ArgumentError, match="--data .*nope.txt"):
-        T.run_train(_args(data=tmp_path / "nope.txt", out=tmp_path / "m.safetensors", steps=1))
+        run.run_train(_args(data=tmp_path / "nope.txt", out=tmp_path / "m.safetensors", steps=1))
     data = tmp_path / "t.txt"
     data.write_bytes(b"hello world " * 200)  # 2400 bytes: a 240-byte held-out split fits ctx 128
-    with pytest.raises(ArgumentError, match="--resume"):
-        T.run_train(_args(data=data, out=tmp_path / "m.safetensors", steps=1, resume=True))
+    with pytest.raises(ArgumentError, match="--resume: no training checkpoint .*m.safetensors.ckpt"):
+        run.run_train(_args(data=data, out=tmp_path / "m.safetensors", steps=1, resume=True))
     with pytest.raises(ArgumentError, match="--n-embd"):
-        T.run_train(_args(data=data, n_embd=0))
+        run.run_train(_args(data=data, n_embd=0))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
-        T.load_params(bad)
+        ckpt.load_params(bad)
 
 
 def test_default_data_offline_raises_download_error_naming_the_path(tmp_path, monkeypatch):
     target = tmp_path / "cache" / "tinyshakespeare.txt"
-    monkeypatch.setattr(T, "SHAKESPEARE_CACHE", target)
+    monkeypatch.setattr(D, "SHAKESPEARE_CACHE", target)
 
     def offline(*a, **k):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(T.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(D.urllib.request, "urlopen", offline)
     with pytest.raises(DownloadError, match=str(target)):
-        T.default_data_path()
+        D.default_data_path()
     target.parent.mkdir(parents=True)
     target.write_bytes(b"cached")
-    assert T.default_data_path() == target
+    assert D.default_data_path() == target
 
 
-ASSET = Path(T.__file__).resolve().parent / "assets" / "rwkv4-shakespeare.safetensors"
+ASSET = Path(run.__file__).resolve().parents[1] / "assets" / "rwkv4-shakespeare.safetensors"
 
 
 def test_shipped_model_is_small_float16_and_trained():
@@ -171,8 +190,8 @@ def test_shipped_model_is_small_float16_and_trained():
     assert all(v.dtype == np.float16 for v in raw.values())
     assert "blocks.0.att.time_decay" in raw and raw["emb.weight"].shape == (256, meta["n_embd"])
     assert sum(v.size for v in raw.values()) == meta["n_params"]
-    assert meta["held_out_loss"] <= 1.60 and meta["training_data"]["sha256"] == T.SHAKESPEARE_SHA256
+    assert meta["held_out_loss"] <= 1.60 and meta["training_data"]["sha256"] == D.SHAKESPEARE_SHA256
     # a 2 KB slice of the held-out text: the recorded loss is the mean over 111 KB, slices vary by
     # about +-0.15, so 1.8 separates a trained model from an untrained one (5.5) with room to spare
-    _, held = T.load_bytes(_shakespeare())
-    assert T.evaluate(T.load_params(ASSET), held, 256, max_windows=8) < 1.8
+    _, held = D.load_bytes(_shakespeare())
+    assert model.evaluate(ckpt.load_params(ASSET), held, 256, max_windows=8) < 1.8

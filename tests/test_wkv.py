@@ -6,7 +6,7 @@ import pytest
 
 from rwkv_np import kernels as K
 from rwkv_np.wkv import exponents, implied_attention, wkv_naive
-from rwkv_np.wkv_grad import wkv_forward
+from rwkv_np.training.wkv_grad import wkv_forward
 
 from _eq14 import empty_state, reference_wkv
 
@@ -65,12 +65,12 @@ def test_compiled_step_equals_the_formula():
     # inputs rounded to float32 (relative eps/2: the weights e^k move by |k| eps/2), arithmetic in
     # float64, result rounded to float32: |v| <= ~4, |k| <= ~4, so within ~(4 + 4) * 4 eps
     np.testing.assert_allclose(compiled, naive, rtol=0, atol=32 * F32_EPS)
-    # the trainer's forward runs the same compiled step over (B, T, C), in the inputs' dtype
-    y, (q, d) = wkv_forward(w, u, k[None], v[None])
-    np.testing.assert_allclose(y[0], naive, rtol=1e-13, atol=1e-13)
+    # the trainer's forward runs the same compiled step over (T, B, C), in the inputs' dtype
+    y, (q, d) = wkv_forward(w, u, k[:, None], v[:, None])
+    np.testing.assert_allclose(y[:, 0], naive, rtol=1e-13, atol=1e-13)
     # its saves: the denominator of eq. 14 at the exponent q, so d e^q is the plain sum of weights
     plain = np.array([np.exp(exponents(w, u, k, t)).sum(0) for t in range(64)])
-    np.testing.assert_allclose(d[0] * np.exp(q[0]), plain, rtol=1e-12)
+    np.testing.assert_allclose(d[:, 0] * np.exp(q[:, 0]), plain, rtol=1e-12)
 
 
 def test_states_of_reference_and_compiled_agree():
