@@ -258,7 +258,7 @@ def from_rwkv_cpp(flat: dict, version: str, source: str = "the rwkv.cpp file") -
 
 
 def load_rwkv_cpp(path) -> tuple[str, dict]:
-    """(version, params) from an rwkv.cpp FP32 or FP16 file of a later version, for the references.
+    """(version, params) from an rwkv.cpp FP32 or FP16 file (any version), for the references.
 
     Read through rwkv_np.loading (the one hardened reading path: its readers, limits, checks and
     errors naming the file), then nested for the references; ln_x's epsilon is rwkv.cpp's
@@ -269,7 +269,4 @@ def load_rwkv_cpp(path) -> tuple[str, dict]:
     c = checkpoint.config
     if checkpoint.format != "rwkv.cpp":
         raise CheckpointError(f"{path}: a {checkpoint.format} checkpoint, not an rwkv.cpp file")
-    if c.version == "4":
-        raise CheckpointError(f"{path}: an RWKV-4 file; rwkv_np.reference takes RWKV-4's weights "
-                              "(rwkv_np.load_model(path).params)")
-    return c.version, to_params(checkpoint.weights, c.version, str(path), c.ln_x_eps)
+    return c.version, to_params(checkpoint.weights, c.version, str(path), c.ln_x_eps or LN_X_EPS)
