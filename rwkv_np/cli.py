@@ -349,7 +349,7 @@ def run_perplexity(args) -> int:
            f"data: {args.data} from {args.start_fraction:g} of its bytes: {len(data)} bytes, {len(tokens)} tokens\n"
            f"read as: {how}\n"
            f"scored: {r.tokens} tokens, {r.bytes} bytes\n"
-           f"loss: {r.loss_per_token:.4f} nats/token, {r.loss_per_byte:.4f} nats/byte "
+           f"loss: {r.loss_per_token:.5f} nats/token, {r.loss_per_byte:.5f} nats/byte "
            f"({r.loss_per_byte / np.log(2):.4f} bits/byte)\n"
            f"perplexity: {r.perplexity:.4f} (per token)\n"
            f"speed: {r.tokens_per_second:.0f} tokens/s ({r.processed} tokens read in {r.seconds:.2f} s)\n")
