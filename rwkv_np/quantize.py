@@ -61,7 +61,13 @@ def _high_bits(raw: np.ndarray, at: int) -> np.ndarray:
 
 
 def dequantize_blocks(raw: np.ndarray, fmt: str) -> np.ndarray:
-    """Blocks raw (n, BLOCK_BYTES[fmt]) uint8 of ggml format fmt -> their weights, float32 (n, 32)."""
+    """Blocks raw (n, BLOCK_BYTES[fmt]) uint8 of ggml format fmt -> their weights, float32 (n, 32).
+    A NaN or inf scale gives NaN or inf weights, quietly: the loader counts them and names the tensor."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _dequantize(raw, fmt)
+
+
+def _dequantize(raw: np.ndarray, fmt: str) -> np.ndarray:
     d = _fp16(raw, 0)
     if fmt == "Q8_0":
         return raw[:, 2:34].view(np.int8).astype(np.float32) * d
