@@ -407,8 +407,9 @@ def dequantize_into(q, s, out):
     the int8 parallel form's counterpart of widen_into (each product is exact in float32's
     rounding: one rounding, as in quantize.Int8Matrix's own dequantization)."""
     for n in range(q.shape[0]):
+        qn, sn, on = q[n], s[n], out[n]
         for j in range(q.shape[1]):
-            out[n, j] = np.float32(q[n, j]) * s[n, j // QBLOCK]
+            on[j] = np.float32(qn[j]) * sn[j >> 5]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

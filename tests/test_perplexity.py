@@ -145,3 +145,31 @@ def test_shipped_model_held_out_definition():
     assert r.tokens == 6 * 256
     trainer = evaluate(load_params(ASSETS / "rwkv4-shakespeare.safetensors"), held, 256)
     assert r.loss_per_byte == pytest.approx(trainer, abs=1e-5)
+
+
+def test_bpe_text_counts_bytes_per_token(capsys, tmp_path):
+    """A vocab-50277 model reads the text through the GPT-NeoX tokenizer; the per-byte loss divides
+    by the bytes of the scored tokens: all of the text but its first token."""
+    from conftest import TOKENIZER_JSON
+
+    from _writers import write_torch_zip, tiny_weights
+    from rwkv_np.tokenizer import NeoXTokenizer
+
+    tok = NeoXTokenizer(need(TOKENIZER_JSON))
+    write_torch_zip(tmp_path / "m.pth", tiny_weights(C=8, V=50277, F=32))
+    text = "The quick brown fox jumps over the lazy dog.\n" * 6
+    (tmp_path / "t.txt").write_text(text)
+    code, out, _ = _run(capsys, "--model", str(tmp_path / "m.pth"), "--data", str(tmp_path / "t.txt"),
+                        "--tokenizer", str(TOKENIZER_JSON), "--carry-state", "--ctx", "16")
+    ids = tok.encode(text)
+    first = len(tok.decode_bytes(ids[:1]))
+    assert code == 0 and f"{len(ids)} tokens" in out
+    assert f"scored: {len(ids) - 1} tokens, {len(text) - first} bytes" in out
+    per_token, per_byte = _loss(out)
+    assert per_byte == pytest.approx(per_token * (len(ids) - 1) / (len(text) - first), abs=2e-5)
+
+
+def test_generate_quantize_option(capsys):
+    path = need(TORCH_WRITTEN / "small_fp32.pth")
+    assert main(["generate", "hi", "--model", str(path), "-n", "4", "--seed", "0", "--quantize", "int8"]) == 0
+    assert "generated: 4 tokens" in capsys.readouterr().err
