@@ -157,6 +157,30 @@ HELDOUT_MISSING = (f"Held-out text not found: put tiny shakespeare at {CACHED_SH
                    f"by `python -m rwkv_np train`) or at {SHARED_SHAKESPEARE}; skipping the loss measurements.")
 
 
+
+def training_tokens(path: str | Path | None = None) -> np.ndarray | None:
+    """The training part (first 90%) of tiny shakespeare, as byte ids; None when the file is absent."""
+    path = Path(path) if path is not None else heldout_path()
+    if path is None or not path.is_file():
+        return None
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    return data[:int((1 - HELDOUT_FRACTION) * len(data))].astype(np.int64)
+
+
+def unigram_loss(tokens: Sequence[int] | np.ndarray, train: Sequence[int] | np.ndarray, vocab: int = 256) -> float:
+    """Cross-entropy (nats per token) of `tokens` under a unigram model: each token's frequency in `train`,
+    add-one smoothed so that a token unseen in training costs ln(len(train) + vocab), not infinity.
+    The floor a language model must beat: it knows how often each byte occurs and nothing of context."""
+    tokens, train = np.asarray(tokens, np.int64), np.asarray(train, np.int64)
+    if tokens.ndim != 1 or len(tokens) == 0 or train.ndim != 1 or len(train) == 0:
+        raise ArgumentError(f"unigram_loss: tokens and train must be non-empty 1-D id sequences, got shapes "
+                            f"{tokens.shape} and {train.shape}")
+    if min(tokens.min(), train.min()) < 0 or max(tokens.max(), train.max()) >= vocab:
+        raise ArgumentError(f"unigram_loss: ids must lie in [0, {vocab})")
+    counts = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0
+    return float(-np.log(counts[tokens] / counts.sum()).mean())
+
+
 # ---------------------------------------------------------------------------------- loss
 
 def token_losses(model: RWKV, tokens: Sequence[int] | np.ndarray, ctx: int = 256) -> np.ndarray:
@@ -276,6 +300,20 @@ def eq14_compiled(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray) ->
     return wkv_forward(w, u, k[:, None], v[:, None])[0][:, 0]  # the trainer's kernels take (T, B, C)
 
 
+def eq14_weights(w: np.ndarray, u: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Every channel's implied attention at once: (T, T, C) float64, [t, i, c] the weight eq. 14 gives
+    token i in output t of channel c (`implied_attention` for all channels; rows sum to 1). O(T^2 C) memory."""
+    k = np.asarray(k, np.float64)
+    w, u = np.asarray(w, np.float64), np.asarray(u, np.float64)
+    T = len(k)
+    t, i = np.arange(T)[:, None], np.arange(T)[None, :]
+    x = -(t - 1 - i)[..., None] * w + k[None]  # (T, T, C): past exponents (used where i < t)
+    x = np.where((i == t)[..., None], (u + k)[:, None, :], x)  # the current token: u + k_t
+    x = np.where((i > t)[..., None], -np.inf, x)  # the future is masked
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def current_token_share(u: float | np.ndarray, w: float | np.ndarray, n_past: int | np.ndarray) -> np.ndarray:
     """Share of eq. 14's weight the current token gets when all keys are equal:
     e^u / (e^u + sum_{j<n_past} e^{-j w}); broadcasts over its arguments."""
@@ -317,6 +355,76 @@ def layer_param(model: RWKV, name: str) -> np.ndarray:
     """A per-layer vector of every layer, (n_layer, C): name like "att.time_first", "ffn.time_mix_k"."""
     return np.stack([np.asarray(model.weights[f"blocks.{i}.{name}"], np.float64)
                      for i in range(model.config.n_layer)])
+
+
+
+# ---------------------------------------------------------------------------------- initial values
+
+def _init_params_fn():
+    """The trainer's initialisation (the rules named by rwkv_np.schema's Param.init). The one place
+    the notebooks import it from, so that moving the trainer is a one-line change here."""
+    from .training.init import init_params
+
+    return init_params
+
+
+def initial_params(model: RWKV, seed: int = 0) -> dict[str, np.ndarray]:
+    """The weights the trainer would start `model`'s shape from (flat BlinkDL names, float32).
+
+    w, u and the mu are deterministic schedules over (layer, channel); only the matrices depend on seed."""
+    cfg = model.config
+    return _init_params_fn()(cfg.n_layer, cfg.n_embd, seed, vocab=cfg.vocab_size)
+
+
+def initial_layer_param(model: RWKV, name: str) -> np.ndarray:
+    """Like `layer_param` for the trainer's initial values: (n_layer, C) float64."""
+    p = initial_params(model)
+    return np.stack([np.asarray(p[f"blocks.{i}.{name}"], np.float64).reshape(-1)
+                     for i in range(model.config.n_layer)])
+
+
+def init_correlation(model: RWKV, name: str) -> np.ndarray:
+    """Per layer, the Pearson correlation over channels of the trained with the initial values of a
+    per-layer vector (e.g. "att.time_decay"): (n_layer,). NaN where either side is constant."""
+    trained, initial = layer_param(model, name), initial_layer_param(model, name)
+    out = np.full(len(trained), np.nan)
+    for i, (a, b) in enumerate(zip(trained, initial)):
+        if a.std() > 0 and b.std() > 0:
+            out[i] = np.corrcoef(a, b)[0, 1]
+    return out
+
+
+def decay_schedule(n_layer: int, n_embd: int) -> np.ndarray:
+    """The initial raw decay (ln w) as a formula: -5 + 8 (h / (C-1))^(0.7 + 1.3 l / (L-1)), (L, C).
+    Written out here so the notebooks can show it; a test checks it equals the trainer's values."""
+    h = np.arange(n_embd) / max(n_embd - 1, 1)
+    depth = np.arange(n_layer)[:, None] / max(n_layer - 1, 1)
+    return -5 + 8 * h[None] ** (0.7 + 1.3 * depth)
+
+
+# ---------------------------------------------------------------------------------- figures
+
+# One colour per kind of thing, the same in every notebook.
+PALETTE = {
+    "trained": "tab:blue",      # values or losses of the shipped (trained) model
+    "initial": "tab:gray",      # the trainer's initial values
+    "ablated": "tab:red",       # a trained model with a part zeroed or replaced
+    "unigram": "black",         # the unigram baseline
+    "current": "tab:orange",    # the current token (u, its weight)
+    "past": "tab:purple",       # the past (a, b, decayed sums)
+    "rwkv": "tab:blue",         # RWKV's recurrence, in cost plots
+    "attention": "tab:red",     # softmax attention, in cost plots
+    "naive": "tab:green",       # eq. 14 as written
+    "time mixing": "tab:cyan",
+    "channel mixing": "tab:olive",
+}
+
+
+def layer_colors(n_layer: int) -> np.ndarray:
+    """One viridis colour per layer (dark = first, yellow-green = last), the same in every notebook."""
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"](np.linspace(0, 0.85, n_layer))
 
 
 # ---------------------------------------------------------------------------------- cost and size

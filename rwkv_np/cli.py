@@ -85,8 +85,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                                   "from <|endoftext|>; a byte-level model needs text")
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
-                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name: 169m, 430m, 1b5, 3b, 7b, "
-                        "14b (default: the model shipped in rwkv_np/assets/)")
+                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name (see `download --help`: "
+                        "169m ... 14b, rwkv7-world-0.1b, ...) (default: the model shipped in rwkv_np/assets/)")
     p.add_argument("--max-tokens", "-n", type=_int, default=200,
                    help="generate at most this many tokens, 0 to 10^7 (default: %(default)s)")
     p.add_argument("--temperature", "-t", type=float, default=1.0,
@@ -172,11 +172,12 @@ def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
     add_perplexity_arguments(ppl)
     from .download import model_names
 
-    dl = sub.add_parser("download", help="fetch a released RWKV-4 Pile checkpoint into the Hugging Face cache",
-                        description="Download BlinkDL's RWKV-4 Pile checkpoint and the GPT-NeoX-20B tokenizer "
-                                    "into the Hugging Face cache (HF_HOME), checking size and sha256. Afterwards "
-                                    "`generate --model NAME` finds them without network.")
-    dl.add_argument("name", choices=model_names(), help="model size")
+    dl = sub.add_parser("download", help="fetch a released checkpoint into the Hugging Face cache",
+                        description="Download one of BlinkDL's released checkpoints (RWKV-4 Pile with the "
+                                    "GPT-NeoX-20B tokenizer, checking size and sha256; RWKV-4 World, RWKV-7 World "
+                                    "and G1, whose sizes and hashes are not checked) into the Hugging Face cache "
+                                    "(HF_HOME). Afterwards `generate --model NAME` finds them without network.")
+    dl.add_argument("name", choices=model_names(), help="which release: %(choices)s")
     tr = sub.add_parser("train", help="train a small byte-level model (see `train --help`)",
                         description="Train a small byte-level RWKV-4.")
     if with_train:  # imported only for `train`: it is not needed to generate

@@ -1,9 +1,15 @@
-"""Fetching the released RWKV-4 Pile checkpoints into the Hugging Face cache, and finding them offline.
+"""Fetching BlinkDL's released checkpoints into the Hugging Face cache, and finding them offline.
 
-`python -m rwkv_np download 169m` downloads BlinkDL's checkpoint (and the GPT-NeoX-20B tokenizer)
-with huggingface_hub (resumable, with its progress bar) and checks its size and sha256.
-`resolve_model("169m")` then finds the file without any network access; the Hugging Face
-transformers conversion (RWKV/rwkv-4-169m-pile, a folder) is found too if it is in the cache.
+`python -m rwkv_np download 169m` downloads BlinkDL's checkpoint (and, for the Pile models, the
+GPT-NeoX-20B tokenizer) with huggingface_hub (resumable, with its progress bar) and checks its size
+and sha256 where trusted values are known. `resolve_model("169m")` then finds the file without any
+network access; the Hugging Face transformers conversion (RWKV/rwkv-4-169m-pile, a folder) is found
+too if it is in the cache.
+
+Known: the RWKV-4 Pile models (169m ... 14b), and the vocabulary-65536 "World" models of 0.1B to
+1.5B: RWKV-7 World (rwkv7-world-*), RWKV-7 G1 (rwkv7-g1-*) and RWKV-4 World (rwkv4-world-*). Their
+tokenizer is the World tokenizer, whose vocabulary the `rwkv` package ships (world_tokenizer.py), so
+nothing else is downloaded for them.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ class PileCheckpoint:
     filename: str
     size: int | None    # bytes, from the repository's Git LFS pointer
     sha256: str | None  # the LFS object id; None where we have no trusted value
-    hf_repo_id: str     # the Hugging Face transformers conversion of the same weights
+    hf_repo_id: str | None  # the Hugging Face transformers conversion of the same weights, if any
+    tokenizer: str = "neox"  # "neox": GPT-NeoX-20B tokenizer.json (downloaded too); "world": from the rwkv package
 
 
 # The final Pile-trained RWKV-4 checkpoints (332B tokens, ctx 1024). Hashes are the Git LFS
@@ -43,24 +50,56 @@ PILE_MODELS = {
     "14b": PileCheckpoint("BlinkDL/rwkv-4-pile-14b", "RWKV-4-Pile-14B-20230213-8019.pth", None, None,
                           "RWKV/rwkv-4-14b-pile"),
 }
+
+# The vocabulary-65536 "World" models of 0.1B to 1.5B, as BlinkDL's Hugging Face repositories name
+# them (file names as published there and used by the projects that download them). No size or
+# sha256 is given: no value could be checked against the repositories from here, and a wrong one
+# would refuse a good download; the loader's own checks of the file still apply.
+WORLD_MODELS = {
+    "rwkv7-world-0.1b": PileCheckpoint("BlinkDL/rwkv-7-world", "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth",
+                                       None, None, None, "world"),
+    "rwkv7-world-0.4b": PileCheckpoint("BlinkDL/rwkv-7-world", "RWKV-x070-World-0.4B-v2.9-20250107-ctx4096.pth",
+                                       None, None, None, "world"),
+    "rwkv7-world-1.5b": PileCheckpoint("BlinkDL/rwkv-7-world", "RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth",
+                                       None, None, None, "world"),
+    # G1: RWKV-7 trained further on reasoning and instruction data; the g1d release of each size
+    "rwkv7-g1-0.1b": PileCheckpoint("BlinkDL/rwkv7-g1", "rwkv7-g1d-0.1b-20260129-ctx8192.pth", None, None, None,
+                                    "world"),
+    "rwkv7-g1-0.4b": PileCheckpoint("BlinkDL/rwkv7-g1", "rwkv7-g1d-0.4b-20260210-ctx8192.pth", None, None, None,
+                                    "world"),
+    "rwkv7-g1-1.5b": PileCheckpoint("BlinkDL/rwkv7-g1", "rwkv7-g1d-1.5b-20260212-ctx8192.pth", None, None, None,
+                                    "world"),
+    "rwkv4-world-0.1b": PileCheckpoint("BlinkDL/rwkv-4-world", "RWKV-4-World-0.1B-v1-20230520-ctx4096.pth",
+                                       None, None, None, "world"),
+    "rwkv4-world-0.4b": PileCheckpoint("BlinkDL/rwkv-4-world", "RWKV-4-World-0.4B-v1-20230529-ctx4096.pth",
+                                       None, None, None, "world"),
+    "rwkv4-world-1.5b": PileCheckpoint("BlinkDL/rwkv-4-world", "RWKV-4-World-1.5B-v1-fixed-20230612-ctx4096.pth",
+                                       None, None, None, "world"),
+}
 ALIASES = {"1.5b": "1b5", "169M": "169m"}
 
 # BlinkDL's repositories hold only the .pth; the same GPT-NeoX-20B tokenizer is published with the model.
 TOKENIZER_REPOS = (("EleutherAI/gpt-neox-20b", "tokenizer.json"),) + tuple(
-    (c.hf_repo_id, "tokenizer.json") for c in PILE_MODELS.values())
+    (c.hf_repo_id, "tokenizer.json") for c in PILE_MODELS.values() if c.hf_repo_id)
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 NETWORK_TIMEOUT = 10.0  # seconds to wait for the hub's first answer, so a dead network fails fast
 
 
 def model_names() -> list[str]:
-    return list(PILE_MODELS)
+    return list(PILE_MODELS) + list(WORLD_MODELS)
+
+
+def _entry(key: str) -> PileCheckpoint:
+    return PILE_MODELS[key] if key in PILE_MODELS else WORLD_MODELS[key]
 
 
 def canonical_name(name: str) -> str | None:
-    """'169m', '1.5B', ... -> the key of PILE_MODELS, or None when `name` is not one."""
+    """'169m', '1.5B', 'RWKV7-World-1B5', ... -> the key of PILE_MODELS or WORLD_MODELS, or None when `name` is not one."""
     key = ALIASES.get(name, name.lower())
     key = ALIASES.get(key, key)
-    return key if key in PILE_MODELS else None
+    if key.startswith("rwkv") and key.endswith("-1b5"):
+        key = key[:-3] + "1.5b"
+    return key if key in PILE_MODELS or key in WORLD_MODELS else None
 
 
 def is_model_name(name: str) -> bool:
@@ -92,7 +131,7 @@ def cached_tokenizer_path() -> Path | None:
 
 
 def _how_to_get(key: str) -> str:
-    c = PILE_MODELS[key]
+    c = _entry(key)
     url = f"https://huggingface.co/{c.repo_id}/resolve/main/{c.filename}"
     return (f"download it with `python -m rwkv_np download {key}` (it fetches {url} into the Hugging Face "
             f"cache {_cache_dir()}), or fetch that URL by hand, put the file anywhere and pass "
@@ -107,13 +146,13 @@ def resolve_model(name: str) -> Path:
     """
     key = canonical_name(name)
     if key is None:
-        raise DownloadError(f"unknown model name {name!r}: known names are {', '.join(PILE_MODELS)}"
+        raise DownloadError(f"unknown model name {name!r}: known names are {', '.join(model_names())}"
                             f" (or pass a checkpoint file or folder path)")
-    c = PILE_MODELS[key]
+    c = _entry(key)
     path = _cached(c.repo_id, c.filename)
     if path is not None:
         return path
-    config = _cached(c.hf_repo_id, "config.json")
+    config = _cached(c.hf_repo_id, "config.json") if c.hf_repo_id else None
     if config is not None and any(_cached(c.hf_repo_id, f) for f in HF_WEIGHT_FILES):
         return config.parent
     raise DownloadError(f"model {key!r} is not in the local Hugging Face cache: {_how_to_get(key)}")
@@ -174,13 +213,16 @@ def _fetch(repo_id: str, filename: str) -> Path:
 
 
 def download(name: str, *, tokenizer: bool = True) -> Path:
-    """Download (or find already cached) the checkpoint `name` and the tokenizer; verify; return its path."""
+    """Download (or find already cached) the checkpoint `name` and the tokenizer; verify; return its path.
+
+    A World model's tokenizer is not downloaded: its vocabulary comes with the `rwkv` package.
+    """
     key = canonical_name(name)
     if key is None:
-        raise DownloadError(f"unknown model name {name!r}: known names are {', '.join(PILE_MODELS)}")
-    c = PILE_MODELS[key]
+        raise DownloadError(f"unknown model name {name!r}: known names are {', '.join(model_names())}")
+    c = _entry(key)
     path = _cached(c.repo_id, c.filename)  # already there: no network needed
-    need_tokenizer = tokenizer and cached_tokenizer_path() is None
+    need_tokenizer = tokenizer and c.tokenizer == "neox" and cached_tokenizer_path() is None
     if path is None or need_tokenizer:
         try:
             _check_network()

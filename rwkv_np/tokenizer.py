@@ -1,6 +1,7 @@
-"""Text <-> token ids: raw UTF-8 bytes (vocab 256) or the GPT-NeoX-20B BPE (vocab 50277).
+"""Text <-> token ids: raw UTF-8 bytes (vocab 256), the GPT-NeoX-20B BPE (vocab 50277) of the
+RWKV-4 Pile models, or the RWKV "World" tokenizer (vocab 65536, world_tokenizer.py).
 
-Both tokenizers decode to *bytes*, not str, so a streaming printer can hold back a multi-byte
+All tokenizers decode to *bytes*, not str, so a streaming printer can hold back a multi-byte
 character split across tokens (`Utf8Stream`) instead of printing garbage.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .errors import ArgumentError, DownloadError
 from .tokenizer_json import ENCODE_BUDGET_BYTES, check_tokenizer_json, read_tokenizer_json
+from .world_tokenizer import VOCAB_FILENAME, WORLD_VOCAB_SIZE, WorldTokenizer
 
 NEOX_VOCAB_SIZE = 50277
 TOKENIZER_FILENAMES = ("20B_tokenizer.json", "tokenizer.json")
@@ -180,23 +182,36 @@ def _find_beside(path: Path) -> Path | None:
     return None
 
 
+def _find_world_vocab(path: Path) -> Path | None:
+    if path.is_file() and path.name == VOCAB_FILENAME:
+        return path
+    folder = path if path.is_dir() else path.parent
+    return folder / VOCAB_FILENAME if (folder / VOCAB_FILENAME).is_file() else None
+
+
 def get_tokenizer(vocab_size: int, tokenizer_path: str | Path | None = None,
                   checkpoint_tokenizer_path: str | Path | None = None):
     """The tokenizer for a model with `vocab_size` tokens.
 
-    vocab 256 -> ByteTokenizer (unless `tokenizer_path` is given). Otherwise a NeoXTokenizer from,
-    in order: `tokenizer_path` (--tokenizer); `checkpoint_tokenizer_path` when it is a .json file, or
-    a 20B_tokenizer.json / tokenizer.json beside that checkpoint file or inside that checkpoint
-    folder; the copy that
-    `python -m rwkv_np download` put into the Hugging Face cache.
+    `tokenizer_path` (--tokenizer), when given, decides: a .txt file is a World vocabulary
+    (rwkv_vocab_v20230424.txt), anything else a tokenizer.json. Otherwise:
+    vocab 256 -> ByteTokenizer; vocab 65536 -> WorldTokenizer, from the rwkv_vocab_v20230424.txt
+    beside the checkpoint (`checkpoint_tokenizer_path`) or inside its folder, else the copy the
+    `rwkv` package ships; any other vocab -> a NeoXTokenizer from, in order: `checkpoint_tokenizer_path`
+    when it is a .json file, or a 20B_tokenizer.json / tokenizer.json beside that checkpoint file or
+    inside that checkpoint folder; the copy that `python -m rwkv_np download` put into the Hugging
+    Face cache.
     """
     if tokenizer_path is not None:
         path = Path(tokenizer_path)
         if not path.exists():
             raise ArgumentError(f"--tokenizer {path}: no such file")
-        tok = NeoXTokenizer(path)
+        tok = WorldTokenizer(path) if path.suffix == ".txt" else NeoXTokenizer(path)
     elif vocab_size == 256:
         return ByteTokenizer()
+    elif vocab_size == WORLD_VOCAB_SIZE:
+        beside = Path(checkpoint_tokenizer_path) if checkpoint_tokenizer_path else None
+        tok = WorldTokenizer(_find_world_vocab(beside) if beside else None)
     else:
         path = _find_beside(Path(checkpoint_tokenizer_path)) if checkpoint_tokenizer_path else None
         if path is None:
@@ -213,7 +228,7 @@ def get_tokenizer(vocab_size: int, tokenizer_path: str | Path | None = None,
     if tok.vocab_size != vocab_size:
         # fewer: ids the model has no row for would fail mid-prompt; more: the model would sample
         # ids the tokenizer cannot print. Either way the two were not made for each other
-        # (a vocab-65536 RWKV-4 "World" model, say, has its own tokenizer, not this one)
+        # (a vocab-65536 "World" model, say, has its own tokenizer, not a NeoX one)
         raise ArgumentError(f"tokenizer file {tok.path}: its vocabulary has {tok.vocab_size} tokens but the "
                             f"model has {vocab_size}: it is not this model's tokenizer (pass the right one with "
                             "--tokenizer)")

@@ -270,3 +270,41 @@ def test_causal_attention_hand_worked_and_timed():
     np.testing.assert_allclose(out, [[0, 1], [1, 2], [2, 3]], atol=1e-15)
     t = A.attention_timings([4, 8], C=2, repeat=1)
     assert t.shape == (2,) and (t > 0).all()
+
+
+def test_unigram_loss_hand_worked():
+    # counts of [0, 0, 1] plus one each: 3 and 2 of 5 -> ln(5/3) and ln(5/2) nats
+    assert A.unigram_loss([0, 1], [0, 0, 1], vocab=2) == pytest.approx((np.log(5 / 3) + np.log(5 / 2)) / 2, rel=1e-12)
+    # an id never seen in training costs ln(len(train) + vocab), finite
+    assert A.unigram_loss([3], [0, 0, 1], vocab=4) == pytest.approx(np.log(7), rel=1e-12)
+    with pytest.raises(ArgumentError, match="ids must lie"):
+        A.unigram_loss([5], [0], vocab=4)
+    with pytest.raises(ArgumentError, match="non-empty"):
+        A.unigram_loss([], [0])
+
+
+def test_initial_params_follow_the_schedule():
+    config = RWKVConfig(n_layer=3, n_embd=8, vocab_size=V, ffn_dim=32)
+    m0 = RWKV(A.initial_params(RWKV(random_weights(config, 0))))
+    # the decay schedule written out in analysis is the trainer's, to float32 rounding of values up to 3
+    np.testing.assert_allclose(A.initial_layer_param(m0, "att.time_decay"), A.decay_schedule(3, 8), atol=5e-7)
+    # a model still at its initial values correlates perfectly with them; noise lowers the correlation
+    np.testing.assert_allclose(A.init_correlation(m0, "att.time_decay"), 1.0, atol=1e-6)
+    w = dict(m0.weights)
+    w["blocks.1.att.time_decay"] = w["blocks.1.att.time_decay"][::-1].copy()  # channels reversed
+    r = A.init_correlation(RWKV(w), "att.time_decay")
+    assert r[0] == pytest.approx(1.0, abs=1e-6) and r[1] < -0.8
+
+
+def test_palette_tells_trained_initial_and_ablated_apart():
+    assert len({A.PALETTE[k] for k in ("trained", "initial", "ablated", "unigram")}) == 4
+    assert A.layer_colors(5).shape == (5, 4)
+
+
+def test_eq14_weights_are_implied_attention_for_every_channel():
+    rng = np.random.default_rng(3)
+    T, C_ = 7, 3
+    w, u, k = np.exp(rng.uniform(-3, 2, C_)), rng.uniform(-2, 2, C_), rng.normal(0, 3, (T, C_))
+    all_w = A.eq14_weights(w, u, k)
+    for c in range(C_):
+        np.testing.assert_allclose(all_w[:, :, c], A.implied_attention(w[c], u[c], k[:, c]), rtol=1e-12, atol=1e-15)

@@ -164,3 +164,69 @@ def test_hub_error_becomes_download_error(hub, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
     with pytest.raises(DownloadError, match=r"could not download .*: ConnectionError: connection reset by peer$"):
         download.download("3b")
+
+
+# --- the World models (vocabulary 65536): RWKV-7 World, RWKV-7 G1, RWKV-4 World ---
+
+WORLD_FILES = {
+    "rwkv7-world-0.1b": ("BlinkDL/rwkv-7-world", "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth"),
+    "rwkv7-world-1.5b": ("BlinkDL/rwkv-7-world", "RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth"),
+    "rwkv7-g1-0.1b": ("BlinkDL/rwkv7-g1", "rwkv7-g1d-0.1b-20260129-ctx8192.pth"),
+    "rwkv7-g1-1.5b": ("BlinkDL/rwkv7-g1", "rwkv7-g1d-1.5b-20260212-ctx8192.pth"),
+    "rwkv4-world-0.4b": ("BlinkDL/rwkv-4-world", "RWKV-4-World-0.4B-v1-20230529-ctx4096.pth"),
+}
+
+
+def test_world_names():
+    names = download.model_names()
+    assert names[:6] == ["169m", "430m", "1b5", "3b", "7b", "14b"]  # the Pile ones first, as before
+    for family, sizes in (("rwkv7-world", ("0.1b", "0.4b", "1.5b")), ("rwkv7-g1", ("0.1b", "0.4b", "1.5b")),
+                          ("rwkv4-world", ("0.1b", "0.4b", "1.5b"))):
+        assert [n for n in names if n.startswith(family + "-")] == [f"{family}-{s}" for s in sizes]
+    assert download.canonical_name("RWKV7-World-1B5") == "rwkv7-world-1.5b"
+    assert download.canonical_name("rwkv7-g1-1b5") == "rwkv7-g1-1.5b"
+    assert download.canonical_name("rwkv7-world-3b") is None
+    for key in download.WORLD_MODELS:
+        entry = download.WORLD_MODELS[key]
+        # no hash could be checked against the hub from here, so none is claimed
+        assert entry.tokenizer == "world" and entry.size is None and entry.sha256 is None
+        assert entry.filename.endswith(".pth") and entry.repo_id.startswith("BlinkDL/")
+
+
+@pytest.mark.parametrize("name", sorted(WORLD_FILES))
+def test_world_model_not_cached_says_where_from(hub, name):
+    repo, filename = WORLD_FILES[name]
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError) as e:
+        download.resolve_model(name)
+    assert time.perf_counter() - t0 < 2
+    msg = str(e.value)
+    assert f"model {name!r} is not in the local Hugging Face cache" in msg
+    assert f"python -m rwkv_np download {name}" in msg
+    assert f"https://huggingface.co/{repo}/resolve/main/{filename}" in msg
+    path = put(hub, repo, filename)
+    assert download.resolve_model(name) == path
+
+
+def test_world_download_offline_fails_at_once(hub):
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"could not download RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth from "
+                                            r"https://huggingface.co/BlinkDL/rwkv-7-world \(HF_HUB_OFFLINE is set\)"):
+        download.download("rwkv7-world-0.1b")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_world_download_fetches_no_neox_tokenizer(hub, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(download, "_check_network", lambda: None)
+    fetched = []
+
+    def fake_hf_hub_download(repo_id, filename, **kwargs):
+        fetched.append((repo_id, filename))
+        return str(put(hub, repo_id, filename, b"weights"))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    path = download.download("rwkv7-g1-0.4b")
+    assert fetched == [("BlinkDL/rwkv7-g1", "rwkv7-g1d-0.4b-20260210-ctx8192.pth")]
+    assert path.read_bytes() == b"weights" and download.resolve_model("rwkv7-g1-0.4b") == path
