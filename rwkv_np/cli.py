@@ -85,7 +85,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                                   "from <|endoftext|>; a byte-level model needs text")
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
-                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name (see `download --help`: "
+                        "pytorch_model.bin, rwkv.cpp FP32/FP16/Q8_0/Q5_1/Q5_0/Q4_1/Q4_0), or a downloaded name (see `download --help`: "
                         "169m ... 14b, rwkv7-world-0.1b, ...) (default: the model shipped in rwkv_np/assets/)")
     p.add_argument("--max-tokens", "-n", type=_int, default=200,
                    help="generate at most this many tokens, 0 to 10^7 (default: %(default)s)")
