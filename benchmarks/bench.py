@@ -1,7 +1,14 @@
-"""The performance table of issue 6: rwkv_np on a 169M-shaped RWKV-4 next to this machine's ceilings.
+"""The performance table of issue 6: rwkv_np on a 169M-shaped RWKV-4 next to this machine's ceilings,
+and (issue 12) the same figures for a 169M-class shape of each later version (5.1, 5.2, 6, 7).
 
-    python benchmarks/bench.py               # about 2 minutes on 2 cores
-    python benchmarks/bench.py --threads 1 --quick
+    python benchmarks/bench.py                   # every version: about 8 minutes on 2 cores
+    python benchmarks/bench.py --versions 4      # the RWKV-4 table alone (about 2 minutes)
+    python benchmarks/bench.py --versions 6,7 --threads 1 --quick
+
+The later versions: random weights of a 169M-class shape (12 layers x 768, head size 64, FFN 3072,
+vocab 65536 as the World models, the LoRA ranks of BlinkDL's 0.1B models) written as a float32 .pth
+with BlinkDL's names; generation tok/s against the bandwidth ceiling measured in the same process
+(interleaved_ceiling) and a 512-token prompt, in both forms.
 
 Random weights of the 169M shape (12 layers, 768 channels, FFN 3072, vocab 50277) are saved as real
 checkpoints (fp32 and bf16 .pth, torch.save's zip layout) in a temporary folder. The ceilings are
@@ -21,6 +28,7 @@ rwkv_np.kernels.release_compiler_pages).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -49,6 +57,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 SHAPE = dict(n_layer=12, C=768, F=3072, V=50277)
 MiB = 1 << 20
+LATER = ("5.1", "5.2", "6", "7")
+# the later versions' 169M-class shape (rwkv_np.versions.param_shapes' sizes); LoRA ranks as in
+# BlinkDL's 0.1B RWKV-6 / RWKV-7 World models
+LATER_DIMS = dict(V=65536, C=768, L=12, A=768, F=3072, H=12, N=64, Dm=32, Dd=64, Dw=64, Da=64, Dv=32, Dg=128)
 
 
 # ---- the checkpoints ----------------------------------------------------------------------------
@@ -76,6 +88,36 @@ def write_aligned_torch_zip(path: Path, tensors: dict[str, np.ndarray], dtype: s
             start = f.tell() + 30 + len(name.encode()) + 4  # local header, name, extra field header
             info.extra = struct.pack("<HH", 0x4246, -start % 64) + b"Z" * (-start % 64)
             zf.writestr(info, data)
+
+
+def random_later(version: str, dims: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """A raw BlinkDL state dict of a later version, float32, values in the ranges trained models have
+    (LayerNorm weights near 1, token-shift mixes in (0, 1), decays from slow to fast, matrices with
+    unit-variance outputs), so that the activations stay finite through every layer."""
+    from rwkv_np.versions import param_shapes
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in param_shapes(version, dims).items():
+        end = name.rsplit(".", 1)[-1]
+        if name.endswith(("ln0.weight", "ln1.weight", "ln2.weight", "ln_out.weight", "ln_x.weight")):
+            a = 1 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif end.startswith(("time_mix", "time_maa_", "x_")) and len(shape) == 1:
+            a = rng.uniform(0, 1, shape).astype(np.float32)
+        elif end == "time_decay":
+            a = rng.uniform(-6, 1, shape).astype(np.float32)
+        else:
+            a = rng.standard_normal(shape, dtype=np.float32)
+            a *= np.float32(shape[-1] ** -0.5)
+        out[name] = a
+    return out
+
+
+def write_later_checkpoint(folder: Path, version: str) -> Path:
+    path = folder / f"rwkv{version}-169m-class-random-fp32.pth"
+    write_aligned_torch_zip(path, random_later(version, LATER_DIMS), "float32")
+    os.sync()
+    return path
 
 
 def write_checkpoints(folder: Path) -> dict[str, Path]:
@@ -164,6 +206,10 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
     logits, state = model.forward([0], mode="recurrent")
     res["load_s"] = time.perf_counter() - t0
     res["weight_dtype"] = model.weight_dtype
+    res["version"] = version = model.config.version
+    # bytes read per token: every weight but the embedding (of which one row is read)
+    res["bytes_per_token"] = sum(np.asarray(a).nbytes for n, a in model.weights.items() if n != "emb.weight")
+    res["block_params"] = sum(int(np.prod(np.shape(a))) for n, a in model.weights.items() if n.startswith("blocks."))
     model.warm_up()  # as the command line does: both forms loaded, Numba's compiler code released
     res["load_peak_mib"] = rss("VmHWM")
     rng = np.random.default_rng(0)
@@ -184,10 +230,10 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
         res["gen_best_tok_s"] = 1 / times[0]
         res["gen_peak_mib"] = rss("VmHWM")
         res.update(interleaved_ceiling(model, state, rng, bytes_per_token=weight_bytes(
-            BYTES_PER_ELEMENT[model.weight_dtype])["per_token"]))
-        # rwkv_np/reference.py (NumPy + BLAS matrix-vector products), for comparison
-        from rwkv_np import reference
-        s, params = state.data, model.params
+            BYTES_PER_ELEMENT[model.weight_dtype])["per_token"] if version == "4" else res["bytes_per_token"]))
+        # the version's plain-NumPy reference (NumPy + BLAS matrix-vector products), for comparison
+        reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
+        s, params = (state.data if version == "4" else (state.data, state.wkv)), model.params
         times = []
         for tok in rng.integers(0, SHAPE["V"], 12):
             t = time.perf_counter()
@@ -199,8 +245,8 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
         model.forward(prompt[:16])  # compile / warm
         res["prompt_par_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="parallel"), 3)
         res["prompt_rec_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="recurrent"), 1)
-        if model.weight_dtype == "float32":  # reference.py computes in float32 whatever the weights
-            from rwkv_np import reference
+        if model.weight_dtype == "float32":  # the references compute in float32 whatever the weights
+            reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
             params = model.params
             res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
     return res
@@ -248,12 +294,21 @@ def load(path: str, keep_16bit: bool | str):
     return rwkv_np.load_model(path, keep_16bit=keep_16bit, lazy_embedding=True)
 
 
-def warm_kernel_cache(folder: Path) -> None:
+def warm_kernel_cache(folder: Path, versions=("4",)) -> None:
     """Compile every kernel signature the children use (on a tiny model saved the same way), so
     that their load times are those of any run but the first: Numba caches compiled code on disk."""
     from _writers import tiny_weights
 
     path = folder / "tiny.pth"
+    for version in versions:
+        if version != "4":
+            dims = dict(LATER_DIMS, V=64, C=128, A=128, F=256, L=2, H=2)
+            write_aligned_torch_zip(path, random_later(version, dims), "float32")
+            model = load(str(path), False)
+            model.forward([1, 2], mode="parallel")
+            model.forward([1, 2], mode="recurrent")
+    if "4" not in versions:
+        return
     for dtype, keep in (("float32", False), ("bfloat16", True), ("bfloat16", False), ("bfloat16", "int8")):
         write_aligned_torch_zip(path, tiny_weights(n_layer=2, C=256, V=64, F=1024), dtype)
         model = load(str(path), keep)
@@ -332,25 +387,69 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="BLAS and Numba threads (default 2)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats, naive WKV extrapolated")
+    ap.add_argument("--versions", default="4," + ",".join(LATER), metavar="LIST",
+                    help="comma-separated RWKV versions to measure, of 4, " + ", ".join(LATER) + " (default: all)")
     args = ap.parse_args()
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    unknown = [v for v in versions if v not in ("4",) + LATER]
+    if unknown or not versions:
+        ap.error(f"--versions: {unknown or 'empty'}; expected some of 4, {', '.join(LATER)}")
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rwkv_np_bench_") as tmp:
-        paths = write_checkpoints(Path(tmp))
-        run_child(Path(tmp), False, "warm", args.threads)
+        run_child(Path(tmp), False, "warm:" + ",".join(versions), args.threads)
         ceil = run_child(Path(tmp), False, "ceilings", args.threads, args.quick)
-        runs = {
-            "fp32": run_child(paths["float32"], False, "gen", args.threads),
-            "bf16": run_child(paths["bfloat16"], True, "gen", args.threads),
-            "prompt": run_child(paths["float32"], False, "prompt", args.threads),
-            "bf16_as_fp32": run_child(paths["bfloat16"], False, "gen", args.threads),
-            "int8": run_child(paths["bfloat16"], "int8", "gen", args.threads),
-            "prompt_bf16": run_child(paths["bfloat16"], True, "prompt", args.threads),
-            "prompt_int8": run_child(paths["bfloat16"], "int8", "prompt", args.threads),
-        }
+        runs, later = {}, {}
+        if "4" in versions:
+            paths = write_checkpoints(Path(tmp))
+            runs = {
+                "fp32": run_child(paths["float32"], False, "gen", args.threads),
+                "bf16": run_child(paths["bfloat16"], True, "gen", args.threads),
+                "prompt": run_child(paths["float32"], False, "prompt", args.threads),
+                "bf16_as_fp32": run_child(paths["bfloat16"], False, "gen", args.threads),
+                "int8": run_child(paths["bfloat16"], "int8", "gen", args.threads),
+                "prompt_bf16": run_child(paths["bfloat16"], True, "prompt", args.threads),
+                "prompt_int8": run_child(paths["bfloat16"], "int8", "prompt", args.threads),
+            }
+            for p in paths.values():
+                p.unlink()
+        for version in versions:
+            if version != "4":
+                path = write_later_checkpoint(Path(tmp), version)
+                later[version] = {"gen": run_child(path, False, "gen", args.threads),
+                                  "prompt": run_child(path, False, "prompt", args.threads)}
+                path.unlink()
         # again: how much did the machine's load change meanwhile?
         ceil_after = run_child(Path(tmp), False, "ceilings", args.threads, True)
-        wkv = run_child(Path(tmp), False, "wkv", args.threads, args.quick)
-    report(ceil, ceil_after, runs, wkv)
+        wkv = run_child(Path(tmp), False, "wkv", args.threads, args.quick) if "4" in versions else None
+    if runs:
+        report(ceil, ceil_after, runs, wkv)
+    if later:
+        report_later(ceil, ceil_after, later)
+
+
+def report_later(ceil: dict, ceil_after: dict, later: dict) -> None:
+    gf = max(ceil["gflops"], ceil_after["gflops"])
+    d = LATER_DIMS
+    print()
+    print(f"later versions, 169M-class shape: {d['L']} layers x {d['C']}, {d['H']} heads of {d['N']}, FFN {d['F']}, "
+          f"vocab {d['V']}; float32 weights (random, BlinkDL .pth); read bandwidth {ceil['bandwidth']:.1f} GB/s "
+          f"before, {ceil_after['bandwidth']:.1f} GB/s after, matmul {gf:.0f} GFLOP/s")
+    print()
+    print("| version | MiB read per token | generation | ceiling (interleaved) | fraction (range) | "
+          "reference_vN.step | prompt 512, parallel | prompt ceiling | prompt 512, recurrent | reference_vN.forward |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for version, r in later.items():
+        g, p = r["gen"], r["prompt"]
+        ceiling = g["il_bandwidth"] * 1e9 / g["bytes_per_token"]
+        low, high = g["il_fraction_range"]
+        prompt_ceiling = gf * 1e9 / (2 * p["block_params"])
+        print(f"| {version} | {g['bytes_per_token'] / MiB:.0f} | {g['il_tok_s']:.1f} tok/s | {ceiling:.1f} tok/s | "
+              f"{g['il_fraction']:.0%} ({low:.0%}-{high:.0%}) | {g['ref_gen_tok_s']:.1f} tok/s | "
+              f"{p['prompt_par_tok_s']:.0f} tok/s | {prompt_ceiling:.0f} tok/s | {p['prompt_rec_tok_s']:.0f} tok/s | "
+              f"{p['ref_prompt_tok_s']:.0f} tok/s |")
+    print("(generation: each of 7 rounds a 512 MiB matrix-vector product, then 16 steps, in the same process; "
+          "fraction = median over the rounds of each round's own fraction, range in brackets; peak RSS while "
+          + ", ".join(f"{v}: {r['gen']['gen_peak_mib']:.0f} MiB" for v, r in later.items()) + ")")
 
 
 def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
@@ -426,8 +525,8 @@ if __name__ == "__main__":
         i = sys.argv.index("--child")
         where, what, quick = sys.argv[i + 1], sys.argv[i + 3], "--quick" in sys.argv
         keep = "int8" if sys.argv[i + 2] == "int8" else bool(int(sys.argv[i + 2]))
-        if what == "warm":
-            warm_kernel_cache(Path(where))
+        if what.startswith("warm"):
+            warm_kernel_cache(Path(where), what.partition(":")[2].split(",") if ":" in what else ("4",))
             result = {}
         elif what == "ceilings":
             result = ceilings(quick)

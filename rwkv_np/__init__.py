@@ -1,7 +1,8 @@
-"""rwkv_np: RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") in NumPy.
+"""rwkv_np: RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") in NumPy, and its successors
+RWKV-5.1/5.2 ("Eagle"), 6 ("Finch") and 7 ("Goose").
 
-Read rwkv_np/reference.py for the network itself (plain NumPy, both forms); rwkv_np.RWKV (engine.py)
-computes the same thing fast.
+Read rwkv_np/reference.py for the network itself (plain NumPy, both forms), reference_v5/6/7.py for the
+later versions; rwkv_np.RWKV (engine.py, engine_later.py) computes the same thing fast.
 
     import rwkv_np
     model = rwkv_np.load_model("path/to/RWKV-4-Pile-169M.pth")
@@ -38,10 +39,12 @@ def __getattr__(name: str):
 
 def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
                quantize: str | None = None) -> "RWKV":
-    """Load an RWKV-4 checkpoint: a BlinkDL .pth, a Hugging Face folder or file (safetensors or
+    """Load an RWKV checkpoint: a BlinkDL .pth, a Hugging Face RWKV-4 folder or file (safetensors or
     pytorch_model.bin), an rwkv.cpp file (FP32, FP16, or quantized: Q4_0, Q4_1, Q5_0, Q5_1 and
     Q8_0, dequantized exactly as ggml defines them), or a name such as "169m" that was downloaded
-    with `python -m rwkv_np download 169m`. The format is detected from the bytes.
+    with `python -m rwkv_np download 169m`. The format is detected from the bytes, the RWKV version
+    from the tensor names: `model.config.version` is "4", "5.1", "5.2", "6" or "7" (the later
+    versions from BlinkDL .pth / .safetensors with BlinkDL's names and rwkv.cpp files).
 
     keep_16bit: keep bf16/fp16 matrices as stored (half the memory, about twice the generation
         speed); arithmetic stays float32 and the results equal those of the widened weights.
@@ -51,7 +54,7 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
         per block of 32 weights along each row, q in [-127, 127] int8 with one float32 scale
         max|w| / 127 per block (1.125 bytes per weight; each weight within 1/254 of its block's
         largest magnitude). The compiled kernels read the int8 weights directly. A Q8_0 rwkv.cpp
-        file is taken as stored (its blocks are this scheme with fp16 scales).
+        file is taken as stored (its blocks are this scheme with fp16 scales). RWKV-4 only.
     """
     from .loading import load_checkpoint
 

@@ -1,17 +1,23 @@
-"""The shape of an RWKV-4 network."""
+"""The shape of an RWKV network (RWKV-4, or one of the later versions 5.1, 5.2, 6, 7)."""
 
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class RWKVConfig:
-    """Sizes of an RWKV-4 model, read off its weights.
+    """Sizes of an RWKV model, read off its weights.
 
     n_layer:    number of blocks
     n_embd:     channels C of the residual stream
     vocab_size: rows of the embedding and of the head
     ffn_dim:    hidden width of channel mixing (4 * n_embd in the released models)
-    layer_norm_eps: LayerNorm epsilon (1e-5 in every RWKV-4 checkpoint)
+    layer_norm_eps: LayerNorm epsilon (1e-5 in every released checkpoint)
+    version:    "4", "5.1", "5.2", "6" or "7" (rwkv_np.versions.detect_version)
+    From version 5 on (0 / () for RWKV-4):
+    n_head, head_size: the attention width n_head * head_size split into heads (matrix state per head)
+    ln_x_eps:   epsilon of ln_x, the per-head GroupNorm (rwkv_np.versions says why it depends on the file)
+    lora:       the low-rank sizes, as ((name, rank), ...): RWKV-6 "Dm" (token shift), "Dd" (decay);
+                RWKV-7 "Dw" (decay), "Da" (in-context rate), "Dv" (value residual), "Dg" (gate)
     """
 
     n_layer: int
@@ -19,9 +25,34 @@ class RWKVConfig:
     vocab_size: int
     ffn_dim: int
     layer_norm_eps: float = 1e-5
+    version: str = "4"
+    n_head: int = 0
+    head_size: int = 0
+    ln_x_eps: float = 0.0
+    lora: tuple = ()
+
+    @property
+    def att_dim(self) -> int:
+        """Width A of r, k, v (n_embd in RWKV-4; n_head * head_size after it)."""
+        return self.n_head * self.head_size if self.version != "4" else self.n_embd
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The sizes rwkv_np.versions.param_shapes is written in."""
+        d = {"V": self.vocab_size, "C": self.n_embd, "L": self.n_layer, "A": self.att_dim, "F": self.ffn_dim}
+        if self.version != "4":
+            d.update(H=self.n_head, N=self.head_size)
+        d.update(dict(self.lora))
+        return d
 
     @property
     def n_params(self) -> int:
-        from .schema import n_params
+        if self.version == "4":
+            from .schema import n_params
 
-        return n_params(self)
+            return n_params(self)
+        from math import prod
+
+        from .versions import param_shapes
+
+        return sum(prod(s) for s in param_shapes(self.version, self.dims).values())

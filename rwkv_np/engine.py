@@ -48,6 +48,21 @@ class RWKV:
     #: bounded however long the prompt; the state carries everything across chunk borders.
     chunk_size: int = 1024
 
+    def __new__(cls, weights=None, config: RWKVConfig | None = None):
+        # RWKV(weights[, config]) of a later version (5.1, 5.2, 6, 7) is engine_later's model
+        if cls is RWKV and weights is not None:
+            if config is not None:
+                version = config.version
+            else:
+                from .versions import detect_version
+
+                version = detect_version(weights)
+            if version != "4":
+                from .engine_later import LaterRWKV
+
+                return super().__new__(LaterRWKV)
+        return super().__new__(cls)
+
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):
         self.config = config or schema.config_from_weights(weights)
         self.weights = weights

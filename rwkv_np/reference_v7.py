@@ -92,7 +92,7 @@ def time_mixing(x, x_prev, S, v_first,
     k = xk @ key.T  # (T, A)
     v = xv @ value.T  # (T, A)
     # w_t = exp(-e^{-0.5} sigmoid(d_t)),  d_t = w0 + tanh(x^d_t A_d) B_d
-    w = np.exp(-np.exp(-0.5) * sigmoid(w0 + np.tanh(xw @ w1) @ w2))  # (T, A)
+    w = np.exp(-np.exp(np.float32(-0.5)) * sigmoid(w0 + np.tanh(xw @ w1) @ w2))  # (T, A)
     # a_t = sigmoid(a0 + x^a_t A_a B_a): the in-context learning rate, in (0, 1)
     a = sigmoid(a0 + (xa @ a1) @ a2)  # (T, A)
     # g_t = sigmoid(x^g_t A_g) B_g

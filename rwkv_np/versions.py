@@ -9,12 +9,9 @@ reference. rwkv.cpp's converter stored some tensors transformed; `from_rwkv_cpp`
 """
 
 import re
-from pathlib import Path
-
 import numpy as np
 
 from .errors import CheckpointError
-from .formats import BadFile, read_rwkv_cpp
 
 VERSIONS = ("4", "5.1", "5.2", "6", "7")
 LN_EPS = 1e-5  # every LayerNorm of every version (ln0, ln1, ln2, ln_out)
@@ -40,16 +37,17 @@ def detect_version(names) -> str:
 
 
 def _dims(flat: dict, version: str, source: str) -> dict[str, int]:
-    """The sizes the shape table is written in, read off a few tensors (checked there afterwards)."""
+    """The sizes the shape table is written in, read off a few tensors (checked there afterwards).
+    flat: {name: anything with a .shape} (arrays, or the loaders' lazy tensors)."""
     def shape(name: str, ndim: int | None) -> tuple[int, ...]:
         """The shape of tensor `name` without its size-1 axes (as stored when ndim is None)."""
         if name not in flat:
             raise CheckpointError(f"{source}: missing tensor {name} (RWKV-{version})")
         if ndim is None:
-            return np.shape(flat[name])
-        s = tuple(d for d in np.shape(flat[name]) if d != 1) or (1,)
+            return tuple(flat[name].shape)
+        s = tuple(d for d in flat[name].shape if d != 1) or (1,)
         if len(s) != ndim:
-            raise CheckpointError(f"{source}: tensor {name} has shape {np.shape(flat[name])}, expected "
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(flat[name].shape)}, expected "
                                   f"{ndim} axes of size > 1")
         return s
 
@@ -87,6 +85,11 @@ def param_shapes(version: str, d: dict[str, int]) -> dict[str, tuple[int, ...]]:
     squeezed; Linear weights (out, in) as in PyTorch; LoRA matrices (in, out), used as x @ A).
     d: the sizes V (vocab), C (width), L (layers), A (attention width), F (FFN width), H, N (heads,
     head size), Dm, Dd (v6 LoRA ranks), Dw, Da, Dv, Dg (v7 LoRA ranks)."""
+    if version == "4":  # RWKV-4's table is rwkv_np.schema's
+        from .config import RWKVConfig
+        from .schema import shapes as schema_shapes
+
+        return schema_shapes(RWKVConfig(n_layer=d["L"], n_embd=d["C"], vocab_size=d["V"], ffn_dim=d["F"]))
     V, C, L, A, F = d["V"], d["C"], d["L"], d["A"], d["F"]
     H, N = d.get("H"), d.get("N")
     shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
@@ -98,14 +101,11 @@ def param_shapes(version: str, d: dict[str, int]) -> dict[str, tuple[int, ...]]:
              "att.output.weight": (C, A), "ffn.key.weight": (F, C), "ffn.value.weight": (C, F)}
         if version != "7":
             s.update({"ffn.receptance.weight": (C, C)})
-        if version in ("4", "5.1", "5.2"):
+        if version in ("5.1", "5.2"):
             s.update({"att.time_mix_k": (C,), "att.time_mix_v": (C,), "att.time_mix_r": (C,),
                       "ffn.time_mix_k": (C,), "ffn.time_mix_r": (C,)})
-        if version != "4":
-            s.update({"att.ln_x.weight": (A,), "att.ln_x.bias": (A,)})
-        if version == "4":
-            s.update({"att.time_decay": (C,), "att.time_first": (C,)})
-        elif version == "5.1":
+        s.update({"att.ln_x.weight": (A,), "att.ln_x.bias": (A,)})
+        if version == "5.1":
             s.update({"att.time_decay": (H,), "att.time_first": (H,)})
         elif version == "5.2":
             s.update({"att.time_decay": (H, N), "att.time_faaaa": (H, N), "att.time_mix_g": (C,),
@@ -129,6 +129,44 @@ def param_shapes(version: str, d: dict[str, int]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def check_shapes(flat: dict, version: str, source: str = "the weights"):
+    """(dims, {name: shape}) of the later-version checkpoint `flat` ({BlinkDL name: anything with a
+    .shape}, size-1 axes present or not), after checking that it holds exactly the tensors of
+    param_shapes, each of its shape: otherwise a CheckpointError naming the tensor. Nothing is read."""
+    if version not in VERSIONS:
+        raise CheckpointError(f"{source}: RWKV version {version!r} is not one of {VERSIONS}")
+    dims = _dims(flat, version, source)
+    shapes = param_shapes(version, dims)
+    missing = [n for n in shapes if n not in flat]
+    extra = [n for n in flat if n not in shapes]
+    if missing or extra:
+        newer = (" (tensors of a newer architecture than rwkv_np runs, such as RWKV-8?)"
+                 if extra and not missing else "")
+        raise CheckpointError(f"{source}: not an RWKV-{version} checkpoint: missing tensors {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected tensors {extra[:5]}"
+                              f"{' ...' if len(extra) > 5 else ''}{newer}")
+    for name, shape in shapes.items():
+        found = tuple(flat[name].shape)
+        if tuple(x for x in found if x != 1) != tuple(x for x in shape if x != 1):
+            raise CheckpointError(f"{source}: tensor {name} has shape {found}, expected {shape} "
+                                  f"for RWKV-{version}")
+    return dims, shapes
+
+
+def config_from_weights(flat: dict, version: str | None = None, ln_x_eps: float = LN_X_EPS,
+                        source: str = "the weights"):
+    """The RWKVConfig of a flat {BlinkDL name: array} dict of any version (shapes checked)."""
+    from .config import RWKVConfig
+
+    version = version or detect_version(flat)
+    dims, _ = check_shapes(flat, version, source)
+    lora = tuple((k, dims[k]) for k in ("Dm", "Dd", "Dw", "Da", "Dv", "Dg") if k in dims)
+    if version == "4":
+        return RWKVConfig(n_layer=dims["L"], n_embd=dims["C"], vocab_size=dims["V"], ffn_dim=dims["F"])
+    return RWKVConfig(n_layer=dims["L"], n_embd=dims["C"], vocab_size=dims["V"], ffn_dim=dims["F"],
+                      version=version, n_head=dims["H"], head_size=dims["N"], ln_x_eps=ln_x_eps, lora=lora)
+
+
 def to_params(flat: dict, version: str | None = None, source: str = "the weights",
               ln_x_eps: float = LN_X_EPS) -> dict:
     """The nested float32 params dict the references take, from a flat {BlinkDL name: array} dict.
@@ -139,21 +177,10 @@ def to_params(flat: dict, version: str | None = None, source: str = "the weights
     "weight" dropped from Linear names (att["key"]) and LayerNorms as {"weight", "bias", "eps"}
     (ln_x's eps: ln_x_eps)."""
     version = version or detect_version(flat)
-    if version not in VERSIONS:
-        raise CheckpointError(f"{source}: RWKV version {version!r} is not one of {VERSIONS}")
-    shapes = param_shapes(version, _dims(flat, version, source))
-    missing = [n for n in shapes if n not in flat]
-    extra = [n for n in flat if n not in shapes]
-    if missing or extra:
-        raise CheckpointError(f"{source}: not an RWKV-{version} checkpoint: missing tensors {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}, unexpected tensors {extra[:5]}"
-                              f"{' ...' if len(extra) > 5 else ''}")
+    _, shapes = check_shapes(flat, version, source)
     arrays = {}
     for name, shape in shapes.items():
         a = np.asarray(flat[name])
-        if tuple(x for x in a.shape if x != 1) != tuple(x for x in shape if x != 1):
-            raise CheckpointError(f"{source}: tensor {name} has shape {a.shape}, expected {shape} "
-                                  f"for RWKV-{version}")
         if not np.issubdtype(a.dtype, np.floating):
             raise CheckpointError(f"{source}: tensor {name} has dtype {a.dtype}, expected floating point")
         arrays[name] = np.ascontiguousarray(a.reshape(shape), dtype=np.float32)
@@ -231,27 +258,15 @@ def from_rwkv_cpp(flat: dict, version: str, source: str = "the rwkv.cpp file") -
 
 
 def load_rwkv_cpp(path) -> tuple[str, dict]:
-    """(version, params) from an rwkv.cpp FP32 or FP16 file, for the references.
+    """(version, params) from an rwkv.cpp FP32 or FP16 file (any version), for the references.
 
-    Reads the whole file (these are small reference checks; `rwkv_np.load_model` is the loader for
-    real use). ln_x's epsilon is rwkv.cpp's (LN_X_EPS_RWKV_CPP). Every problem is a CheckpointError
-    naming the file."""
-    path = Path(path)
-    try:
-        buf = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    try:
-        tensors, header = read_rwkv_cpp(buf)
-    except BadFile as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    flat = {name: t.read() for name, t in tensors.items()}
-    version = detect_version(flat)
-    params = to_params(from_rwkv_cpp(flat, version, str(path)), version, str(path),
-                       LN_X_EPS_RWKV_CPP.get(version, LN_X_EPS))
-    V, C = params["emb"].shape
-    found = {"n_vocab": V, "n_embd": C, "n_layer": len(params["blocks"])}
-    for key, value in found.items():
-        if header[key] != value:
-            raise CheckpointError(f"{path}: the header says {key}={header[key]} but the tensors have {value}")
-    return version, params
+    Read through rwkv_np.loading (the one hardened reading path: its readers, limits, checks and
+    errors naming the file), then nested for the references; ln_x's epsilon is rwkv.cpp's
+    (LN_X_EPS_RWKV_CPP). Every problem is a CheckpointError naming the file."""
+    from .loading import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    c = checkpoint.config
+    if checkpoint.format != "rwkv.cpp":
+        raise CheckpointError(f"{path}: a {checkpoint.format} checkpoint, not an rwkv.cpp file")
+    return c.version, to_params(checkpoint.weights, c.version, str(path), c.ln_x_eps or LN_X_EPS)

@@ -108,3 +108,80 @@ def test_wkv_backward_matches_finite_differences(key_scale, u_scale):
     assert all(np.isfinite(g).all() for g in g32)
     # inputs rounded to float32 (rel 6e-8) move exponents of size 100 by ~6e-6: y moves by about that
     np.testing.assert_allclose(y32, y, rtol=0, atol=1e-4 if key_scale > 1 else 1e-5)
+
+
+# ------------------------------------------------------------------ the variants of the ablations
+
+from rwkv_np.training.variant import Variant  # noqa: E402
+
+_MU = ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r")
+VARIANTS = {
+    "mu=1 frozen, u=0 frozen": Variant(set_to=tuple((n, 1.0) for n in _MU) + (("att.time_first", 0.0),),
+                                       frozen=_MU + ("att.time_first",)),
+    "decay tied": Variant(tied=("att.time_decay",)),
+    "decay frozen": Variant(frozen=("att.time_decay",)),
+    "channel mixing first": Variant(sublayers=("ffn", "att")),
+    "no channel mixing": Variant(sublayers=("att",)),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_gradients_match_finite_differences(name):
+    # As above (float64, h = 1e-5, the init plus noise), for the variant's free parameters: every entry
+    # of every block vector, and entries of each matrix. A tied vector is one parameter: moving all its
+    # channels together by h must change the loss by the gradient each channel holds (the sum).
+    # Frozen and unused parameters must get exactly zero.
+    v = VARIANTS[name]
+    rng = np.random.default_rng(5)
+    params = v.init({k: a.astype(np.float64) + (rng.normal(0, 0.3, a.shape) if a.ndim == 2 else 0)
+                     for k, a in init_params(2, 6, 0).items()})
+    # the noise makes the zero-initialised projections carry gradient; the block vectors keep the
+    # variant's values (u = 0, mu = 1, equal tied channels) plus their own noise where learned
+    for k, a in params.items():
+        short = k.split(".", 2)[2] if k.startswith("blocks.") else ""
+        if a.ndim == 1 and short not in v.frozen and short not in v.tied:
+            a += rng.normal(0, 0.1, a.shape)
+    idx, targets = rng.integers(0, 256, (2, 2, 5))
+    _, grads = loss_and_grads(params, idx, targets, v)
+    loss = lambda: forward(params, idx, targets, variant=v)[1]  # noqa: E731
+    checked = 0
+    for k, a in params.items():
+        short = k.split(".", 2)[2] if k.startswith("blocks.") else ""
+        if short in v.frozen or short in v.unused():
+            assert not grads[k].any(), k
+            continue
+        if short in v.tied:
+            assert (params[k] == params[k][0]).all() and (grads[k] == grads[k][0]).all(), k
+            a += 1e-5
+            fp = loss()
+            a -= 2e-5
+            fm = loss()
+            a += 1e-5
+            assert abs((fp - fm) / 2e-5 - grads[k][0]) < 1e-6 * max(abs(grads[k][0]), 1e-3), k
+            checked += 1
+            continue
+        if k == "emb.weight":
+            only = lambda i: i[0] == idx[0, 0]  # noqa: E731
+        elif a.ndim == 2:
+            only = lambda i: sum(i) % 5 == 0  # noqa: E731 - a fifth of each matrix
+        else:
+            only = None
+        num = _central_difference(loss, a, 1e-5, only)
+        mask = num != 0
+        assert mask.any(), k
+        assert _rel_err(num[mask], grads[k][mask]) < 1e-6, k
+        checked += mask.sum()
+    assert checked > 200
+
+
+def test_the_default_variant_changes_nothing():
+    # Variant() is the paper's block: the same loss and gradients, bit for bit, as the call without it
+    rng = np.random.default_rng(6)
+    params = {k: a + rng.normal(0, 0.3, a.shape).astype(np.float32) for k, a in init_params(2, 8, 1).items()}
+    idx, targets = rng.integers(0, 256, (2, 3, 7))
+    loss0, g0 = loss_and_grads(params, idx, targets)
+    loss1, g1 = loss_and_grads(params, idx, targets, Variant(sublayers=("att", "ffn"), frozen=(), tied=()))
+    assert loss0 == loss1 and all(np.array_equal(g0[k], g1[k]) for k in g0)
+    copies = {k: g.copy() for k, g in g1.items()}
+    Variant().grads(copies)  # and its gradient filter is the identity
+    assert all(np.array_equal(copies[k], g1[k]) for k in g1)

@@ -210,7 +210,7 @@ def test_folder_with_config_but_no_weights(tmp_path):
     check_error(tmp_path, "neither model.safetensors nor pytorch_model.bin")
 
 
-@pytest.mark.parametrize("model_type, match", [("rwkv5", "RWKV-5/6/7"), ("llama", "model_type 'llama' is not")])
+@pytest.mark.parametrize("model_type, match", [("rwkv5", "'rwkv5': a Hugging Face conversion of a later RWKV"), ("llama", "model_type 'llama' is not")])
 def test_folder_of_another_model(tmp_path, model_type, match):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     check_error(tmp_path, match)
@@ -308,12 +308,18 @@ def test_not_rwkv_at_all(tmp_path):
                 r"no emb.weight .* tensor, so not an RWKV-4 checkpoint \(found: fc.weight\)")
 
 
-@pytest.mark.parametrize("key", ["blocks.0.att.time_faaaa", "blocks.0.att.ln_x.weight", "blocks.0.att.time_maa_x",
-                                 "blocks.0.att.w0", "blocks.0.att.gate.weight"])
-def test_newer_rwkv_versions(tmp_path, key):
+@pytest.mark.parametrize("key, match", [
+    # a marker of a later version: read as that version, whose other tensors are then missing
+    ("blocks.0.att.ln_x.weight", r"not an RWKV-5\.1 checkpoint: missing tensors \['blocks.0.att.ln_x.bias'"),
+    ("blocks.0.att.gate.weight", r"missing tensor blocks.0.att.time_faaaa \(RWKV-5\.2\)"),
+    ("blocks.0.att.time_maa_x", r"missing tensor blocks.0.att.time_faaaa \(RWKV-6\)"),
+    # a later version's tensor without the marker of any version rwkv_np runs
+    ("blocks.0.att.time_faaaa", "has tensors like 'blocks.0.att.time_faaaa', which RWKV-4 does not have"),
+    ("blocks.0.att.w0", "an unknown or newer RWKV that rwkv_np cannot run")])
+def test_newer_rwkv_versions(tmp_path, key, match):
     raw = tiny_weights()
     raw[key] = np.zeros(8, np.float32)
-    check_error(write_pth(tmp_path, raw), "this looks like an RWKV-5/6/7 checkpoint; rwkv_np supports RWKV-4 only")
+    check_error(write_pth(tmp_path, raw), match)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

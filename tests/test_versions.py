@@ -231,7 +231,7 @@ def test_rwkv_cpp_values_the_converter_cannot_write_are_refused():
 
 
 def test_load_rwkv_cpp_missing_file_is_named(tmp_path):
-    with pytest.raises(CheckpointError, match="nope.bin: cannot read the file"):
+    with pytest.raises(CheckpointError, match="nope.bin: no such file or folder"):
         load_rwkv_cpp(tmp_path / "nope.bin")
 
 
@@ -266,3 +266,14 @@ def test_ln_x_epsilon_follows_the_source():
     assert np.abs(logits[-1] - expected).max() > 0.1  # measured: 1.09
     _, params = load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-7v0-834K-FP32.bin"))
     assert params["blocks"][0]["att"]["ln_x"]["eps"] == 64e-5
+
+
+def test_load_rwkv_cpp_reads_rwkv4_too():
+    # RWKV-4 through the same loader: the raw ln w back from rwkv.cpp's -exp(time_decay)
+    from rwkv_np import reference
+
+    version, params = load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-4v0-660K-FP32.bin"))
+    expected = np.fromfile(need(RWKV_CPP / "expected-logits-4v0-660K.bin"), "<f4")
+    assert version == "4" and params["blocks"][0]["att"]["time_decay"].shape == (128,)
+    logits, _ = reference.forward(params, PROMPT)
+    assert abs((logits[-1] - expected).sum()) <= 0.00105

@@ -4,6 +4,8 @@
                    beside each forward, its backward; loss_and_grads, evaluate
     wkv_grad.py    eq. 14's forward scan (the shared compiled step, kernels.wkv_step) and its backward
     init.py        fresh parameters, one rule per row of rwkv_np.schema's table
+    variant.py     architecture variants for retrained ablations (experiments/ablations.py): block
+                   order, sublayers, parameters set, frozen or tied across channels
     optim.py       AdamW, gradient clipping, the learning-rate schedule
     data.py        the training text as bytes, tiny shakespeare by default, random batches
     checkpoint.py  the model file (--out) and the training checkpoint (<out>.ckpt), one atomic unit

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import schema
 from ..reference import layer_norm, mix, sigmoid, token_shift
+from .variant import DEFAULT, Variant
 from .wkv_grad import wkv_backward, wkv_forward
 
 EPS = 1e-5  # LayerNorm epsilon of every RWKV-4 checkpoint
@@ -155,22 +156,38 @@ def channel_mixing_backward(d_out, saved, time_mix_k, time_mix_r, key, receptanc
     return dx, grads
 
 
-def block(x, ln1, att, ln2, ffn):
-    """reference.block from the initial state: x += time_mixing(LN(x)); x += channel_mixing(LN(x))."""
-    dx, s_att = time_mixing(layer_norm(x, **ln1), **att)
-    x1 = x + dx
-    dx, s_ffn = channel_mixing(layer_norm(x1, **ln2), **ffn)
-    return x1 + dx, (x, s_att, x1, s_ffn)
+_SUBLAYERS = {"att": ("ln1", time_mixing, time_mixing_backward),
+              "ffn": ("ln2", channel_mixing, channel_mixing_backward)}
 
 
-def block_backward(d_out, saved, ln1, att, ln2, ffn):
-    x, s_att, x1, s_ffn = saved
-    d_ln2, g_ffn = channel_mixing_backward(d_out, s_ffn, **ffn)
-    d_x1, g_ln2 = layer_norm_backward(d_ln2, x1, **ln2)
-    d1 = d_out + d_x1
-    d_ln1, g_att = time_mixing_backward(d1, s_att, **att)
-    d_x, g_ln1 = layer_norm_backward(d_ln1, x, **ln1)
-    return d1 + d_x, {"ln1": g_ln1, "att": g_att, "ln2": g_ln2, "ffn": g_ffn}
+def block(x, ln1, att, ln2, ffn, sublayers=("att", "ffn")):
+    """reference.block from the initial state: x += time_mixing(LN(x)); x += channel_mixing(LN(x)).
+    `sublayers` (a Variant's) may swap the two or leave out channel mixing; each keeps its LayerNorm."""
+    p = {"ln1": ln1, "att": att, "ln2": ln2, "ffn": ffn}
+    saved = []
+    for name in sublayers:
+        ln, f, _ = _SUBLAYERS[name]
+        dx, s = f(layer_norm(x, **p[ln]), **p[name])
+        saved.append((x, s))
+        x = x + dx
+    return x, saved
+
+
+def block_backward(d_out, saved, ln1, att, ln2, ffn, sublayers=("att", "ffn")):
+    p = {"ln1": ln1, "att": att, "ln2": ln2, "ffn": ffn}
+    g = {}
+    d = d_out
+    for name, (x, s) in zip(reversed(sublayers), reversed(saved)):
+        ln, _, f_backward = _SUBLAYERS[name]
+        d_ln, g[name] = f_backward(d, s, **p[name])
+        d_x, g[ln] = layer_norm_backward(d_ln, x, **p[ln])
+        d = d + d_x
+    for name in ("att", "ffn"):  # a sublayer the variant leaves out: its parameters get zero gradient
+        if name not in g:
+            ln = _SUBLAYERS[name][0]
+            g[name] = {k: np.zeros_like(v) for k, v in p[name].items()}
+            g[ln] = {k: np.zeros_like(v) for k, v in p[ln].items() if k != "eps"}
+    return d, g
 
 
 def cross_entropy(logits, targets):
@@ -189,8 +206,10 @@ def cross_entropy_backward(logp, targets):
 
 # ------------------------------------------------------------------------------ the network
 
-def forward(params: dict, idx: np.ndarray, targets: np.ndarray | None = None, keep: bool = False):
-    """reference.forward over a batch of windows idx (B, T), each from the initial state.
+def forward(params: dict, idx: np.ndarray, targets: np.ndarray | None = None, keep: bool = False,
+            variant: Variant = DEFAULT):
+    """reference.forward over a batch of windows idx (B, T), each from the initial state (with the
+    blocks of `variant`, training/variant.py; the default is the paper's block).
 
     Returns (logits (B, T, V), mean cross-entropy in nats (None without targets), cache for
     `backward` (None unless keep))."""
@@ -200,7 +219,7 @@ def forward(params: dict, idx: np.ndarray, targets: np.ndarray | None = None, ke
     x = layer_norm(x0, **P["ln0"])
     saved = []
     for p in P["blocks"]:
-        x, s = block(x, **p)
+        x, s = block(x, **p, sublayers=variant.sublayers)
         if keep:
             saved.append(s)
     xo = layer_norm(x, **P["ln_out"])
@@ -212,7 +231,7 @@ def forward(params: dict, idx: np.ndarray, targets: np.ndarray | None = None, ke
     cache = None
     if keep:
         cache = {"P": P, "tokens": tokens, "x0": x0, "blocks": saved, "x": x, "xo": xo, "logp": logp,
-                 "targets": targets}
+                 "targets": targets, "variant": variant}
     return logits.transpose(1, 0, 2), loss, cache
 
 
@@ -226,19 +245,25 @@ def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
     d, g["ln_out"] = layer_norm_backward(d_xo, cache["x"], **P["ln_out"])
     g["blocks"] = [None] * len(P["blocks"])
     for i in reversed(range(len(P["blocks"]))):
-        d, g["blocks"][i] = block_backward(d, cache["blocks"][i], **P["blocks"][i])
+        d, g["blocks"][i] = block_backward(d, cache["blocks"][i], **P["blocks"][i],
+                                           sublayers=cache["variant"].sublayers)
     d, g["ln0"] = layer_norm_backward(d, cache["x0"], **P["ln0"])
     g["emb"] = np.zeros_like(P["emb"])
     np.add.at(g["emb"], cache["tokens"].ravel(), d.reshape(-1, d.shape[-1]))  # rows of the tokens read
     return {k: np.asarray(v, dtype=params[k].dtype) for k, v in schema.flatten(g).items()}
 
 
-def loss_and_grads(params: dict, idx: np.ndarray, targets: np.ndarray) -> tuple[float, dict]:
-    _, loss, cache = forward(params, idx, targets, keep=True)
-    return loss, backward(params, cache)
+def loss_and_grads(params: dict, idx: np.ndarray, targets: np.ndarray,
+                   variant: Variant = DEFAULT) -> tuple[float, dict]:
+    """The loss and the gradients of the variant's free parameters (Variant.grads: zero for frozen and
+    unused ones, summed over channels for tied ones)."""
+    _, loss, cache = forward(params, idx, targets, keep=True, variant=variant)
+    grads = backward(params, cache)
+    return loss, grads if variant.is_default else variant.grads(grads)
 
 
-def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None = None, batch: int = 32) -> float:
+def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None = None, batch: int = 32,
+             variant: Variant = DEFAULT) -> float:
     """Mean cross-entropy (nats/byte) over consecutive non-overlapping ctx-windows of data, each from
     the initial state (all windows, or the first max_windows)."""
     n = (len(data) - 1) // ctx
@@ -248,7 +273,7 @@ def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None =
     for s in range(0, n, batch):
         rows = np.arange(s, min(n, s + batch))
         idx = rows[:, None] * ctx + np.arange(ctx)[None, :]
-        _, loss, _ = forward(params, data[idx], data[idx + 1])
+        _, loss, _ = forward(params, data[idx], data[idx + 1], variant=variant)
         total += loss * idx.size
         count += idx.size
     return total / count

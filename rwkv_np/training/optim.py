@@ -33,9 +33,11 @@ class AdamW:
             p -= lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
 
 
-def clip_grads(grads: dict, max_norm: float) -> float:
-    """Scale all gradients so their global L2 norm is at most max_norm; returns the norm before."""
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+def clip_grads(grads: dict, max_norm: float, once: tuple[str, ...] = ()) -> float:
+    """Scale all gradients so their global L2 norm is at most max_norm; returns the norm before.
+    `once` names gradients whose entries are copies of one parameter's (a Variant's tied vectors):
+    they count as that one entry."""
+    norm = math.sqrt(sum(float(g.flat[0]) ** 2 if k in once else float(np.vdot(g, g)) for k, g in grads.items()))
     if max_norm > 0 and norm > max_norm:
         for g in grads.values():
             g *= max_norm / norm
