@@ -261,3 +261,10 @@ def test_int8_state_and_api():
     np.testing.assert_allclose(last, whole, rtol=0, atol=2e-5)
     np.testing.assert_allclose(s.data, s_whole.data, rtol=0, atol=2e-5)
     assert s.data.shape == (2, 5, 48) and s.data.dtype == np.float32
+
+
+def test_int8_is_refused_for_later_versions():
+    path = need(RWKV_CPP / "tiny-rwkv-5v2-730K-FP32.bin")
+    with pytest.raises(CheckpointError, match=r"5v2-730K-FP32.bin: an RWKV-5.2 checkpoint; quantize='int8' is "
+                                              r"implemented for RWKV-4 only"):
+        rwkv_np.load_model(path, quantize="int8")
