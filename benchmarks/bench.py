@@ -129,13 +129,18 @@ def write_checkpoints(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def weight_bytes(bytes_per_matrix_element: int) -> dict[str, int]:
+#: bytes per matrix element of int8 weights: 1, plus a float32 scale per block of 32
+INT8_BYTES = 1 + 4 / 32
+BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": INT8_BYTES}
+
+
+def weight_bytes(bytes_per_matrix_element: float) -> dict[str, int]:
     L, C, F, V = SHAPE["n_layer"], SHAPE["C"], SHAPE["F"], SHAPE["V"]
     block_matrix = 5 * C * C + 2 * C * F
     vectors = L * 11 * C + 4 * C  # the 11 per-channel vectors of rwkv_np.schema.VECTORS, ln0, ln_out
     return {"block_params": L * block_matrix,
-            "all": (2 * V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4,
-            "per_token": (V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4}
+            "all": int((2 * V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4),
+            "per_token": int((V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4)}
 
 
 # ---- ceilings -----------------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def ceilings(quick: bool) -> dict[str, float]:
 
 # ---- the model figures, each in its own process ------------------------------------------------
 
-def child(path: str, keep_16bit: bool, what: str) -> dict:
+def child(path: str, keep_16bit: bool | str, what: str) -> dict:
     """Runs in a fresh process: load, first logits, then `what` ("gen" or "prompt")."""
     status = Path("/proc/self/status")
 
@@ -225,7 +230,7 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         res["gen_best_tok_s"] = 1 / times[0]
         res["gen_peak_mib"] = rss("VmHWM")
         res.update(interleaved_ceiling(model, state, rng, bytes_per_token=weight_bytes(
-            2 if model.weight_dtype != "float32" else 4)["per_token"] if version == "4" else res["bytes_per_token"]))
+            BYTES_PER_ELEMENT[model.weight_dtype])["per_token"] if version == "4" else res["bytes_per_token"]))
         # the version's plain-NumPy reference (NumPy + BLAS matrix-vector products), for comparison
         reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
         s, params = (state.data if version == "4" else (state.data, state.wkv)), model.params
@@ -240,9 +245,10 @@ def child(path: str, keep_16bit: bool, what: str) -> dict:
         model.forward(prompt[:16])  # compile / warm
         res["prompt_par_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="parallel"), 3)
         res["prompt_rec_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="recurrent"), 1)
-        reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
-        params = model.params
-        res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
+        if model.weight_dtype == "float32":  # the references compute in float32 whatever the weights
+            reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
+            params = model.params
+            res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
     return res
 
 
@@ -278,11 +284,13 @@ def interleaved_ceiling(model, state, rng, bytes_per_token: int, rounds: int = 7
             "il_fraction": float(np.median(fractions)), "il_fraction_range": [min(fractions), max(fractions)]}
 
 
-def load(path: str, keep_16bit: bool):
+def load(path: str, keep_16bit: bool | str):
     """rwkv_np.load_model as the command line calls it: the embedding left in the file, and 16-bit
-    matrices kept as stored when keep_16bit."""
+    matrices kept as stored when keep_16bit; keep_16bit "int8": quantized to int8 at load time."""
     import rwkv_np
 
+    if keep_16bit == "int8":
+        return rwkv_np.load_model(path, keep_16bit=True, lazy_embedding=True, quantize="int8")
     return rwkv_np.load_model(path, keep_16bit=keep_16bit, lazy_embedding=True)
 
 
@@ -301,15 +309,16 @@ def warm_kernel_cache(folder: Path, versions=("4",)) -> None:
             model.forward([1, 2], mode="recurrent")
     if "4" not in versions:
         return
-    for dtype, keep in (("float32", False), ("bfloat16", True), ("bfloat16", False)):
+    for dtype, keep in (("float32", False), ("bfloat16", True), ("bfloat16", False), ("bfloat16", "int8")):
         write_aligned_torch_zip(path, tiny_weights(n_layer=2, C=256, V=64, F=1024), dtype)
         model = load(str(path), keep)
         model.forward([1, 2], mode="parallel")
         model.forward([1, 2], mode="recurrent")
 
 
-def run_child(path: Path, keep_16bit: bool, what: str, threads: int, quick: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--threads", str(threads), "--child", str(path), str(int(keep_16bit)), what]
+def run_child(path: Path, keep_16bit: bool | str, what: str, threads: int, quick: bool = False) -> dict:
+    keep = keep_16bit if keep_16bit == "int8" else str(int(keep_16bit))
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--child", str(path), keep, what]
     out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
                          env=os.environ.copy())
     if out.returncode:
@@ -397,6 +406,9 @@ def main() -> None:
                 "bf16": run_child(paths["bfloat16"], True, "gen", args.threads),
                 "prompt": run_child(paths["float32"], False, "prompt", args.threads),
                 "bf16_as_fp32": run_child(paths["bfloat16"], False, "gen", args.threads),
+                "int8": run_child(paths["bfloat16"], "int8", "gen", args.threads),
+                "prompt_bf16": run_child(paths["bfloat16"], True, "prompt", args.threads),
+                "prompt_int8": run_child(paths["bfloat16"], "int8", "prompt", args.threads),
             }
             for p in paths.values():
                 p.unlink()
@@ -454,8 +466,10 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
           f"{ceil['bw_blas']:.1f}, Numba {ceil['bw_numba']:.1f}); float32 matmul {ceil['gflops']:.0f} GFLOP/s (BLAS)")
     print(f"          measured again after the model runs: {ceil_after['bandwidth']:.1f} GB/s, "
           f"{ceil_after['gflops']:.0f} GFLOP/s; the table uses the higher of each: {bw:.1f} GB/s, {gf:.0f} GFLOP/s")
+    b8 = weight_bytes(INT8_BYTES)
     print(f"weights: fp32 {b32['all'] / MiB:.0f} MiB ({b32['per_token'] / MiB:.0f} MiB read per token), "
-          f"bf16 {b16['all'] / MiB:.0f} MiB ({b16['per_token'] / MiB:.0f} MiB per token)")
+          f"bf16 {b16['all'] / MiB:.0f} MiB ({b16['per_token'] / MiB:.0f} MiB per token), "
+          f"int8 {b8['per_token'] / MiB:.0f} MiB per token (scales included; its embedding stays bf16)")
     print()
     print("| figure | rwkv_np | ceiling (same run) | fraction | rwkv_np/reference.py |")
     print("| --- | --- | --- | --- | --- |")
@@ -464,8 +478,10 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
         ref_text = f"{ref:.{digits}f} {unit}" if ref is not None else ""
         print(f"| {name} | {value:.{digits}f} {unit} | {ceiling:.{digits}f} {unit} | {value / ceiling:.0%} | {ref_text} |")
 
+    b8 = weight_bytes(INT8_BYTES)
     for name, r, b, ref in (("generation, float32 weights", fp32, b32, fp32["ref_gen_tok_s"]),
-                            ("generation, bf16 weights kept 16-bit", bf16, b16, None)):
+                            ("generation, bf16 weights kept 16-bit", bf16, b16, None),
+                            ("generation, int8 weights (+ a float32 scale per 32)", runs["int8"], b8, None)):
         ceiling = r["il_bandwidth"] * 1e9 / b["per_token"]
         low, high = r["il_fraction_range"]
         print(f"| {name} | {r['il_tok_s']:.1f} tok/s | {ceiling:.1f} tok/s (interleaved) | {r['il_fraction']:.0%} "
@@ -474,6 +490,11 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
         prompt["ref_prompt_tok_s"], 0)
     print(f"| prompt, 512 tokens, recurrent form | {prompt['prompt_rec_tok_s']:.0f} tok/s | | the parallel form "
           f"is {prompt['prompt_par_tok_s'] / prompt['prompt_rec_tok_s']:.1f}x faster | |")
+    for name in ("bf16", "int8"):
+        r = runs[f"prompt_{name}"]
+        row(f"prompt, 512 tokens, parallel form, {name} weights", r["prompt_par_tok_s"], "tok/s", prompt_ceiling,
+            None, 0)
+        print(f"| prompt, 512 tokens, recurrent form, {name} weights | {r['prompt_rec_tok_s']:.0f} tok/s | | | |")
     for name, r, b in (("fp32", fp32, b32), ("bf16 kept 16-bit", bf16, b16)):
         limit = b["all"] / MiB + 60
         print(f"| peak RSS while generating, {name} | {r['gen_peak_mib']:.0f} MiB | weights + 60 = {limit:.0f} MiB "
@@ -502,7 +523,8 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
 if __name__ == "__main__":
     if "--child" in sys.argv:
         i = sys.argv.index("--child")
-        where, keep, what, quick = sys.argv[i + 1], bool(int(sys.argv[i + 2])), sys.argv[i + 3], "--quick" in sys.argv
+        where, what, quick = sys.argv[i + 1], sys.argv[i + 3], "--quick" in sys.argv
+        keep = "int8" if sys.argv[i + 2] == "int8" else bool(int(sys.argv[i + 2]))
         if what.startswith("warm"):
             warm_kernel_cache(Path(where), what.partition(":")[2].split(",") if ":" in what else ("4",))
             result = {}

@@ -37,9 +37,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rwkv_np' has no attribute {name!r}")
 
 
-def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> "RWKV":
+def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
+               quantize: str | None = None) -> "RWKV":
     """Load an RWKV checkpoint: a BlinkDL .pth, a Hugging Face RWKV-4 folder or file (safetensors or
-    pytorch_model.bin), an rwkv.cpp FP32/FP16 file, or a name such as "169m" that was downloaded
+    pytorch_model.bin), an rwkv.cpp file (FP32, FP16, or quantized: Q4_0, Q4_1, Q5_0, Q5_1 and
+    Q8_0, dequantized exactly as ggml defines them), or a name such as "169m" that was downloaded
     with `python -m rwkv_np download 169m`. The format is detected from the bytes, the RWKV version
     from the tensor names: `model.config.version` is "4", "5.1", "5.2", "6" or "7" (the later
     versions from BlinkDL .pth / .safetensors with BlinkDL's names and rwkv.cpp files).
@@ -48,6 +50,11 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
         speed); arithmetic stays float32 and the results equal those of the widened weights.
     lazy_embedding: leave the embedding in the file and read the rows each forward pass needs
         (it then takes no memory; the file must stay unchanged while the model is in use).
+    quantize: None, or "int8": quantize every matrix but the embedding at load time, symmetric
+        per block of 32 weights along each row, q in [-127, 127] int8 with one float32 scale
+        max|w| / 127 per block (1.125 bytes per weight; each weight within 1/254 of its block's
+        largest magnitude). The compiled kernels read the int8 weights directly. A Q8_0 rwkv.cpp
+        file is taken as stored (its blocks are this scheme with fp16 scales). RWKV-4 only.
     """
     from .loading import load_checkpoint
 
@@ -58,7 +65,7 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
             path = resolve_model(str(path))
     from .engine import RWKV
 
-    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
+    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
     model = RWKV(checkpoint.weights, checkpoint.config)
     model.checkpoint_path = checkpoint.path
     model.checkpoint_format = checkpoint.format

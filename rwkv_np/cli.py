@@ -1,4 +1,4 @@
-"""The `rwkv-np` / `python -m rwkv_np` command line: generate, download, train.
+"""The `rwkv-np` / `python -m rwkv_np` command line: generate, perplexity, download, train.
 
 Errors we raise on purpose (RWKVError) print one line "error: ..." on stderr and exit 2.
 Ctrl-C during generation prints the stats line and exits 130, without a traceback.
@@ -85,7 +85,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                                   "from <|endoftext|>; a byte-level model needs text")
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint file or folder (BlinkDL .pth, Hugging Face folder/safetensors/"
-                        "pytorch_model.bin, rwkv.cpp FP32/FP16), or a downloaded name (see `download --help`: "
+                        "pytorch_model.bin, rwkv.cpp FP32/FP16/Q8_0/Q5_1/Q5_0/Q4_1/Q4_0), or a downloaded name (see `download --help`: "
                         "169m ... 14b, rwkv7-world-0.1b, ...) (default: the model shipped in rwkv_np/assets/)")
     p.add_argument("--max-tokens", "-n", type=_int, default=200,
                    help="generate at most this many tokens, 0 to 10^7 (default: %(default)s)")
@@ -116,15 +116,60 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("parallel", "recurrent"), default="parallel",
                    help="how the prompt is read: parallel (whole prompt at once, fast) or recurrent (token by "
                         "token); same result. New tokens are always one recurrent step each (default: %(default)s)")
+    add_quantize_argument(p)
+
+
+def add_quantize_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8: quantize every matrix but the embedding at load time (symmetric, one float32 "
+                        "scale per block of 32 weights of a row; the kernels read int8): about half the bytes "
+                        "of 16-bit weights per token (default: the weights as stored)")
+
+
+#: the largest --data file `perplexity` reads (it holds the whole text and its tokens in memory)
+MAX_DATA_BYTES = 256 << 20
+
+
+def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="checkpoint file or folder in any supported format, or a downloaded name "
+                        "(default: the model shipped in rwkv_np/assets/)")
+    p.add_argument("--data", required=True, metavar="FILE", help="the text to score (a regular file)")
+    p.add_argument("--from", dest="start_fraction", type=float, default=0.0, metavar="FRACTION",
+                   help="score the file from this fraction of its bytes on: 0.9 is the held-out last 10%% the "
+                        "shipped model was measured on (default: %(default)s, the whole file)")
+    p.add_argument("--ctx", type=_int, default=256,
+                   help="tokens per window, each read from the initial state (default: %(default)s, the shipped "
+                        "model's training context)")
+    p.add_argument("--stride", type=_int, default=None,
+                   help="start a window every STRIDE tokens, scoring only its last STRIDE tokens, so that each "
+                        "has at least ctx - stride tokens of context (default: ctx, consecutive windows that "
+                        "do not overlap, as the shipped model's held-out loss is defined)")
+    p.add_argument("--carry-state", action="store_true",
+                   help="read the whole text as one sequence, the state carried across (as an RNN reads it); "
+                        "--ctx is then only the tokens per forward call")
+    p.add_argument("--max-tokens", type=_int, default=None,
+                   help="use only the first this many tokens of the text (after --from)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer JSON for vocab-50277 models (default: beside the checkpoint, then the Hugging "
+                        "Face cache); byte-level models need none")
+    p.add_argument("--mode", choices=("parallel", "recurrent"), default="parallel",
+                   help="how each window is read; same result (default: %(default)s)")
+    add_quantize_argument(p)
 
 
 def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rwkv-np", description="RWKV-4 language models in NumPy.")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,download,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,perplexity,download,train}")
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
                          description="Continue PROMPT with an RWKV-4 model, streaming text to stdout. At the "
                                      "end one line on stderr gives prompt and generation speed in tokens/s.")
     add_generate_arguments(gen)
+    ppl = sub.add_parser("perplexity", help="loss per token and per byte, and perplexity, of a model on a text",
+                         description="Score a text with a model: mean loss (nats) per token and per byte, "
+                                     "perplexity and tokens/s, like llama.cpp's perplexity tool. A progress bar "
+                                     "goes to stderr, the results to stdout.")
+    add_perplexity_arguments(ppl)
     from .download import model_names
 
     dl = sub.add_parser("download", help="fetch a released checkpoint into the Hugging Face cache",
@@ -152,7 +197,8 @@ def _load(args):
     model_arg = args.model if args.model is not None else default_model_path()
     # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
     # widen each weight exactly to float32, so the numbers equal those of float32 weights
-    model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True)
+    model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True,
+                               quantize=getattr(args, "quantize", None))
     model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):
@@ -230,6 +276,87 @@ def run_generate(args) -> int:
     return code
 
 
+def _read_data(path_text: str, start_fraction: float) -> bytes:
+    path = Path(path_text)
+    if not path_text.strip():
+        raise ArgumentError("--data: an empty path")
+    if not 0.0 <= start_fraction < 1.0:
+        raise ArgumentError(f"--from: a fraction of the file in [0, 1), got {start_fraction}")
+    try:
+        from .files import open_regular
+
+        f, _ = open_regular(path, f"--data {path}")
+        with f:
+            data = f.read(MAX_DATA_BYTES + 1)
+    except OSError as e:
+        raise ArgumentError(f"--data {path}: cannot read it ({e.strerror or e})") from None
+    if len(data) > MAX_DATA_BYTES:
+        raise ArgumentError(f"--data {path}: larger than {MAX_DATA_BYTES >> 20} MiB, the most perplexity reads; "
+                            "pass a part of it")
+    return data[int(start_fraction * len(data)):]
+
+
+def _tokenize(tokenizer, data: bytes):
+    """(token ids, bytes per token id) of the text."""
+    import numpy as np
+
+    from .tokenizer import ByteTokenizer
+
+    if isinstance(tokenizer, ByteTokenizer):
+        return np.frombuffer(data, np.uint8).astype(np.int64), np.ones(256, np.int64)
+    # a BPE tokenizer takes a bounded text at once: pieces of ~64 KB cut after a newline (a token
+    # never spans one there, as the pre-tokenizer splits at whitespace runs ending in a newline)
+    ids, a = [], 0
+    while a < len(data):
+        b = min(len(data), a + (64 << 10))
+        if b < len(data):
+            cut = data.rfind(b"\n", a, b)
+            b = cut + 1 if cut > a else b
+        ids += tokenizer.encode(data[a:b].decode("utf-8", errors="surrogateescape"))
+        a = b
+    lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)], np.int64)
+    return np.array(ids, np.int64), lengths
+
+
+def run_perplexity(args) -> int:
+    import numpy as np
+
+    from . import perplexity as P
+    from .tokenizer import get_tokenizer
+
+    for option, value in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+        if value is not None and not value.strip():
+            raise ArgumentError(f"{option}: an empty path")
+    data = _read_data(args.data, args.start_fraction)
+    with np.errstate(all="ignore"):  # non-finite logits are reported as a ModelError naming the checkpoint
+        model, tokenizer = _load(args)
+        tokens, token_bytes = _tokenize(tokenizer, data)
+        if args.max_tokens is not None:
+            if args.max_tokens < 2:
+                raise ArgumentError(f"--max-tokens: at least 2, got {args.max_tokens}")
+            tokens = tokens[:args.max_tokens]
+        P.plan(len(tokens), args.ctx, args.stride, args.carry_state)  # bad options fail before any work
+        bar = P.ProgressBar(sys.stderr, len(tokens)) if sys.stderr is not None else None
+        r = P.evaluate(model, tokens, token_bytes, ctx=args.ctx, stride=args.stride, carry_state=args.carry_state,
+                       mode=args.mode, progress=bar)
+    name = args.model if args.model is not None else default_model_path().name
+    if args.carry_state:
+        how = f"one sequence, state carried across ({args.ctx} tokens per call)"
+    elif args.stride in (None, args.ctx):
+        how = f"consecutive windows of {args.ctx} tokens, each from the initial state"
+    else:
+        how = f"windows of {args.ctx} tokens from the initial state every {args.stride} (scoring the last {args.stride})"
+    _write(f"model: {name} (weights {model.weight_dtype}, on disk {getattr(model, 'source_dtype', '?')})\n"
+           f"data: {args.data} from {args.start_fraction:g} of its bytes: {len(data)} bytes, {len(tokens)} tokens\n"
+           f"read as: {how}\n"
+           f"scored: {r.tokens} tokens, {r.bytes} bytes\n"
+           f"loss: {r.loss_per_token:.5f} nats/token, {r.loss_per_byte:.5f} nats/byte "
+           f"({r.loss_per_byte / np.log(2):.4f} bits/byte)\n"
+           f"perplexity: {r.perplexity:.4f} (per token)\n"
+           f"speed: {r.tokens_per_second:.0f} tokens/s ({r.processed} tokens read in {r.seconds:.2f} s)\n")
+    return 0
+
+
 def run_download(args) -> int:
     from .download import download
 
@@ -258,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "download":
             return run_download(args)
+        if args.command == "perplexity":
+            short_spin()
+            return run_perplexity(args)
         from .training.run import run_train
 
         return int(run_train(args) or 0)

@@ -23,6 +23,7 @@ from . import kernels as K
 from . import schema
 from .config import RWKVConfig
 from .errors import ArgumentError
+from .quantize import Int8Matrix
 from .reference import AA, ATT_X, BB, FFN_X, PP, layer_norm
 from .state import State, check_forward_output
 
@@ -35,6 +36,9 @@ class RWKV:
     The matrices (emb, head and every projection) may also be 16-bit as stored in a checkpoint:
     float16 arrays, or bfloat16 bit patterns held as uint16 (numpy has no bfloat16). They are
     widened to float32 exactly, element by element, inside the products; vectors are float32.
+    Or every matrix but the embedding may be an rwkv_np.quantize.Int8Matrix (int8 with a float32
+    scale per block of 32 along each row, `load_model(..., quantize="int8")`), read as int8 by the
+    kernels.
 
     `params` is the nested float32 dict that rwkv_np.reference's functions take:
     `reference.forward(model.params, tokens)` computes what `model.forward(tokens, return_all=True)` does.
@@ -67,7 +71,7 @@ class RWKV:
 
     @property
     def weight_dtype(self) -> str:
-        """How the matrices are held in memory: "float32", "bfloat16" or "float16"."""
+        """How the matrices are held in memory: "float32", "bfloat16", "float16" or "int8"."""
         return self._fast.kind
 
     @property
@@ -161,18 +165,23 @@ class _FastWeights:
     """The weights laid out for rwkv_np/kernels.py, and the two forms of the network run with them.
 
     Matrices are not copied: float32 and 16-bit arrays are handed to the kernels as they are (fp16
-    as its int16 bit pattern, since Numba has no float16 on the CPU). Only the per-layer vectors
-    are gathered into one (L, N_VECS, C) table.
+    as its int16 bit pattern, since Numba has no float16 on the CPU); int8 ones as their q and
+    scales arrays. Only the per-layer vectors are gathered into one (L, N_VECS, C) table.
     """
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
         L = config.n_layer
         matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in schema.MATRICES]
-        dtypes = {np.dtype(weights[n].dtype) for n in matrices}
-        kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
-        self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
+        if all(isinstance(weights[n], Int8Matrix) for n in matrices[1:]):
+            self.kind = "int8"  # the embedding, as given, is only read a row at a time
+        else:
+            dtypes = {np.dtype(weights[n].dtype) for n in matrices}
+            kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
+            self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
 
         def stored(a: np.ndarray) -> np.ndarray:
+            if self.kind == "int8":
+                return a if isinstance(a, Int8Matrix) else _as_float32(a)  # embedding rows: float32
             a = np.ascontiguousarray(_as_float32(a) if self.kind == "float32" else a)
             return a.view(np.int16) if a.dtype == np.float16 else a
 
@@ -192,9 +201,18 @@ class _FastWeights:
         self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32).reshape(2, -1)
         self.ln_out = np.stack([weights["ln_out.weight"], weights["ln_out.bias"]]).astype(np.float32)
         self.addr = np.zeros((K.HEAD + 1, L), np.int64)
+        # int8: the scales' addresses; other kinds have none, and point at one float32 never read
+        self._no_scales = np.zeros(1, np.float32)
+        self.saddr = np.full((K.HEAD + 1, L), self._no_scales.ctypes.data, np.int64)
+        int8 = self.kind == "int8"
         for row, n in enumerate(schema.MATRICES):
-            self.addr[row, :L] = [a.ctypes.data for a in self.matrices[n]]
-        self.addr[K.HEAD, 0] = self.head.ctypes.data
+            self.addr[row, :L] = [(a.q if int8 else a).ctypes.data for a in self.matrices[n]]
+            if int8:
+                self.saddr[row, :L] = [a.scales.ctypes.data for a in self.matrices[n]]
+        self.addr[K.HEAD, 0] = (self.head.q if int8 else self.head).ctypes.data
+        if int8:
+            self.saddr[K.HEAD, 0] = self.head.scales.ctypes.data
+        self.like = np.zeros(1, np.int8 if int8 else self.head.dtype)  # the matrices' dtype
         self.eps = config.layer_norm_eps
         self.config = config
         # weights read per token below which the threads' hand-offs (four a layer) cost more
@@ -216,20 +234,23 @@ class _FastWeights:
             step = 256  # tokens per call: their embedding rows are gathered first
             for a in range(0, len(tokens), step):
                 which = K.LOGITS_ALL if return_all else K.LOGITS_LAST if a + step >= len(tokens) else K.LOGITS_NONE
-                K.recurrent_tokens(self.rows(tokens[a:a + step]), self.addr, c.vocab_size, c.ffn_dim, self.ln0,
+                K.recurrent_tokens(self.rows(tokens[a:a + step]), self.like, self.addr, self.saddr, c.vocab_size, c.ffn_dim, self.ln0,
                                    self.vecs, self.ln_out, self.eps, s, out[a:a + step] if return_all else out, which)
         finally:
             numba.set_num_threads(threads)
         return out if return_all else out[0]
 
     def _f32(self, w: np.ndarray, scratch: list) -> np.ndarray:
-        # BLAS reads float32 only: widen a 16-bit matrix into a buffer reused by every layer
+        # BLAS reads float32 only: widen a 16-bit or int8 matrix into a buffer reused by every layer
         if w.dtype == np.float32:
             return w
         if scratch[0] is None or scratch[0].size < w.size:
             scratch[0] = np.empty(w.size, np.float32)
         out = scratch[0][:w.size].reshape(w.shape)
-        K.widen_into(w, out)
+        if isinstance(w, Int8Matrix):
+            K.dequantize_into(w.q, w.scales, out)
+        else:
+            K.widen_into(w, out)
         return out
 
     def parallel(self, tokens: np.ndarray, s: np.ndarray, head: bool, return_all: bool) -> np.ndarray | None:
@@ -269,7 +290,10 @@ class _FastWeights:
         xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
         if not return_all:
             out = np.empty(self.config.vocab_size, np.float32)
-            K.matvec(self.head, np.ascontiguousarray(xn[0]), out)
+            if isinstance(self.head, Int8Matrix):
+                K.matvec(self.head.q, np.ascontiguousarray(xn[0]), out, self.head.scales)
+            else:
+                K.matvec(self.head, np.ascontiguousarray(xn[0]), out)
             return out
         out = np.empty((T, self.config.vocab_size), np.float32)
         rows = 8192  # widen the head a slice at a time: it is the largest matrix

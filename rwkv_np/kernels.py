@@ -17,7 +17,9 @@ eq. 14 + output gate; squared ReLU; gated residual add) so each (T, C) activatio
 Weights may be float32, or 16-bit kept as stored: bfloat16 bit patterns as uint16, float16 bit
 patterns as int16 (Numba has no float16 on the CPU). `widen` turns one element into float32
 exactly (bf16 is the top half of a float32; fp16 -> float32 is exact), and every product
-accumulates in float32.
+accumulates in float32. Or int8 with a float32 scale per block of 32 weights along each row
+(rwkv_np/quantize.py's Int8Matrix): `row_dot` is the one place that tells the kinds apart; for
+int8 it accumulates q * x * scale in float32.
 """
 
 import numpy as np
@@ -87,6 +89,35 @@ def _dot(w, x):
     for j in range(x.shape[0]):
         acc += widen(w[j]) * x[j]
     return acc
+
+
+QBLOCK = 32  # int8 weights: one scale per this many consecutive weights of a row (rwkv_np/quantize.py);
+# _dot_int8 divides by it with a shift
+
+
+@njit(fastmath=_DOT_MATH, cache=True, error_model="numpy")
+def _dot_int8(q, s, x):
+    """sum_j s[j // QBLOCK] q[j] x[j] of an int8 row q (n,) with scales s, accumulated in float32.
+
+    One flat loop, each product scaled: a loop per block of 32 (sum, then one multiply by the
+    scale) is what the arithmetic suggests, but LLVM runs a 32-long loop in its scalar remainder
+    path (its vector loop wants more iterations than that): 30 times slower."""
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += np.float32(q[j]) * x[j] * s[j >> 5]
+    return acc
+
+
+def row_dot(w, s, r, x):
+    """Row r of a weight matrix w (any kind: float32, 16-bit, or int8 with scales s) dotted with x."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(row_dot)
+def _row_dot_overload(w, s, r, x):
+    if w.dtype == types.int8:
+        return lambda w, s, r, x: _dot_int8(w[r], s[r], x)
+    return lambda w, s, r, x: _dot(w[r], x)
 
 
 # The LayerNorm sums may be reordered (several partial sums, SIMD lanes): in float64, the order
@@ -200,25 +231,51 @@ def _matrix(address, like, rows, cols):
     return carray(_address_as_pointer(address, like), (rows, cols))
 
 
+def _scales(address, like, rows, cols):
+    """The float32 scales of an int8 (rows, cols) matrix at a memory address; for other kinds,
+    which have none, a (1, 1) array at the address (which must hold one float32)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@intrinsic
+def _address_as_f32_pointer(typingctx, address):
+    ptr = types.CPointer(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address), codegen
+
+
+@overload(_scales)
+def _scales_overload(address, like, rows, cols):
+    if like.dtype == types.int8:
+        return lambda address, like, rows, cols: carray(_address_as_f32_pointer(address),
+                                                        (rows, (cols + QBLOCK - 1) // QBLOCK))
+    return lambda address, like, rows, cols: carray(_address_as_f32_pointer(address), (1, 1))
+
+
 LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2  # which tokens recurrent_tokens computes logits for
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
-    """The recurrent form over tokens whose embedding rows are rows (T, C), advancing state
-    (L, 5, C) float32 in place.
+def recurrent_tokens(rows, like, addr, saddr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
+    """The recurrent form over tokens whose embedding rows are rows (T, C) (any stored float
+    kind), advancing state (L, 5, C) float32 in place.
 
-    The stored weights, all of the dtype of rows, are passed by address: addr (HEAD + 1, L)
+    The matrices, all of the dtype of like (1,), are passed by address: addr (HEAD + 1, L)
     int64 of att.key, att.value, att.receptance, att.output (C, C), ffn.key (F, C),
     ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row head (V, C).
     Addresses keep the compiled signature the same for any number of layers and for read-only
-    or writable arrays; the caller keeps the arrays alive. ln0 / ln_out (2, C) and vecs
+    or writable arrays; the caller keeps the arrays alive. saddr, laid out like addr: for int8
+    matrices the addresses of their float32 scales, for other kinds the address of one float32
+    (never read). ln0 / ln_out (2, C) and vecs
     (L, N_VECS, C) are float32. logits_for: LOGITS_ALL to logits (T, V), LOGITS_LAST to logits
     (1, V) for the last token only, LOGITS_NONE for none.
     """
     L, C = vecs.shape[0], vecs.shape[2]
-    kind = rows[0]
+    kind = like
     head = _matrix(addr[HEAD, 0], kind, V, C)
+    head_s = _scales(saddr[HEAD, 0], kind, V, C)
     x = np.empty(C, np.float32)
     xn = np.empty(C, np.float32)
     xk = np.empty(C, np.float32)
@@ -243,36 +300,38 @@ def recurrent_tokens(rows, addr, V, F, ln0, vecs, ln_out, eps, state, logits, lo
                 xr[j] = xn[j] * p[ATT_MR, j] + s[ATT_X, j] * (one - p[ATT_MR, j])
                 s[ATT_X, j] = xn[j]
             wk, wv, wr = _matrix(addr[ATT_K, i], kind, C, C), _matrix(addr[ATT_V, i], kind, C, C), _matrix(addr[ATT_R, i], kind, C, C)
+            sk, sv, sr = _scales(saddr[ATT_K, i], kind, C, C), _scales(saddr[ATT_V, i], kind, C, C), _scales(saddr[ATT_R, i], kind, C, C)
             for c in prange(C):
-                k = _dot(wk[c], xk)
-                v = _dot(wv[c], xv)
-                r = _dot(wr[c], xr)
+                k = row_dot(wk, sk, c, xk)
+                v = row_dot(wv, sv, c, xv)
+                r = row_dot(wr, sr, c, xr)
                 # eqs. 14-15 for channel c
                 wkv, _, _, s[AA, c], s[BB, c], s[PP, c] = wkv_step(
                     np.float64(s[AA, c]), np.float64(s[BB, c]), np.float64(s[PP, c]),
                     np.float64(p[DECAY_W, c]), np.float64(p[FIRST, c]), np.float64(k), np.float64(v))
                 y[c] = _sigmoid(r) * np.float32(wkv)
-            wo = _matrix(addr[ATT_O, i], kind, C, C)
+            wo, so = _matrix(addr[ATT_O, i], kind, C, C), _scales(saddr[ATT_O, i], kind, C, C)
             for c in prange(C):
-                x[c] += _dot(wo[c], y)
+                x[c] += row_dot(wo, so, c, y)
             # reference.channel_mixing (eqs. 16-18)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 xk[j] = xn[j] * p[FFN_MK, j] + s[FFN_X, j] * (one - p[FFN_MK, j])
                 xr[j] = xn[j] * p[FFN_MR, j] + s[FFN_X, j] * (one - p[FFN_MR, j])
                 s[FFN_X, j] = xn[j]
-            wk = _matrix(addr[FFN_K, i], kind, F, C)
+            wk, sk = _matrix(addr[FFN_K, i], kind, F, C), _scales(saddr[FFN_K, i], kind, F, C)
             for f in prange(F):
-                k = max(_dot(wk[f], xk), np.float32(0.0))
+                k = max(row_dot(wk, sk, f, xk), np.float32(0.0))
                 kk[f] = k * k
             wr, wv = _matrix(addr[FFN_R, i], kind, C, C), _matrix(addr[FFN_V, i], kind, C, F)
+            sr, sv = _scales(saddr[FFN_R, i], kind, C, C), _scales(saddr[FFN_V, i], kind, C, F)
             for c in prange(C):
-                x[c] += _sigmoid(_dot(wr[c], xr)) * _dot(wv[c], kk)
+                x[c] += _sigmoid(row_dot(wr, sr, c, xr)) * row_dot(wv, sv, c, kk)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
             out = logits[t if logits_for == LOGITS_ALL else 0]
             _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
             for v_ in prange(head.shape[0]):
-                out[v_] = _dot(head[v_], xn)
+                out[v_] = row_dot(head, head_s, v_, xn)
 
 
 # ---- parallel form: the elementwise work between the BLAS products -----------------------------
@@ -342,11 +401,23 @@ def widen_into(w, out):
             out[n, j] = widen(w[n, j])
 
 
+@njit(cache=True, error_model="numpy")
+def dequantize_into(q, s, out):
+    """out (N, K) float32 <- int8 weights q (N, K) times their block scales s (N, ceil(K / 32)):
+    the int8 parallel form's counterpart of widen_into (each product is exact in float32's
+    rounding: one rounding, as in quantize.Int8Matrix's own dequantization)."""
+    for n in range(q.shape[0]):
+        qn, sn, on = q[n], s[n], out[n]
+        for j in range(q.shape[1]):
+            on[j] = np.float32(qn[j]) * sn[j >> 5]
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def matvec(w, x, out):
-    """out (N,) = w (N, K) @ x (K,) for stored weights w, accumulated in float32."""
+def matvec(w, x, out, scales=None):
+    """out (N,) = w (N, K) @ x (K,) for stored weights w (int8 ones with their scales),
+    accumulated in float32."""
     for n in prange(w.shape[0]):
-        out[n] = _dot(w[n], x)
+        out[n] = row_dot(w, scales, n, x)
 
 
 # ---- memory --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from .formats.rwkv_cpp import MAGIC as RWKV_CPP_MAGIC
 
 SUPPORTED = ("supported formats: a BlinkDL .pth (torch.save zip archive); a Hugging Face RWKV-4 folder "
              "(config.json + model.safetensors or pytorch_model.bin); a .safetensors file with BlinkDL or "
-             "Hugging Face names; an rwkv.cpp FP32 or FP16 .bin")
+             "Hugging Face names; an rwkv.cpp .bin (FP32, FP16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)")
 TOKENIZER_NAMES = ("tokenizer.json", "20B_tokenizer.json")
 MAX_JSON_BYTES = 16 << 20
 
@@ -65,7 +65,8 @@ class Checkpoint:
     tokenizer_path: Path | None
 
 
-def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
+                    quantize: str | None = None) -> Checkpoint:
     """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem.
 
     keep_16bit: matrices stored as bfloat16 or float16 are returned as stored, not widened to
@@ -78,10 +79,17 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
         CheckpointError if the file is truncated or rewritten in place meanwhile (see FileRows for
         what can and cannot be detected). (The other matrices are read whole for every token, so
         they are copied into memory.)
+    quantize: None, or "int8": every matrix but the embedding becomes an rwkv_np.quantize.Int8Matrix
+        (symmetric, per block of 32 along each row; a Q8_0 tensor of an rwkv.cpp file is taken
+        as stored), one matrix at a time, so that at most one float32 copy exists at once.
+    Tensors of rwkv.cpp's quantized formats are otherwise dequantized to float32 as ggml does.
     """
+    from .quantize import check_quantize
+
     path = Path(path)
+    quantize = check_quantize(quantize)
     try:
-        return _load(path, keep_16bit, lazy_embedding)
+        return _load(path, keep_16bit, lazy_embedding, quantize)
     except RWKVError:
         raise
     except MemoryError:
@@ -91,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
                               "the file is probably malformed - please report this") from e
 
 
-def _load(path: Path, keep_16bit: bool = False, lazy_embedding: bool = False) -> Checkpoint:
-    options = dict(keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
+def _load(path: Path, keep_16bit: bool = False, lazy_embedding: bool = False, quantize: str | None = None) -> Checkpoint:
+    options = dict(keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
     if path.is_dir():
         return _load_folder(path, options)
     if not path.exists():
@@ -300,7 +308,7 @@ def _hf_to_blinkdl(name: str) -> str:
 
 def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict | None,
            cpp_header: dict | None, tokenizer_dir: Path, keep_16bit: bool = False,
-           lazy_embedding: bool = False) -> Checkpoint:
+           lazy_embedding: bool = False, quantize: str | None = None) -> Checkpoint:
     from .versions import detect_version
 
     version = detect_version(_hf_to_blinkdl(k) for k in tensors)
@@ -308,6 +316,9 @@ def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict
         if _is_hf(tensors):
             raise CheckpointError(f"{path}: Hugging Face names on an RWKV-{version} checkpoint: rwkv_np reads "
                                   "later versions with BlinkDL's names only (a .pth or .safetensors)")
+        if quantize is not None:
+            raise CheckpointError(f"{path}: an RWKV-{version} checkpoint; quantize={quantize!r} is implemented for "
+                                  "RWKV-4 only (load it without quantize)")
         return _build_later(path, tensors, fmt, version, cpp_header, tokenizer_dir, keep_16bit, lazy_embedding)
     newer = sorted(k for k in tensors if _NEWER_RWKV.search(k))
     if newer:
@@ -335,7 +346,7 @@ def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict
     for t in tensors.values():
         counts[t.dtype] += t.numel
     weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp",
-                           keep_16bit=keep_16bit, lazy_embedding=lazy_embedding)
+                           keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
     tokenizer = next((tokenizer_dir / n for n in TOKENIZER_NAMES if (tokenizer_dir / n).is_file()), None)
     return Checkpoint(weights, config, fmt, counts.most_common(1)[0][0], path, tokenizer)
 
@@ -447,14 +458,28 @@ def _non_finite(a: np.ndarray) -> int:
 
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
                  decay_is_neg_stored: bool, keep_16bit: bool = False,
-                 lazy_embedding: bool = False) -> dict[str, np.ndarray]:
+                 lazy_embedding: bool = False, quantize: str | None = None) -> dict[str, np.ndarray]:
+    from .quantize import Int8Matrix
+
     weights = {}
     for name, shape in expected_shapes(config).items():
         t = tensors[name]
-        if len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
+        if quantize == "int8" and len(shape) == 2 and name != "emb.weight":
+            # the embedding stays as stored: one row of it is read per token, so its size does not
+            # set the speed, and lazy_embedding can leave it in the file
+            if t.dtype == "Q8_0":
+                a = t.int8()  # ggml's blocks are this scheme already: taken as they are, no rounding
+                bad = _non_finite(a.scales)
+            else:
+                a = t.read()
+                bad = _non_finite(a)
+                if not bad:
+                    a = Int8Matrix.quantize(a)
+        elif len(shape) == 2 and (t.dtype == "float32" or keep_16bit):
             a = t.stored(copy=True)  # as stored (bfloat16 as its bit pattern), read into a new array
             bad = _non_finite(a)
-            if lazy_embedding and name == "emb.weight" and t.source is not None and not bad:
+            if (lazy_embedding and name == "emb.weight" and t.source is not None and not bad
+                    and not getattr(t, "quantized", False)):  # a quantized one is not rows of elements
                 a = FileRows(t.source, t.offset, shape, a.dtype)  # checked; left in the file from now on
         else:
             a = t.read().reshape(shape)

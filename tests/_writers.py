@@ -172,3 +172,74 @@ def expected_model_weights(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The model-ready dict rwkv_np should make from a raw float32 BlinkDL state dict: the same
     values, vectors as (C,)."""
     return {k: v.reshape(-1) if ".time_" in k else v for k, v in raw.items()}
+
+
+# ---- ggml's quantized blocks (rwkv.cpp files of version 101) ----------------------------------------
+# ggml's quantize_row_*_reference, written from the format description in rwkv_np/quantize.py:
+# per block of 32 weights, the scale from the block's extremes, q rounded as ggml's C does
+# (a truncating (int8_t) cast of x * id + 0.5 / 8.5 / 16.5, or roundf for Q8_0).
+
+GGML_TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9}
+
+
+def ggml_block_bytes(d: np.ndarray, q: np.ndarray, fmt: str, m: np.ndarray | None = None) -> bytes:
+    """Pack blocks of fmt: scales d (n,), minimums m (n,) for Q4_1/Q5_1, q (n, 32) the stored integers
+    (0..15 for Q4, 0..31 for Q5, -128..127 for Q8_0)."""
+    n = len(q)
+    parts = [np.asarray(d, "<f2").reshape(n, 1).view(np.uint8)]
+    if fmt in ("Q4_1", "Q5_1"):
+        parts.append(np.asarray(m, "<f2").reshape(n, 1).view(np.uint8))
+    if fmt == "Q8_0":
+        parts.append(np.asarray(q, np.int8).view(np.uint8))
+    else:
+        q = np.asarray(q, np.uint32)
+        if fmt in ("Q5_0", "Q5_1"):
+            qh = ((q >> 4) & 1) << np.arange(32, dtype=np.uint32)
+            parts.append(qh.sum(axis=1, dtype=np.uint32).astype("<u4").reshape(n, 1).view(np.uint8))
+        low = (q & 0x0F).astype(np.uint8)
+        parts.append(low[:, :16] | (low[:, 16:] << 4))
+    return np.concatenate(parts, axis=1).tobytes()
+
+
+def ggml_quantize(x: np.ndarray, fmt: str) -> bytes:
+    """A float32 matrix (rows a multiple of 32 long) quantized to fmt's blocks, as ggml does."""
+    b = np.asarray(x, np.float32).reshape(-1, 32)
+    f16 = lambda v: np.asarray(v, np.float32).astype(np.float16)  # noqa: E731
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if fmt == "Q8_0":
+            d = np.abs(b).max(axis=1) / np.float32(127)
+            idd = np.where(d > 0, np.float32(1) / d, np.float32(0))
+            v = b * idd[:, None]
+            return ggml_block_bytes(f16(d), (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int8), fmt)  # roundf
+        if fmt in ("Q4_0", "Q5_0"):
+            half = 8 if fmt == "Q4_0" else 16
+            signed_max = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
+            d = signed_max / np.float32(-half)
+            idd = np.where(d != 0, np.float32(1) / d, np.float32(0))
+            q = np.minimum(2 * half - 1, np.trunc(b * idd[:, None] + np.float32(half + 0.5))).astype(np.uint8)
+            return ggml_block_bytes(f16(d), q, fmt)
+        top = 15 if fmt == "Q4_1" else 31
+        lo, hi = b.min(axis=1), b.max(axis=1)
+        d = (hi - lo) / np.float32(top)
+        idd = np.where(d != 0, np.float32(1) / d, np.float32(0))
+        q = np.minimum(top, np.trunc((b - lo[:, None]) * idd[:, None] + np.float32(0.5))).astype(np.uint8)
+        return ggml_block_bytes(f16(d), q, fmt, f16(lo))
+
+
+def rwkv_cpp_quantized_bytes(tensors: dict[str, np.ndarray], fmt: str, version: int = 101) -> bytes:
+    """An rwkv.cpp file as its quantizer writes it: the 2-D tensors in fmt, except the embedding and
+    the head (kept float32, as rwkv.cpp keeps them), the rest as rwkv_cpp_bytes writes them."""
+    V, C = tensors["emb.weight"].shape
+    n_layer = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+    out = [struct.pack("<6i", 0x67676D66, version, V, C, n_layer, GGML_TYPE_IDS[fmt])]
+    for name, x in tensors.items():
+        x = np.asarray(x, np.float32)
+        if name.endswith("time_decay"):
+            x = -np.exp(x.astype(np.float64)).astype(np.float32)
+        if ".time_" in name:
+            x = x.reshape(-1)
+        quantized = x.ndim == 2 and name not in ("emb.weight", "head.weight")
+        key = name.encode()
+        out.append(struct.pack(f"<3i{x.ndim}i", x.ndim, len(key), GGML_TYPE_IDS[fmt] if quantized else 0,
+                               *reversed(x.shape)) + key + (ggml_quantize(x, fmt) if quantized else encode(x, "float32")))
+    return b"".join(out)

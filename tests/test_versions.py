@@ -8,6 +8,8 @@ the same agreement, the converter's inverse, and the errors for malformed weight
 import copy
 import re
 
+import struct
+
 import numpy as np
 import pytest
 from conftest import RWKV_CPP, SHAKESPEARE, need
@@ -239,8 +241,10 @@ def test_load_rwkv_cpp_bad_files_are_named(tmp_path):
     cut.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.bin: .*truncated"):
         load_rwkv_cpp(cut)
-    with pytest.raises(CheckpointError, match=r"Q5_1.bin: .*\(Q5_1\): quantized rwkv.cpp files"):
-        load_rwkv_cpp(need(RWKV_CPP / "tiny-rwkv-4v0-660K-Q5_1.bin"))
+    retired = tmp_path / "q4_2.bin"  # a quantized format rwkv.cpp itself dropped
+    retired.write_bytes(data[:20] + struct.pack("<i", 5) + data[24:])
+    with pytest.raises(CheckpointError, match=r"q4_2.bin: .*\(Q4_2\), a quantized format that rwkv.cpp itself retired"):
+        load_rwkv_cpp(retired)
 
 
 def test_missing_head_tensor_is_named():

@@ -3,22 +3,82 @@
 Record: int32 n_dims, int32 key length, int32 data type, n_dims int32 sizes in REVERSE order of the
 PyTorch shape, the UTF-8 key, the raw data. rwkv.cpp's converter stores `att.time_decay` as
 -exp(time_decay) and squeezes the time_* vectors; `rwkv_np.loading` undoes the former.
+
+Quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, in files of version 101) are `QuantizedTensor`s:
+read() dequantizes them exactly as ggml does (rwkv_np/quantize.py); a Q8_0 tensor can also be
+taken as it is stored (`int8()`). Version-100 files used ggml's older block layouts and the
+retired Q4_1_O, Q4_2, Q4_3 formats: their quantized tensors are refused by name.
 """
 
 import struct
+from dataclasses import dataclass
 
-from ._common import BadFile, Buffer, LazyTensor, describe
+import numpy as np
+
+from ..quantize import BLOCK, BLOCK_BYTES, GGML_FORMATS, dequantize_blocks, int8_from_q8_0, q8_0_blocks
+from ._common import BadFile, Buffer, LazyTensor, describe, elements
 
 MAGIC = 0x67676D66  # "ggmf"
 VERSIONS = (100, 101)
 _TYPES = {0: "float32", 1: "float16"}
 _QUANTIZED = {2: "Q4_0", 3: "Q4_1", 4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3", 7: "Q5_0", 8: "Q5_1", 9: "Q8_0"}
 MAX_KEY_BYTES = 1024
+# blocks dequantized per step: bounds the temporaries (about 1 KiB per block) whatever the tensor
+_BLOCKS_PER_READ = 1 << 15
 
 
-def _quantized_error(dtype: int, where: str) -> BadFile:
-    return BadFile(f"{where} has data type {dtype} ({_QUANTIZED[dtype]}): quantized rwkv.cpp files (Q4_0, "
-                   "Q4_1, Q5_0, Q5_1, Q8_0) are not supported; use an FP32 or FP16 file")
+def _quantized_error(dtype: int, where: str, version: int) -> BadFile:
+    if dtype in GGML_FORMATS:  # readable, but not in a version-100 file
+        return BadFile(f"{where} has data type {dtype} ({_QUANTIZED[dtype]}) in a file of version {version}, "
+                       "whose quantized blocks use ggml's layout from before May 2023, which rwkv_np does not "
+                       "read; quantize the model again with a current rwkv.cpp (file version 101)")
+    return BadFile(f"{where} has data type {dtype} ({_QUANTIZED[dtype]}), a quantized format that rwkv.cpp "
+                   "itself retired; rwkv_np reads Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (file version 101), FP32 "
+                   "and FP16")
+
+
+def _readable(dtype: int, version: int) -> bool:
+    return dtype in _TYPES or (dtype in GGML_FORMATS and version >= 101)
+
+
+@dataclass(frozen=True)
+class QuantizedTensor(LazyTensor):
+    """A tensor in one of ggml's block formats (dtype "Q4_0", ..., "Q8_0"): rows of the last axis
+    cut into blocks of 32 weights (rwkv_np/quantize.py). read() and stored() give float32,
+    dequantized as ggml does; int8() gives a Q8_0 tensor's blocks as an Int8Matrix."""
+
+    quantized = True
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel // BLOCK * BLOCK_BYTES[self.dtype]
+
+    def _blocks(self):
+        """(first block, raw (n, block bytes) uint8) over the tensor, a bounded number at a time."""
+        size = BLOCK_BYTES[self.dtype]
+        n = self.numel // BLOCK
+        for a in range(0, n, _BLOCKS_PER_READ):
+            m = min(_BLOCKS_PER_READ, n - a)
+            yield a, elements(self.buf, "u1", (m * size,), self.offset + a * size).reshape(m, size)
+
+    def read(self) -> np.ndarray:
+        out = np.empty((self.numel // BLOCK, BLOCK), np.float32)
+        for a, raw in self._blocks():
+            out[a:a + len(raw)] = dequantize_blocks(raw, self.dtype)
+        return out.reshape(self.shape)
+
+    def stored(self, copy: bool) -> np.ndarray:
+        return self.read()
+
+    def int8(self):
+        """A 2-D Q8_0 tensor as an Int8Matrix holding its blocks as they are (no rounding)."""
+        if self.dtype != "Q8_0" or len(self.shape) != 2:
+            raise ValueError(f"int8() needs a 2-D Q8_0 tensor, not {self.dtype} {self.shape}")
+        n = self.numel // BLOCK
+        q, d = np.empty((n, BLOCK), np.int8), np.empty(n, np.float32)
+        for a, raw in self._blocks():
+            q[a:a + len(raw)], d[a:a + len(raw)] = q8_0_blocks(raw)
+        return int8_from_q8_0(q, d, self.shape)
 
 
 def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
@@ -30,10 +90,11 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
         raise BadFile(f"magic {magic:#x} is not rwkv.cpp's {MAGIC:#x}")
     if version not in VERSIONS:
         raise BadFile(f"rwkv.cpp file version {version} is not one of {VERSIONS}")
-    if data_type in _QUANTIZED:
-        raise _quantized_error(data_type, "the file header")
-    if data_type not in _TYPES:
-        raise BadFile(f"the file header has unknown data type {data_type}; expected 0 (FP32) or 1 (FP16)")
+    if data_type in _QUANTIZED and not _readable(data_type, version):
+        raise _quantized_error(data_type, "the file header", version)
+    if not _readable(data_type, version):
+        raise BadFile(f"the file header has unknown data type {data_type}; expected 0 (FP32), 1 (FP16) or "
+                      "a quantized format (2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0)")
     header = {"n_vocab": n_vocab, "n_embd": n_embd, "n_layer": n_layer, "data_type": data_type}
     tensors: dict[str, LazyTensor] = {}
     pos, size = 24, len(buf)
@@ -46,10 +107,11 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
             raise BadFile(f"{where} has {n_dims} dimensions; rwkv.cpp tensors have 1 to 4")
         if not 1 <= key_len <= MAX_KEY_BYTES:
             raise BadFile(f"{where} has a key of {key_len} bytes (expected 1..{MAX_KEY_BYTES})")
-        if dtype in _QUANTIZED:
-            raise _quantized_error(dtype, where)
-        if dtype not in _TYPES:
-            raise BadFile(f"{where} has unknown data type {dtype}; expected 0 (FP32) or 1 (FP16)")
+        if dtype in _QUANTIZED and not _readable(dtype, version):
+            raise _quantized_error(dtype, where, version)
+        if not _readable(dtype, version):
+            raise BadFile(f"{where} has unknown data type {dtype}; expected 0 (FP32), 1 (FP16) or a "
+                          "quantized format (2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0)")
         pos += 12
         if size - pos < 4 * n_dims + key_len:
             raise BadFile(f"{where} is truncated")
@@ -64,7 +126,15 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
         pos += key_len
         if key in tensors:
             raise BadFile(f"tensor {describe(key)} appears twice")
-        t = LazyTensor(tuple(reversed(dims)), _TYPES[dtype], buf, pos)
+        shape = tuple(reversed(dims))
+        if dtype in GGML_FORMATS:
+            # ggml quantizes whole blocks of 32 along each row (dims[0], its ne0)
+            if dims[0] % BLOCK:
+                raise BadFile(f"tensor {describe(key)} of shape {shape} is stored as {_QUANTIZED[dtype]}, "
+                              f"but its rows of {dims[0]} weights are not whole blocks of {BLOCK}")
+            t = QuantizedTensor(shape, GGML_FORMATS[dtype][0], buf, pos)
+        else:
+            t = LazyTensor(shape, _TYPES[dtype], buf, pos)
         if t.nbytes > size - pos:
             raise BadFile(f"tensor {describe(key)} of shape {t.shape} needs {t.nbytes} bytes but only "
                           f"{size - pos} remain (truncated or hostile file)")
@@ -74,5 +144,5 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
 
 
 def source_dtype(header: dict[str, int]) -> str:
-    return _TYPES[header["data_type"]]
+    return _TYPES.get(header["data_type"]) or _QUANTIZED[header["data_type"]]
 

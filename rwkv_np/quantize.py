@@ -1,0 +1,167 @@
+"""Quantized weights: ggml's block formats (rwkv.cpp's quantized files) and rwkv_np's int8 mode.
+
+ggml's block formats (rwkv.cpp files of version 101; the layouts of ggml since its May 2023
+"bit shuffling" change). Every format cuts each row of a matrix (PyTorch's last axis, ggml's ne0)
+into blocks of 32 consecutive weights; a block is stored as:
+    Q4_0  fp16 d, 16 bytes of nibbles                    w = d * (q - 8)      18 bytes
+    Q4_1  fp16 d, fp16 m, 16 bytes of nibbles            w = d * q + m        20 bytes
+    Q5_0  fp16 d, uint32 qh, 16 bytes of nibbles         w = d * (q - 16)     22 bytes
+    Q5_1  fp16 d, fp16 m, uint32 qh, 16 bytes of nibbles w = d * q + m        24 bytes
+    Q8_0  fp16 d, 32 int8 q                              w = d * q            34 bytes
+The nibbles: byte j (0..15) holds weight j in its low 4 bits and weight j + 16 in its high 4 bits.
+Q5's fifth bit of weight i is bit i of qh (little-endian). The arithmetic is ggml's dequantize_row_*:
+float32, the fp16 scales widened exactly, q an exact small integer, one rounding per product and
+one for the + m (no fused multiply-add).
+
+rwkv_np's int8 mode (`load_model(path, quantize="int8")`): every matrix but the embedding is held as
+`Int8Matrix`: symmetric, per block of 32 consecutive weights along each row (the last block of a
+row may be shorter), q = round(w / s) in [-127, 127] with s = max|w| / 127 of the block, s kept as
+float32 (N, ceil(K / 32)) beside the int8 (N, K). 1.125 bytes per weight. A weight's error is at
+most s / 2, i.e. 1/254 of the largest magnitude in its block: per block rather than per row because
+one large weight then coarsens only its 31 neighbours, not its whole row (tests/test_quantize.py
+and the report of issue 13 measure both). A Q8_0 block maps onto it exactly (s = d).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ArgumentError
+
+BLOCK = 32
+#: ggml type id -> (name, bytes per block of 32 weights)
+GGML_FORMATS = {2: ("Q4_0", 18), 3: ("Q4_1", 20), 7: ("Q5_0", 22), 8: ("Q5_1", 24), 9: ("Q8_0", 34)}
+BLOCK_BYTES = {name: size for name, size in GGML_FORMATS.values()}
+QUANTIZE_MODES = (None, "int8")
+
+
+def check_quantize(quantize) -> str | None:
+    """The `quantize` argument, checked: None (weights as stored) or "int8"."""
+    if quantize is None or (isinstance(quantize, str) and quantize in QUANTIZE_MODES):
+        return quantize
+    raise ArgumentError(f"quantize: expected None or 'int8', got {str(quantize)[:40]!r}")
+
+
+# ---- ggml blocks -> float32 ------------------------------------------------------------------
+
+def _fp16(raw: np.ndarray, at: int) -> np.ndarray:
+    """The little-endian fp16 at byte `at` of every block (raw (n, block_bytes) uint8) as float32 (n, 1)."""
+    return np.ascontiguousarray(raw[:, at:at + 2]).view("<f2").astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes -> (n, 32) 4-bit values: the low nibbles are weights 0..15, the high ones 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _high_bits(raw: np.ndarray, at: int) -> np.ndarray:
+    """Q5's 32 fifth bits (uint32 little-endian at byte `at`) as (n, 32) values 0 or 16."""
+    qh = np.ascontiguousarray(raw[:, at:at + 4]).view("<u4")  # (n, 1)
+    return (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
+
+
+def dequantize_blocks(raw: np.ndarray, fmt: str) -> np.ndarray:
+    """Blocks raw (n, BLOCK_BYTES[fmt]) uint8 of ggml format fmt -> their weights, float32 (n, 32).
+    A NaN or inf scale gives NaN or inf weights, quietly: the loader counts them and names the tensor."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _dequantize(raw, fmt)
+
+
+def _dequantize(raw: np.ndarray, fmt: str) -> np.ndarray:
+    d = _fp16(raw, 0)
+    if fmt == "Q8_0":
+        return raw[:, 2:34].view(np.int8).astype(np.float32) * d
+    if fmt == "Q4_0":
+        return (_nibbles(raw[:, 2:18]).astype(np.float32) - np.float32(8)) * d
+    if fmt == "Q4_1":
+        return _nibbles(raw[:, 4:20]).astype(np.float32) * d + _fp16(raw, 2)
+    if fmt == "Q5_0":
+        q = _nibbles(raw[:, 6:22]) | _high_bits(raw, 2)
+        return (q.astype(np.float32) - np.float32(16)) * d
+    if fmt == "Q5_1":
+        q = _nibbles(raw[:, 8:24]) | _high_bits(raw, 4)
+        return q.astype(np.float32) * d + _fp16(raw, 2)
+    raise ValueError(f"unknown ggml block format {fmt!r}")
+
+
+def q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q8_0 blocks raw (n, 34) -> (q (n, 32) int8, d (n,) float32): the same numbers, not dequantized."""
+    return raw[:, 2:34].view(np.int8).copy(), _fp16(raw, 0)[:, 0]
+
+
+# ---- int8 mode -----------------------------------------------------------------------------------
+
+class Int8Matrix:
+    """A (N, K) matrix quantized symmetric per block of 32 along each row: q (N, K) int8 and
+    scales (N, ceil(K / 32)) float32; weight [n, j] = scales[n, j // 32] * q[n, j].
+
+    np.asarray(m) gives the float32 matrix (dequantized); m[rows] the float32 rows; m[a:b] an
+    Int8Matrix of those rows (no copy)."""
+
+    dtype = np.dtype(np.int8)
+    ndim = 2
+
+    def __init__(self, q: np.ndarray, scales: np.ndarray):
+        q, scales = np.ascontiguousarray(q, np.int8), np.ascontiguousarray(scales, np.float32)
+        if q.ndim != 2 or scales.shape != (q.shape[0], -(-q.shape[1] // BLOCK)):
+            raise ArgumentError(f"Int8Matrix: scales of shape {scales.shape} do not fit q of shape {q.shape}")
+        self.q, self.scales = q, scales
+        self.shape = q.shape
+        self.size = q.size
+        self.nbytes = q.nbytes + scales.nbytes
+
+    @classmethod
+    def quantize(cls, w: np.ndarray) -> "Int8Matrix":
+        """Quantize a float (N, K) matrix (the module docstring states the scheme)."""
+        w = np.asarray(w, np.float32)
+        N, K = w.shape
+        nb = -(-K // BLOCK)
+        q = np.empty((N, K), np.int8)
+        scales = np.empty((N, nb), np.float32)
+        rows = max(1, (1 << 20) // max(K, 1))  # a few MiB of temporaries at a time
+        for a in range(0, N, rows):
+            part = w[a:a + rows]
+            blocks = _padded(part, nb)  # (n, nb, 32) float64, zeros past the row's end
+            amax = np.abs(blocks).max(axis=2)
+            s = (amax / 127.0).astype(np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # dividing by the float32 scale actually stored, so that q * s is the nearest point
+                inv = np.where(s > 0, 1.0 / s.astype(np.float64), 0.0)
+            qq = np.clip(np.rint(blocks * inv[:, :, None]), -127, 127).astype(np.int8)
+            q[a:a + rows] = qq.reshape(len(part), nb * BLOCK)[:, :K]
+            scales[a:a + rows] = s
+        return cls(q, scales)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._dequantize(self.q, self.scales)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    @staticmethod
+    def _dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        n, K = q.shape
+        s = np.repeat(scales, BLOCK, axis=1)[:, :K]
+        return q.astype(np.float32) * s
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Int8Matrix(self.q[index], self.scales[index])
+        idx = np.asarray(index)
+        q, s = self.q[idx.reshape(-1)], self.scales[idx.reshape(-1)]
+        out = self._dequantize(q, s)
+        return out[0] if idx.ndim == 0 else out
+
+    def __repr__(self) -> str:
+        return f"Int8Matrix(shape={self.shape})"
+
+
+def _padded(w: np.ndarray, nb: int) -> np.ndarray:
+    n, K = w.shape
+    out = np.zeros((n, nb * BLOCK), np.float64)
+    out[:, :K] = w
+    return out.reshape(n, nb, BLOCK)
+
+
+def int8_from_q8_0(q: np.ndarray, d: np.ndarray, shape: tuple[int, int]) -> Int8Matrix:
+    """A Q8_0 tensor's blocks (q (n, 32), d (n,)) in row order, as the Int8Matrix of shape (N, K)."""
+    N, K = shape
+    return Int8Matrix(q.reshape(N, K), d.reshape(N, K // BLOCK))

@@ -1,0 +1,270 @@
+"""Quantized weights: ggml's block formats (rwkv.cpp's quantized files) and the int8 mode."""
+
+import struct
+
+import numpy as np
+import pytest
+from conftest import RWKV_CPP, TORCH_WRITTEN, need
+
+from _writers import (GGML_TYPE_IDS, ggml_block_bytes, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_quantized_bytes,
+                      tiny_weights)
+
+import rwkv_np
+from rwkv_np import kernels as K
+from rwkv_np.errors import ArgumentError, CheckpointError
+from rwkv_np.quantize import BLOCK_BYTES, Int8Matrix, dequantize_blocks
+
+PROMPT = [34, 105, 110]  # '"in', the prompt of rwkv.cpp's test
+
+
+# ---- ggml's block formats, on blocks built by hand ---------------------------------------------
+
+def _block(*fields: bytes) -> np.ndarray:
+    raw = b"".join(fields)
+    return np.frombuffer(raw, np.uint8).reshape(1, -1)
+
+
+# weights 0..15 are the low nibbles of bytes 0..15, weights 16..31 their high nibbles
+NIBBLES = bytes((j % 16) | (((15 - j) % 16) << 4) for j in range(16))
+LOW = [j % 16 for j in range(16)] + [(15 - j) % 16 for j in range(16)]  # the 4-bit value of weight i
+QH = 0x8000_0005  # fifth bits set for weights 0, 2 and 31
+HIGH = [16 if i in (0, 2, 31) else 0 for i in range(32)]
+F16_HALF, F16_MINUS_3, F16_TENTH = struct.pack("<e", 0.5), struct.pack("<e", -3.0), struct.pack("<e", 0.1)
+TENTH = float(np.float16(0.1))  # 0.0999755859375: the fp16 scale is widened exactly, not 0.1
+
+
+@pytest.mark.parametrize("fmt, raw, expected", [
+    ("Q4_0", _block(F16_HALF, NIBBLES), [0.5 * (q - 8) for q in LOW]),
+    ("Q4_1", _block(F16_HALF, F16_MINUS_3, NIBBLES), [0.5 * q - 3 for q in LOW]),
+    ("Q5_0", _block(F16_TENTH, struct.pack("<I", QH), NIBBLES),
+     [np.float32(TENTH) * np.float32(q + h - 16) for q, h in zip(LOW, HIGH)]),
+    ("Q5_1", _block(F16_HALF, F16_MINUS_3, struct.pack("<I", QH), NIBBLES), [0.5 * (q + h) - 3 for q, h in zip(LOW, HIGH)]),
+    ("Q8_0", _block(F16_TENTH, bytes(range(-16 & 0xFF, 256)) + bytes(range(16))),
+     [np.float32(TENTH) * np.float32(q) for q in range(-16, 16)]),
+])
+def test_ggml_blocks_by_hand(fmt, raw, expected):
+    assert raw.shape == (1, BLOCK_BYTES[fmt])
+    got = dequantize_blocks(raw, fmt)
+    np.testing.assert_array_equal(got, np.array([expected], np.float32))
+
+
+def test_q5_high_bits_span_the_whole_uint32():
+    # all 32 fifth bits set and all nibbles 15: every weight is q = 31 (Q5_0: 31 - 16 = 15)
+    raw = _block(F16_HALF, b"\xff\xff\xff\xff", b"\xff" * 16)
+    np.testing.assert_array_equal(dequantize_blocks(raw, "Q5_0"), np.full((1, 32), 7.5, np.float32))
+
+
+@pytest.mark.parametrize("fmt", sorted(GGML_TYPE_IDS))
+def test_writer_round_trip_within_half_a_step(fmt):
+    # the writer quantizes as ggml does; dequantized, every weight is within half a step of the
+    # original (+ the fp16 rounding of the scale, at most 2^-11 relative, times |q| <= 31 or 127)
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    raw = np.frombuffer(ggml_quantize(x, fmt), np.uint8).reshape(-1, BLOCK_BYTES[fmt])
+    y = dequantize_blocks(raw, fmt).reshape(x.shape)
+    blocks = x.reshape(-1, 32)
+    span = {"Q4_0": 2 * np.abs(blocks).max(1) / 16, "Q5_0": 2 * np.abs(blocks).max(1) / 32,
+            "Q8_0": np.abs(blocks).max(1) / 127, "Q4_1": np.ptp(blocks, 1) / 15, "Q5_1": np.ptp(blocks, 1) / 31}[fmt]
+    bound = span / 2 * 1.001 + np.abs(blocks).max(1) * 2.0 ** -10
+    assert np.all(np.abs(y - x).reshape(-1, 32).max(1) <= bound)
+
+
+# ---- rwkv.cpp's own quantized files -------------------------------------------------------------
+
+@pytest.mark.parametrize("name, tolerance", [("Q5_0", 0.179), ("Q5_1", 0.292)])
+def test_rwkv_cpp_quantized_fixture(name, tolerance):
+    """rwkv.cpp's test accepts sum(logits - expected) within these for its Q5_0/Q5_1 files.
+    (Q5 blocks are dequantized; quantize="int8" would round them a second time, so it is not
+    rwkv.cpp's file any more.)"""
+    expected = np.fromfile(need(RWKV_CPP / "expected-logits-4v0-660K.bin"), "<f4")
+    model = rwkv_np.load_model(need(RWKV_CPP / f"tiny-rwkv-4v0-660K-{name}.bin"))
+    assert model.weight_dtype == "float32" and model.source_dtype == name
+    for mode in ("parallel", "recurrent"):
+        logits, _ = model.forward(PROMPT, mode=mode)
+        assert abs(float(np.sum(logits - expected))) < tolerance, mode
+
+
+def _weights_256():
+    return tiny_weights(n_layer=1, C=64, V=32, F=128, seed=3)
+
+
+@pytest.mark.parametrize("fmt", sorted(GGML_TYPE_IDS))
+def test_quantized_file_equals_its_dequantized_weights(tmp_path, fmt):
+    raw = _weights_256()
+    (tmp_path / "q.bin").write_bytes(rwkv_cpp_quantized_bytes(raw, fmt))
+    model = rwkv_np.load_model(tmp_path / "q.bin")
+    w = raw["blocks.0.att.key.weight"]
+    blocks = np.frombuffer(ggml_quantize(w, fmt), np.uint8).reshape(-1, BLOCK_BYTES[fmt])
+    np.testing.assert_array_equal(model.weights["blocks.0.att.key.weight"], dequantize_blocks(blocks, fmt).reshape(w.shape))
+    np.testing.assert_array_equal(model.weights["head.weight"], raw["head.weight"])  # kept float32 by rwkv.cpp
+
+
+def test_q8_0_file_kept_in_blocks_is_exact(tmp_path):
+    """quantize="int8" takes a Q8_0 file's blocks as they are: the same logits as its dequantized
+    weights, to float32 rounding (the sums are grouped per block instead of per weight). The
+    head, float32 in rwkv.cpp's files, is quantized like any float32 matrix."""
+    (tmp_path / "q8.bin").write_bytes(rwkv_cpp_quantized_bytes(_weights_256(), "Q8_0"))
+    blocks = rwkv_np.load_model(tmp_path / "q8.bin", quantize="int8")
+    weights = dict(rwkv_np.load_model(tmp_path / "q8.bin").weights)
+    for name, w in weights.items():
+        if name.startswith("blocks.") and w.ndim == 2:
+            np.testing.assert_array_equal(np.asarray(blocks.weights[name]), w)
+            assert isinstance(blocks.weights[name], Int8Matrix)
+    np.testing.assert_array_equal(blocks.weights["head.weight"].q, Int8Matrix.quantize(weights["head.weight"]).q)
+    weights["head.weight"] = np.asarray(blocks.weights["head.weight"])
+    wide = rwkv_np.RWKV(weights)
+    tokens = np.arange(20) % 32
+    a, _ = wide.forward(tokens, return_all=True)
+    for mode in ("parallel", "recurrent"):
+        b, _ = blocks.forward(tokens, return_all=True, mode=mode)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("data_type, version, message", [
+    (5, 101, r"data type 5 \(Q4_2\), a quantized format that rwkv.cpp itself retired"),
+    (4, 101, r"data type 4 \(Q4_1_O\)"),
+    (8, 100, r"data type 8 \(Q5_1\) in a file of version 100"),
+    (11, 101, r"unknown data type 11"),
+])
+def test_unreadable_types_are_refused_by_name(tmp_path, data_type, version, message):
+    data = bytearray(rwkv_cpp_bytes(tiny_weights()))
+    data[4:8], data[20:24] = struct.pack("<i", version), struct.pack("<i", data_type)
+    (tmp_path / "q.bin").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"q.bin: the file header has " + message):
+        rwkv_np.load_model(tmp_path / "q.bin")
+
+
+def test_quantized_rows_must_be_whole_blocks(tmp_path):
+    raw = tiny_weights(C=8)  # rows of 8 weights
+    data = bytearray(rwkv_cpp_bytes(raw))
+    data[20:24] = struct.pack("<i", 9)
+    data[4:8] = struct.pack("<i", 101)
+    at = data.index(b"emb.weight") - 20  # the record: n_dims, key length, type, 2 dims
+    data[at + 8:at + 12] = struct.pack("<i", 9)
+    (tmp_path / "q.bin").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"q.bin: tensor 'emb.weight' of shape \(16, 8\) is stored as Q8_0, "
+                                              r"but its rows of 8 weights are not whole blocks of 32"):
+        rwkv_np.load_model(tmp_path / "q.bin")
+
+
+def test_truncated_quantized_tensor(tmp_path):
+    data = rwkv_cpp_quantized_bytes(_weights_256(), "Q5_1")
+    key = b"blocks.0.ffn.value.weight"
+    (tmp_path / "q.bin").write_bytes(data[:data.index(key) + len(key) + 100])  # 100 bytes of its blocks
+    with pytest.raises(CheckpointError, match=r"q.bin: tensor 'blocks.0.ffn.value.weight' of shape \(64, 128\) "
+                                              r"needs 6144 bytes but only 100 remain"):
+        rwkv_np.load_model(tmp_path / "q.bin")
+
+
+def test_nan_scale_is_named(tmp_path):
+    raw = _weights_256()
+    data = bytearray(rwkv_cpp_quantized_bytes(raw, "Q8_0"))
+    at = data.index(b"blocks.0.att.key.weight") + len(b"blocks.0.att.key.weight")
+    data[at:at + 2] = struct.pack("<e", np.nan)  # the first block's scale
+    (tmp_path / "q.bin").write_bytes(bytes(data))
+    for quantize in (None, "int8"):
+        with pytest.raises(CheckpointError, match=r"q.bin: tensor blocks.0.att.key.weight has 32 non-finite|"
+                                                  r"q.bin: tensor blocks.0.att.key.weight has 1 non-finite"):
+            rwkv_np.load_model(tmp_path / "q.bin", quantize=quantize)
+
+
+# ---- the int8 mode -------------------------------------------------------------------------------
+
+def test_int8_scheme_by_hand():
+    # one row of 40 weights: a full block whose largest magnitude is 2.54, then a block of 8
+    row = np.zeros((1, 40), np.float32)
+    row[0, :4] = [2.54, -1.27, 0.01, 0.0101]
+    row[0, 32:] = np.arange(8) - 4.0  # largest magnitude 4: step 4/127
+    m = Int8Matrix.quantize(row)
+    assert m.q.shape == (1, 40) and m.scales.shape == (1, 2)
+    np.testing.assert_array_equal(m.scales, [[np.float32(2.54) / np.float32(127), np.float32(4.0) / 127]])
+    assert m.q[0, :4].tolist() == [127, -64, 0, 1]  # -1.27 / 0.02 = -63.5 -> -64 (half to even); 0.505 -> 1
+    assert m.q[0, 32:].tolist() == [-127, -95, -64, -32, 0, 32, 64, 95]
+    assert Int8Matrix.quantize(np.zeros((2, 3))).q.tolist() == [[0, 0, 0]] * 2  # zero scale, no NaN
+
+
+def test_int8_error_is_at_most_half_a_step():
+    w = np.random.default_rng(1).standard_t(3, size=(64, 200)).astype(np.float32)  # heavy tails
+    m = Int8Matrix.quantize(w)
+    step = np.repeat(m.scales, 32, axis=1)[:, :200]
+    assert np.all(np.abs(np.asarray(m) - w) <= step / 2 * (1 + 1e-6))
+
+
+def test_int8_matvec_kernel():
+    rng = np.random.default_rng(2)
+    m = Int8Matrix.quantize(rng.normal(size=(50, 72)).astype(np.float32))  # 72 = 2 blocks + 8
+    x = rng.normal(size=72).astype(np.float32)
+    out = np.empty(50, np.float32)
+    K.matvec(m.q, x, out, m.scales)
+    exact = np.asarray(m).astype(np.float64) @ x
+    # float32 sums of 72 terms: each rounding at most 2^-24 relative of a partial sum
+    np.testing.assert_allclose(out, exact, rtol=0, atol=72 * 2.0 ** -24 * (np.abs(np.asarray(m)) @ np.abs(x)).max())
+
+
+def test_bad_quantize_values_name_the_argument(tmp_path):
+    path = need(TORCH_WRITTEN / "small_fp32.pth")
+    for bad in ("int4", "INT8", 8, True):
+        with pytest.raises(ArgumentError, match=r"^quantize: expected None or 'int8', got "):
+            rwkv_np.load_model(path, quantize=bad)
+
+
+def _quantization_error(m32, m8) -> tuple[float, int]:
+    """(rms weight error / rms weight over the quantized matrices, how many there are)."""
+    names = [n for n, v in m8.weights.items() if isinstance(v, Int8Matrix)]
+    num = sum(float(((np.asarray(m8.weights[n]) - m32.weights[n]) ** 2).sum()) for n in names)
+    den = sum(float((m32.weights[n].astype(np.float64) ** 2).sum()) for n in names)
+    return (num / den) ** 0.5, len(names)
+
+
+@pytest.mark.parametrize("name, expected", [("small_fp32.pth", "small_expected.npz"),
+                                            ("stress_fp32.pth", "stress_expected.npz")])
+def test_int8_logits_against_float32(name, expected):
+    """int8 vs float32 logits of the torch-written models, both forms.
+
+    Tolerance from the quantization step: rounding to a step s leaves an error uniform in
+    +-s/2, i.e. a relative rms error eps of the weights (measured here, ~0.005). Each of the n
+    products on the way to a logit (7 per layer + the head) adds an independent relative error
+    eps, so the logits' rms error is about eps * sqrt(n) * rms(logits): we require that, and a
+    largest error below 8 times it (the stress model's keys of +-100 turn a relative error into
+    an absolute one in eq. 14's exponents, which makes its tail heavier). Then the int8 model
+    equals its own dequantized weights run in float32, to float32 rounding."""
+    ex = np.load(need(TORCH_WRITTEN / expected))
+    tokens = ex["tokens"]
+    m32 = rwkv_np.load_model(need(TORCH_WRITTEN / name))
+    m8 = rwkv_np.load_model(TORCH_WRITTEN / name, quantize="int8")
+    assert m8.weight_dtype == "int8" and isinstance(m8.weights["head.weight"], Int8Matrix)
+    assert m8.weights["emb.weight"].dtype == np.float32  # the embedding is not quantized
+    ref, _ = m32.forward(tokens, return_all=True)
+    eps, n = _quantization_error(m32, m8)
+    assert 0.003 < eps < 0.007 and n == 15
+    predicted = eps * n ** 0.5 * float(np.sqrt(np.mean(ref.astype(np.float64) ** 2)))
+    dequantized = rwkv_np.RWKV({k: np.asarray(v) for k, v in m8.weights.items()})
+    got = {}
+    for mode in ("parallel", "recurrent"):
+        got[mode], state = m8.forward(tokens, return_all=True, mode=mode)
+        err = got[mode] - ref
+        assert float(np.sqrt(np.mean(err.astype(np.float64) ** 2))) < predicted, mode
+        assert np.abs(err).max() < 8 * predicted, mode
+        # reading the int8 blocks = computing with the dequantized float32 matrices
+        wide, _ = dequantized.forward(tokens, return_all=True, mode=mode)
+        np.testing.assert_allclose(got[mode], wide, rtol=0, atol=2e-5)
+    # the two forms agree as closely as the float32 forms do (test_engine's bounds)
+    np.testing.assert_allclose(got["parallel"], got["recurrent"], rtol=0, atol=2e-3 if "stress" in name else 2e-5)
+
+
+def test_int8_state_and_api():
+    path = need(TORCH_WRITTEN / "small_fp32.pth")
+    m8 = rwkv_np.load_model(path, quantize="int8", lazy_embedding=True, keep_16bit=True)
+    tokens = np.load(TORCH_WRITTEN / "small_expected.npz")["tokens"]
+    whole, s_whole = m8.forward(tokens)
+    first, s = m8.forward(tokens[:30], mode="parallel")
+    last, s = m8.forward(tokens[30:], s, mode="recurrent")
+    np.testing.assert_allclose(last, whole, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(s.data, s_whole.data, rtol=0, atol=2e-5)
+    assert s.data.shape == (2, 5, 48) and s.data.dtype == np.float32
+
+
+def test_int8_is_refused_for_later_versions():
+    path = need(RWKV_CPP / "tiny-rwkv-5v2-730K-FP32.bin")
+    with pytest.raises(CheckpointError, match=r"5v2-730K-FP32.bin: an RWKV-5.2 checkpoint; quantize='int8' is "
+                                              r"implemented for RWKV-4 only"):
+        rwkv_np.load_model(path, quantize="int8")
