@@ -22,3 +22,19 @@ def open_regular(path, what: str):
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_regular(path, what: str, max_bytes: int, limit_says: str) -> bytes:
+    """The whole of a regular file of at most max_bytes (see open_regular). `limit_says` ends the message
+    of a file over the limit, e.g. "a tokenizer file may have"."""
+    f, size = open_regular(path, what)
+    with f:
+        if size > max_bytes:
+            raise ArgumentError(f"{what}: {size} bytes, more than the {max_bytes} {limit_says}")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise ArgumentError(f"{what}: cannot read it ({e.strerror or e})") from None
+    if len(data) > max_bytes:  # it grew while being read
+        raise ArgumentError(f"{what}: more than the {max_bytes} bytes {limit_says}")
+    return data

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArgumentError
-from .files import open_regular
+from .files import read_regular
 
 #: 3.4x the GPT-NeoX-20B file (2.4 MB, 50277 tokens), the largest an RWKV-4 model comes with. Python's
 #: json can need 24x a hostile file ("[{},{},...]": 5.6M empty dicts), so about 200 MB at most
@@ -72,17 +72,7 @@ def read_tokenizer_json(path: Path):
     """The parsed JSON of `path`: a regular file of at most MAX_TOKENIZER_BYTES, UTF-8, no duplicate
     keys, no NaN/Infinity. A FIFO or device is refused without reading it."""
     where = f"tokenizer file {path}"
-    f, size = open_regular(path, where)
-    with f:
-        if size > MAX_TOKENIZER_BYTES:
-            raise ArgumentError(f"{where}: {size} bytes, more than the {MAX_TOKENIZER_BYTES} a tokenizer "
-                                "file may have")
-        try:
-            data = f.read(MAX_TOKENIZER_BYTES + 1)
-        except OSError as e:
-            raise ArgumentError(f"{where}: cannot read it ({e.strerror or e})") from None
-    if len(data) > MAX_TOKENIZER_BYTES:
-        raise ArgumentError(f"{where}: more than the {MAX_TOKENIZER_BYTES} bytes a tokenizer file may have")
+    data = read_regular(path, where, MAX_TOKENIZER_BYTES, "a tokenizer file may have")
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except UnicodeDecodeError as e:

@@ -23,12 +23,11 @@ instead of hundreds, and it gives the same ids (tests/test_world_tokenizer.py).
 from __future__ import annotations
 
 import ast
-import os
-import stat
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import ArgumentError
+from .files import read_regular
 
 WORLD_VOCAB_SIZE = 65536
 VOCAB_FILENAME = "rwkv_vocab_v20230424.txt"
@@ -43,29 +42,7 @@ MAX_INPUT_BYTES = 16 << 20
 
 
 def _read_bounded(path: Path) -> bytes:
-    where = f"vocabulary file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise ArgumentError(f"{where}: cannot open it ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ArgumentError(f"{where}: not a regular file")
-        if st.st_size > MAX_VOCAB_FILE_BYTES:
-            raise ArgumentError(f"{where}: {st.st_size} bytes, more than the {MAX_VOCAB_FILE_BYTES} a World "
-                                "vocabulary file may have")
-        with os.fdopen(fd, "rb") as f:
-            fd = None
-            data = f.read(MAX_VOCAB_FILE_BYTES + 1)
-    except OSError as e:
-        raise ArgumentError(f"{where}: cannot read it ({e.strerror or e})") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-    if len(data) > MAX_VOCAB_FILE_BYTES:
-        raise ArgumentError(f"{where}: more than the {MAX_VOCAB_FILE_BYTES} bytes a World vocabulary file may have")
-    return data
+    return read_regular(path, f"vocabulary file {path}", MAX_VOCAB_FILE_BYTES, "a World vocabulary file may have")
 
 
 def _parse_literal(text: str, where: str) -> bytes:
