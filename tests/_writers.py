@@ -137,11 +137,14 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], dtype: str = "float32", he
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def rwkv_cpp_bytes(tensors: dict[str, np.ndarray], data_type: int = 0, header: tuple | None = None) -> bytes:
-    """An rwkv.cpp file of a raw BlinkDL state dict: time_decay -> -exp, time_* squeezed, 2-D in data_type."""
+def rwkv_cpp_bytes(tensors: dict[str, np.ndarray], data_type: int = 0, header: tuple | None = None,
+                   version: int = 100, store=None) -> bytes:
+    """An rwkv.cpp file of a raw BlinkDL state dict: time_decay -> -exp, time_* squeezed, 2-D in data_type.
+
+    store(name, x) -> (type id, payload bytes), if given, writes each 2-D tensor instead (quantized files)."""
     V, C = tensors["emb.weight"].shape
     n_layer = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    out = [struct.pack("<6i", 0x67676D66, 100, V, C, n_layer, data_type) if header is None
+    out = [struct.pack("<6i", 0x67676D66, version, V, C, n_layer, data_type) if header is None
            else struct.pack("<6i", *header)]
     for name, x in tensors.items():
         x = np.asarray(x, np.float32)
@@ -149,10 +152,13 @@ def rwkv_cpp_bytes(tensors: dict[str, np.ndarray], data_type: int = 0, header: t
             x = -np.exp(x.astype(np.float64)).astype(np.float32)
         if ".time_" in name:
             x = x.reshape(-1)
-        t = data_type if x.ndim == 2 else 0
+        if store is not None and x.ndim == 2:
+            t, payload = store(name, x)
+        else:
+            t = data_type if x.ndim == 2 else 0
+            payload = encode(x, "float16" if t == 1 else "float32")
         key = name.encode()
-        out.append(struct.pack(f"<3i{x.ndim}i", x.ndim, len(key), t, *reversed(x.shape)) + key
-                   + encode(x, "float16" if t == 1 else "float32"))
+        out.append(struct.pack(f"<3i{x.ndim}i", x.ndim, len(key), t, *reversed(x.shape)) + key + payload)
     return b"".join(out)
 
 
@@ -229,17 +235,9 @@ def ggml_quantize(x: np.ndarray, fmt: str) -> bytes:
 def rwkv_cpp_quantized_bytes(tensors: dict[str, np.ndarray], fmt: str, version: int = 101) -> bytes:
     """An rwkv.cpp file as its quantizer writes it: the 2-D tensors in fmt, except the embedding and
     the head (kept float32, as rwkv.cpp keeps them), the rest as rwkv_cpp_bytes writes them."""
-    V, C = tensors["emb.weight"].shape
-    n_layer = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    out = [struct.pack("<6i", 0x67676D66, version, V, C, n_layer, GGML_TYPE_IDS[fmt])]
-    for name, x in tensors.items():
-        x = np.asarray(x, np.float32)
-        if name.endswith("time_decay"):
-            x = -np.exp(x.astype(np.float64)).astype(np.float32)
-        if ".time_" in name:
-            x = x.reshape(-1)
-        quantized = x.ndim == 2 and name not in ("emb.weight", "head.weight")
-        key = name.encode()
-        out.append(struct.pack(f"<3i{x.ndim}i", x.ndim, len(key), GGML_TYPE_IDS[fmt] if quantized else 0,
-                               *reversed(x.shape)) + key + (ggml_quantize(x, fmt) if quantized else encode(x, "float32")))
-    return b"".join(out)
+    def store(name: str, x: np.ndarray) -> tuple[int, bytes]:
+        if name in ("emb.weight", "head.weight"):
+            return 0, encode(x, "float32")
+        return GGML_TYPE_IDS[fmt], ggml_quantize(x, fmt)
+
+    return rwkv_cpp_bytes(tensors, GGML_TYPE_IDS[fmt], version=version, store=store)

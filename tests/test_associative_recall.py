@@ -17,6 +17,7 @@ import associative_recall as ar  # noqa: E402
 import attention as attn  # noqa: E402
 from rwkv_np.errors import ArgumentError  # noqa: E402
 from rwkv_np.training import model as rwkv  # noqa: E402
+from test_gradcheck import _central_difference  # noqa: E402
 
 
 def test_batch_is_pairs_then_every_key_queried_with_its_value_as_target():
@@ -50,20 +51,6 @@ def test_masked_loss_counts_only_the_query_positions():
     logits = np.zeros((1, 3, V))
     logits[0, 0, 3] = logits[0, 1, 70] = 5  # right at an unmasked position and at one of two masked
     assert ar.masked_loss(logits, targets, mask)[1] == 0.5
-
-
-def _central_difference(f, arr, h, only=None):
-    out = np.zeros_like(arr)
-    for i in np.ndindex(arr.shape):
-        if only is None or only(i):
-            old = arr[i]
-            arr[i] = old + h
-            fp = f()
-            arr[i] = old - h
-            fm = f()
-            arr[i] = old
-            out[i] = (fp - fm) / (2 * h)
-    return out
 
 
 def test_attention_backward_matches_finite_differences():

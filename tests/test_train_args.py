@@ -1,7 +1,6 @@
 """Every bad training option is refused up front with an ArgumentError naming it; a damaged or
 mismatched training checkpoint is refused on --resume; a diverging run stops naming the step."""
 
-import argparse
 import json
 import os
 import time
@@ -13,17 +12,9 @@ from rwkv_np import cli, schema
 from rwkv_np.errors import ArgumentError, CheckpointError, TrainingError
 from rwkv_np.training import checkpoint as ckpt
 from rwkv_np.training import run
+from test_train import _args
 
 TINY = dict(n_layer=1, n_embd=8, ctx_len=8, batch_size=2, warmup=1, eval_every=1000, eval_windows=2)
-
-
-def _args(**kw) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    run.add_train_arguments(parser)
-    argv = []
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
-    return parser.parse_args(argv)
 
 
 @pytest.fixture
