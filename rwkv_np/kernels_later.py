@@ -6,7 +6,7 @@ Recurrent form (generation; reference_vN.step): `step_v5`, `step_v6`, `step_v7` 
 through all layers in one call. Per layer: parallel loops over the output rows of each weight matrix
 (every weight read once per token), with each row's elementwise work (decay, gates, LoRA outputs)
 done where its dot products are; then one parallel loop over the heads for the matrix-valued state
-and the per-head GroupNorm (ln_x). The shared pieces (`_dot`, `widen`, the float64 LayerNorm, the
+and the per-head GroupNorm (ln_x). The shared pieces (`row_dot` with its prefetch, `_dot`, `widen`, the float64 LayerNorm, the
 sigmoid) are kernels.py's.
 
 Parallel form (prompts; reference_vN.forward): the projections are BLAS products in engine_later.py;
@@ -22,7 +22,7 @@ so that each output is one contiguous dot product.
 import numpy as np
 from numba import njit, prange
 
-from .kernels import LOGITS_ALL, LOGITS_LAST, _dot, _layer_norm_into, _matrix, _sigmoid, widen
+from .kernels import LOGITS_ALL, LOGITS_LAST, _dot, _layer_norm_into, _matrix, _sigmoid, row_dot, widen
 
 # rows of the address table
 M_K, M_V, M_R, M_G, M_O, F_K, F_R, F_V, M_HEAD = range(9)
@@ -64,7 +64,7 @@ def _silu(x):
 def _head_logits(x, ln_out, eps, xn, head, out):
     _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
     for v_ in prange(head.shape[0]):
-        out[v_] = _dot(head[v_], xn)
+        out[v_] = row_dot(head, None, v_, xn)
 
 
 @njit(inline="always", error_model="numpy")
@@ -72,16 +72,16 @@ def _ffn_relu2(x, xk, xr, kk, addr, i, kind, C, F, has_r):
     """Channel mixing after its token shift: x += [sigmoid(W'_r xr) *] W'_v max(W'_k xk, 0)^2."""
     wk = _matrix(addr[F_K, i], kind, F, C)
     for f in prange(F):
-        k = max(_dot(wk[f], xk), np.float32(0.0))
+        k = max(row_dot(wk, None, f, xk), np.float32(0.0))
         kk[f] = k * k
     wv = _matrix(addr[F_V, i], kind, C, F)
     if has_r:
         wr = _matrix(addr[F_R, i], kind, C, C)
         for c in prange(C):
-            x[c] += _sigmoid(_dot(wr[c], xr)) * _dot(wv[c], kk)
+            x[c] += _sigmoid(row_dot(wr, None, c, xr)) * row_dot(wv, None, c, kk)
     else:
         for c in prange(C):
-            x[c] += _dot(wv[c], kk)
+            x[c] += row_dot(wv, None, c, kk)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -121,11 +121,11 @@ def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, sh
             wk, wv, wr = _matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C), _matrix(addr[M_R, i], kind, A, C)
             wg = _matrix(addr[M_G if gated else M_K, i], kind, A, C)
             for a in prange(A):
-                k[a] = _dot(wk[a], xk)
-                v[a] = _dot(wv[a], xv)
-                r[a] = _dot(wr[a], xr)
+                k[a] = row_dot(wk, None, a, xk)
+                v[a] = row_dot(wv, None, a, xv)
+                r[a] = row_dot(wr, None, a, xr)
                 if gated:
-                    g[a] = _silu(_dot(wg[a], xg))
+                    g[a] = _silu(row_dot(wg, None, a, xg))
             for h in prange(H):  # y = r (diag(u) k^T v + S);  S = diag(w) S + k^T v
                 lo = h * N
                 for jj in range(N):
@@ -143,7 +143,7 @@ def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, sh
                         o[jj] *= g[jj]
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += _dot(wo[c], o)
+                x[c] += row_dot(wo, None, c, o)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 xk[j] = xn[j] * p[V5_FK, j] + s[1, j] * (one - p[V5_FK, j])
@@ -187,7 +187,7 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                 xx[j] = xn[j] + (s[0, j] - xn[j]) * p[V6_MX, j]
             A1 = maa_w1[i]
             for d in prange(Dm5):
-                hidden[d] = np.tanh(_dot(A1[d], xx))
+                hidden[d] = np.tanh(row_dot(A1, None, d, xx))
             B = maa_w2[i]
             for j in prange(C):  # ddlerp: lerp(x, x_prev, lambda_c + tanh(xx A) B_c)
                 for c in range(5):
@@ -199,16 +199,16 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                 s[0, j] = xn[j]
             Ad = dec_w1[i]
             for d in prange(Dd):
-                hd[d] = np.tanh(_dot(Ad[d], mixed[0]))
+                hd[d] = np.tanh(row_dot(Ad, None, d, mixed[0]))
             Bd = dec_w2[i]
             wk, wv, wr, wg = (_matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C),
                               _matrix(addr[M_R, i], kind, A, C), _matrix(addr[M_G, i], kind, A, C))
             for a in prange(A):
-                k[a] = _dot(wk[a], mixed[1])
-                v[a] = _dot(wv[a], mixed[2])
-                r[a] = _dot(wr[a], mixed[3])
-                g[a] = _silu(_dot(wg[a], mixed[4]))
-                dd = q[A6_D, a] + _dot(Bd[a], hd)  # d_t = omega + tanh(x^w A_d) B_d
+                k[a] = row_dot(wk, None, a, mixed[1])
+                v[a] = row_dot(wv, None, a, mixed[2])
+                r[a] = row_dot(wr, None, a, mixed[3])
+                g[a] = _silu(row_dot(wg, None, a, mixed[4]))
+                dd = q[A6_D, a] + row_dot(Bd, None, a, hd)  # d_t = omega + tanh(x^w A_d) B_d
                 w[a] = np.float32(np.exp(-np.exp(np.float64(dd))))
             for h in prange(H):
                 lo = h * N
@@ -226,7 +226,7 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                     o[jj] *= g[jj]
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += _dot(wo[c], o)
+                x[c] += row_dot(wo, None, c, o)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):  # lerp with ffn.time_maa_k / _r
                 mixed[1, j] = xn[j] + (s[1, j] - xn[j]) * p[V6_FK, j]
@@ -287,9 +287,9 @@ def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2,
                     hidden[d] = _sigmoid(_dot(g1[i, d - Dw - Da - Dv], mixed[5]))
             wk, wv, wr = _matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C), _matrix(addr[M_R, i], kind, A, C)
             for a in prange(A):
-                ka = _dot(wk[a], mixed[2])
-                va_ = _dot(wv[a], mixed[3])
-                r[a] = _dot(wr[a], mixed[0])
+                ka = row_dot(wk, None, a, mixed[2])
+                va_ = row_dot(wv, None, a, mixed[3])
+                r[a] = row_dot(wr, None, a, mixed[0])
                 w[a] = np.exp(-_DECAY_SCALE * _sigmoid(q[A7_W0, a] + _dot(w2[i, a], hidden[:Dw])))
                 at = _sigmoid(q[A7_A0, a] + _dot(a2[i, a], hidden[Dw:Dw + Da]))
                 aa[a] = at
@@ -331,7 +331,7 @@ def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2,
                     o[jj] = g[jj] * (o[jj] + bonus * v[jj])
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += _dot(wo[c], o)
+                x[c] += row_dot(wo, None, c, o)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 mixed[2, j] = xn[j] + (s[1, j] - xn[j]) * p[V7_FK, j]
