@@ -61,10 +61,11 @@ PAIRS = [("rwkv_np fp32", "rwkv.cpp FP32"), ("rwkv_np fp16", "rwkv.cpp FP16"), (
          ("rwkv_np int8", "rwkv.cpp Q5_1")]
 # (a, b, what the difference measures): logits after the same 16 tokens
 AGREEMENT = [("rwkv_np fp32", "rwkv.cpp FP32", "the same float32 weights"),
-             ("rwkv_np fp16", "rwkv.cpp FP16", "the same fp16 weights"),
+             ("rwkv_np fp16", "rwkv.cpp FP16", "the same fp16 weights; ggml also rounds the activations to fp16"),
              ("rwkv_np int8 (the Q8_0 file)", "rwkv.cpp Q8_0",
-              "the same Q8_0 blocks (rwkv_np requantizes the fp16 head; ggml rounds activations to 8 bits)"),
-             ("rwkv_np bf16", "rwkv_np fp32", "fp16 rounding of the bf16 weights, as rwkv.cpp's converter writes them"),
+              "the same Q8_0 blocks; rwkv_np requantizes the fp16 head, ggml rounds activations to 8 bits"),
+             ("rwkv_np bf16", "rwkv_np fp32", "the same numbers: the FP32 file holds the bf16 weights widened"),
+             ("rwkv_np fp16", "rwkv_np bf16", "fp16 rounding of the bf16 weights, as rwkv.cpp's converter writes them"),
              ("rwkv_np int8", "rwkv_np bf16", "what int8 quantization changes")]
 MiB = 1 << 20
 CONVERT = """The rwkv.cpp files are missing from {dir}. Make them with rwkv.cpp's scripts, in a venv that has torch:
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--files", type=Path, required=True, help="folder of the checkpoint files (see above)")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of every row (default 10)")
     ap.add_argument("--threads", type=int, default=2, help="threads of both (default 2)")
+    ap.add_argument("--json", type=Path, help="also write every child's figures here")
     args = ap.parse_args()
     if not (args.rwkv_cpp / "python" / "rwkv_cpp").is_dir():
         ap.error(f"--rwkv-cpp {args.rwkv_cpp}: no python/rwkv_cpp folder there (a checkout of rwkv.cpp?)")
@@ -181,6 +183,11 @@ def main() -> None:
         for row in ROWS:
             runs[row].append(run_child(row, paths[row], args))
         print(f"round {r + 1}: " + ", ".join(f"{row} {runs[row][-1]['gen_tok_s']:.1f}" for row in ROWS), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": bench.machine(), "rwkv.cpp": cpp_commit,
+                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                         "rows": {row: [{k: v for k, v in x.items() if k != "logits16"} for x in xs]
+                                                  for row, xs in runs.items()}}, indent=1) + "\n")
     report(runs)
 
 

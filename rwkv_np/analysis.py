@@ -414,6 +414,7 @@ PALETTE = {
     "past": "tab:purple",       # the past (a, b, decayed sums)
     "rwkv": "tab:blue",         # RWKV's recurrence, in cost plots
     "attention": "tab:red",     # softmax attention, in cost plots
+    "peer": "tab:brown",        # another implementation (rwkv.cpp), in speed plots
     "naive": "tab:green",       # eq. 14 as written
     "time mixing": "tab:cyan",
     "channel mixing": "tab:olive",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import RWKV_CPP, TORCH_WRITTEN, need
 
-from _writers import (GGML_TYPE_IDS, ggml_block_bytes, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_quantized_bytes,
+from _writers import (GGML_TYPE_IDS, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_quantized_bytes,
                       tiny_weights)
 
 import rwkv_np
@@ -268,3 +268,29 @@ def test_int8_is_refused_for_later_versions():
     with pytest.raises(CheckpointError, match=r"5v2-730K-FP32.bin: an RWKV-5.2 checkpoint; quantize='int8' is "
                                               r"implemented for RWKV-4 only"):
         rwkv_np.load_model(path, quantize="int8")
+
+
+def test_quantization_experiment_tiny(tmp_path):
+    """experiments/quantization.py end to end on 4 KB of held-out text and a small random shape.
+    The shipped weights are stored fp16, so fp16 changes nothing; coarser steps move the logits
+    more: fp16 (11 significant bits) < bf16 (8) < int8, and Q8_0 < Q5_1 < Q4_1 (steps of 1/127,
+    1/31 and 1/15 of a block's range)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, SHAKESPEARE
+
+    need(SHAKESPEARE)
+    out = tmp_path / "q.json"
+    subprocess.run([sys.executable, str(REPO / "experiments" / "quantization.py"), "--tiny", "--out", str(out)],
+                   check=True, capture_output=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                                         "OPENBLAS_NUM_THREADS": "1"})
+    r = json.loads(out.read_text())
+    loss, move = r["loss"], r["logits"]
+    assert list(loss) == ["fp32", "fp16", "bf16", "int8", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+    assert loss["fp16"] == loss["fp32"] and 1.0 < loss["fp32"] < 2.0
+    assert all(abs(v - loss["fp32"]) < 0.05 for v in loss.values())
+    assert r["bytes_per_weight"]["int8"] == 1.125 and r["bytes_per_weight"]["Q8_0"] == 34 / 32
+    assert move["fp16"]["max_abs"] < move["bf16"]["max_abs"] < move["int8"]["max_abs"]
+    assert move["Q8_0"]["max_abs"] < move["Q5_1"]["max_abs"] < move["Q4_1"]["max_abs"]
