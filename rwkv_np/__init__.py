@@ -38,7 +38,7 @@ def __getattr__(name: str):
 
 
 def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
-               quantize: str | None = None) -> "RWKV":
+               quantize: str | None = None, keep_blocks: bool = False) -> "RWKV":
     """Load an RWKV checkpoint: a BlinkDL .pth, a Hugging Face RWKV-4 folder or file (safetensors or
     pytorch_model.bin), an rwkv.cpp file (FP32, FP16, or quantized: Q4_0, Q4_1, Q5_0, Q5_1 and
     Q8_0, dequantized exactly as ggml defines them), or a name such as "169m" that was downloaded
@@ -55,6 +55,12 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
         max|w| / 127 per block (1.125 bytes per weight; each weight within 1/254 of its block's
         largest magnitude). The compiled kernels read the int8 weights directly. A Q8_0 rwkv.cpp
         file is taken as stored (its blocks are this scheme with fp16 scales). RWKV-4 only.
+    keep_blocks: keep the Q4_0/Q4_1/Q5_0/Q5_1 matrices of an rwkv.cpp RWKV-4 file in their ggml
+        blocks (0.56-0.75 bytes per weight); the recurrent form reads them directly, the parallel
+        form dequantizes them matrix by matrix as ggml does. The results equal those of the
+        dequantized weights up to float32 rounding of the sums. Ignored for other files. With
+        quantize="int8" too, the blocks stay and the other matrices (rwkv.cpp's files keep the head
+        fp16, 30% of a 169M model's weights) become int8.
     """
     from .loading import load_checkpoint
 
@@ -65,7 +71,8 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
             path = resolve_model(str(path))
     from .engine import RWKV
 
-    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
+    checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize,
+                                 keep_blocks=keep_blocks)
     model = RWKV(checkpoint.weights, checkpoint.config)
     model.checkpoint_path = checkpoint.path
     model.checkpoint_format = checkpoint.format

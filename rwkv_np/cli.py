@@ -123,7 +123,8 @@ def add_quantize_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8: quantize every matrix but the embedding at load time (symmetric, one float32 "
                         "scale per block of 32 weights of a row; the kernels read int8): about half the bytes "
-                        "of 16-bit weights per token (default: the weights as stored)")
+                        "of 16-bit weights per token; the 4- and 5-bit blocks of an rwkv.cpp file stay as they "
+                        "are and only its other matrices (the head) become int8 (default: the weights as stored)")
 
 
 #: the largest --data file `perplexity` reads (it holds the whole text and its tokens in memory)
@@ -196,8 +197,9 @@ def _load(args):
 
     model_arg = args.model if args.model is not None else default_model_path()
     # 16-bit checkpoints stay 16-bit in memory: half the bytes read per token, and the products
-    # widen each weight exactly to float32, so the numbers equal those of float32 weights
-    model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True,
+    # widen each weight exactly to float32, so the numbers equal those of float32 weights; rwkv.cpp's
+    # 4- and 5-bit matrices likewise stay in their blocks (the same numbers to float32 rounding)
+    model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True, keep_blocks=True,
                                quantize=getattr(args, "quantize", None))
     model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)

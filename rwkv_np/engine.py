@@ -23,7 +23,7 @@ from . import kernels as K
 from . import schema
 from .config import RWKVConfig
 from .errors import ArgumentError
-from .quantize import Int8Matrix
+from .quantize import BLOCK_BYTES, BlockMatrix, Int8Matrix
 from .reference import AA, ATT_X, BB, FFN_X, PP, layer_norm
 from .state import State, check_forward_output
 
@@ -38,7 +38,9 @@ class RWKV:
     widened to float32 exactly, element by element, inside the products; vectors are float32.
     Or every matrix but the embedding may be an rwkv_np.quantize.Int8Matrix (int8 with a float32
     scale per block of 32 along each row, `load_model(..., quantize="int8")`), read as int8 by the
-    kernels.
+    kernels; or every block matrix an rwkv_np.quantize.BlockMatrix of one ggml format (an rwkv.cpp
+    file's Q4_0/Q4_1/Q5_0/Q5_1 bytes, `load_model(..., keep_blocks=True)`), the head as the file
+    holds it: the recurrent form reads the blocks, the parallel form dequantizes them as ggml does.
 
     `params` is the nested float32 dict that rwkv_np.reference's functions take:
     `reference.forward(model.params, tokens)` computes what `model.forward(tokens, return_all=True)` does.
@@ -71,7 +73,8 @@ class RWKV:
 
     @property
     def weight_dtype(self) -> str:
-        """How the matrices are held in memory: "float32", "bfloat16", "float16" or "int8"."""
+        """How the matrices are held in memory: "float32", "bfloat16", "float16", "int8", or rwkv.cpp's
+        block format kept as stored: "Q4_0", "Q4_1", "Q5_0" or "Q5_1" (the head may then be 16-bit)."""
         return self._fast.kind
 
     @property
@@ -161,6 +164,11 @@ def _as_float32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _kernel_array(a):
+    """The array the kernels read for a matrix: an int8 one's q, a ggml-blocks one's bytes."""
+    return a.q if isinstance(a, Int8Matrix) else a.raw if isinstance(a, BlockMatrix) else a
+
+
 class _FastWeights:
     """The weights laid out for rwkv_np/kernels.py, and the two forms of the network run with them.
 
@@ -172,8 +180,11 @@ class _FastWeights:
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
         L = config.n_layer
         matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in schema.MATRICES]
+        blocks = {weights[n].fmt if isinstance(weights[n], BlockMatrix) else None for n in matrices[2:]}
         if all(isinstance(weights[n], Int8Matrix) for n in matrices[1:]):
             self.kind = "int8"  # the embedding, as given, is only read a row at a time
+        elif len(blocks) == 1 and None not in blocks:
+            self.kind = blocks.pop()  # the block matrices; the head as the file holds it
         else:
             dtypes = {np.dtype(weights[n].dtype) for n in matrices}
             kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
@@ -182,6 +193,12 @@ class _FastWeights:
         def stored(a: np.ndarray) -> np.ndarray:
             if self.kind == "int8":
                 return a if isinstance(a, Int8Matrix) else _as_float32(a)  # embedding rows: float32
+            if self.kind in BLOCK_BYTES:  # the head as held (blocks, int8, 16-bit or float32), rows float32
+                if isinstance(a, (BlockMatrix, Int8Matrix)):
+                    return a
+                if a.ndim == 2 and a.dtype in (np.float16, np.uint16):
+                    return np.ascontiguousarray(a).view(np.int16 if a.dtype == np.float16 else np.uint16)
+                return _as_float32(a)
             a = np.ascontiguousarray(_as_float32(a) if self.kind == "float32" else a)
             return a.view(np.int16) if a.dtype == np.float16 else a
 
@@ -204,15 +221,17 @@ class _FastWeights:
         # int8: the scales' addresses; other kinds have none, and point at one float32 never read
         self._no_scales = np.zeros(1, np.float32)
         self.saddr = np.full((K.HEAD + 1, L), self._no_scales.ctypes.data, np.int64)
-        int8 = self.kind == "int8"
         for row, n in enumerate(schema.MATRICES):
-            self.addr[row, :L] = [(a.q if int8 else a).ctypes.data for a in self.matrices[n]]
-            if int8:
+            self.addr[row, :L] = [_kernel_array(a).ctypes.data for a in self.matrices[n]]
+            if self.kind == "int8":
                 self.saddr[row, :L] = [a.scales.ctypes.data for a in self.matrices[n]]
-        self.addr[K.HEAD, 0] = (self.head.q if int8 else self.head).ctypes.data
-        if int8:
+        self.addr[K.HEAD, 0] = _kernel_array(self.head).ctypes.data
+        if isinstance(self.head, Int8Matrix):
             self.saddr[K.HEAD, 0] = self.head.scales.ctypes.data
-        self.like = np.zeros(1, np.int8 if int8 else self.head.dtype)  # the matrices' dtype
+
+        def like(a):  # the kernels tell the kinds apart by dtype; ggml blocks by their size in bytes
+            return np.zeros(BLOCK_BYTES[a.fmt] if isinstance(a, BlockMatrix) else 1, _kernel_array(a).dtype)
+        self.like, self.head_like = like(self.matrices["att.key.weight"][0]), like(self.head)
         self.eps = config.layer_norm_eps
         self.config = config
         # weights read per token below which the threads' hand-offs (four a layer) cost more
@@ -234,7 +253,7 @@ class _FastWeights:
             step = 256  # tokens per call: their embedding rows are gathered first
             for a in range(0, len(tokens), step):
                 which = K.LOGITS_ALL if return_all else K.LOGITS_LAST if a + step >= len(tokens) else K.LOGITS_NONE
-                K.recurrent_tokens(self.rows(tokens[a:a + step]), self.like, self.addr, self.saddr, c.vocab_size, c.ffn_dim, self.ln0,
+                K.recurrent_tokens(self.rows(tokens[a:a + step]), self.like, self.head_like, self.addr, self.saddr, c.vocab_size, c.ffn_dim, self.ln0,
                                    self.vecs, self.ln_out, self.eps, s, out[a:a + step] if return_all else out, which)
         finally:
             numba.set_num_threads(threads)
@@ -249,6 +268,8 @@ class _FastWeights:
         out = scratch[0][:w.size].reshape(w.shape)
         if isinstance(w, Int8Matrix):
             K.dequantize_into(w.q, w.scales, out)
+        elif isinstance(w, BlockMatrix):
+            out[...] = np.asarray(w)  # as ggml dequantizes: the same numbers as a dequantized load
         else:
             K.widen_into(w, out)
         return out
@@ -293,7 +314,7 @@ class _FastWeights:
             if isinstance(self.head, Int8Matrix):
                 K.matvec(self.head.q, np.ascontiguousarray(xn[0]), out, self.head.scales)
             else:
-                K.matvec(self.head, np.ascontiguousarray(xn[0]), out)
+                K.matvec(_kernel_array(self.head), np.ascontiguousarray(xn[0]), out)
             return out
         out = np.empty((T, self.config.vocab_size), np.float32)
         rows = 8192  # widen the head a slice at a time: it is the largest matrix

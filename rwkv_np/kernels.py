@@ -19,12 +19,15 @@ patterns as int16 (Numba has no float16 on the CPU). `widen` turns one element i
 exactly (bf16 is the top half of a float32; fp16 -> float32 is exact), and every product
 accumulates in float32. Or int8 with a float32 scale per block of 32 weights along each row
 (rwkv_np/quantize.py's Int8Matrix): `row_dot` is the one place that tells the kinds apart; for
-int8 it accumulates q * x * scale in float32.
+int8 it accumulates q * x * scale in float32. Or rwkv.cpp's Q4_0, Q4_1, Q5_0, Q5_1 blocks kept as
+the file holds them (quantize.BlockMatrix, uint8 rows of whole blocks): `_dot_blocks` unpacks them in
+vector registers, one block of 32 at a time.
 """
 
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .reference import AA, ATT_X, BB, FFN_X, PP
@@ -108,6 +111,100 @@ def _dot_int8(q, s, x):
     return acc
 
 
+# ggml's 4- and 5-bit blocks (rwkv_np/quantize.py has the layouts), told apart by their size in
+# bytes: size -> (byte offset of the fp16 scale d, of the fp16 minimum m or None, of the uint32 fifth
+# bits qh or None, of the 16 bytes of nibbles, the zero point subtracted from q)
+GGML_LAYOUT = {18: (0, None, None, 2, 8),    # Q4_0: w = d (q - 8)
+               20: (0, 2, None, 4, 0),       # Q4_1: w = d q + m
+               22: (0, None, 2, 6, 16),      # Q5_0: w = d (q - 16)
+               24: (0, 2, 4, 8, 0)}          # Q5_1: w = d q + m
+
+
+def _ggml_dot(block_bytes):
+    """An intrinsic dot(row, x, nb): sum over the nb blocks of one row of ggml blocks (uint8) of
+    d * sum_k (q_k - zero) x_k  [+ m * sum_k x_k], with x float32 (32 nb,).
+
+    Written as LLVM vector code because Numba's loops do not vectorise it: a loop over a block's 32
+    weights runs one weight at a time (see _dot_int8), and the flat form _dot_int8 uses cannot
+    unpack nibbles. Per block:
+    the 16 bytes of nibbles as two 16-lane vectors (low nibbles = weights 0-15, high = 16-31), Q5's
+    fifth bits or-ed in from qh, converted exactly to float32, multiplied by x, summed into a
+    16-lane partial sum that is scaled by d once per block; the m-term likewise with the sum of x.
+    The 16 lanes are added up at the end. Each product (q - zero) x is rounded once, as in _dot."""
+    d_at, m_at, qh_at, qs_at, zero = GGML_LAYOUT[block_bytes]
+
+    @intrinsic
+    def dot(typingctx, row, x, nb):
+        def codegen(context, builder, signature, args):
+            qa = context.make_array(signature.args[0])(context, builder, args[0]).data
+            xa = context.make_array(signature.args[1])(context, builder, args[1]).data
+            i8, i32, f32, n = ir.IntType(8), ir.IntType(32), ir.FloatType(), 16
+            vi8, vi32, vf = ir.VectorType(i8, n), ir.VectorType(i32, n), ir.VectorType(f32, n)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+            intp = args[2].type
+
+            def at(ptr, offset, ty):  # an unaligned load of ty at ptr + offset
+                return builder.load(builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer()), align=1)
+
+            def splat(value, ty):
+                one = builder.insert_element(ir.Constant(ty, ir.Undefined), value, i32(0))
+                return builder.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(vi32, [0] * n))
+
+            def lanes(values):
+                return ir.Constant(vi32, list(values))
+
+            acc = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
+            macc = cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * n))
+            with cgutils.for_range(builder, args[2]) as loop:
+                b = loop.index
+                blk = builder.mul(b, intp(block_bytes))
+                d = builder.fpext(at(qa, builder.add(blk, intp(d_at)), ir.HalfType()), f32)
+                qs = at(qa, builder.add(blk, intp(qs_at)), vi8)
+                lo = builder.zext(builder.and_(qs, ir.Constant(vi8, [15] * n)), vi32)  # weights 0..15
+                hi = builder.zext(builder.lshr(qs, ir.Constant(vi8, [4] * n)), vi32)  # weights 16..31
+                if qh_at is not None:  # weight k's fifth bit is bit k of qh
+                    qh = splat(at(qa, builder.add(blk, intp(qh_at)), i32), vi32)
+                    lo = builder.or_(lo, builder.shl(builder.and_(builder.lshr(qh, lanes(range(n))), lanes([1] * n)), lanes([4] * n)))
+                    hi = builder.or_(hi, builder.shl(builder.and_(builder.lshr(qh, lanes(range(n, 2 * n))), lanes([1] * n)),
+                                                     lanes([4] * n)))
+                flo, fhi = builder.sitofp(lo, vf), builder.sitofp(hi, vf)
+                if zero:  # exact: small integers
+                    flo = builder.fsub(flo, ir.Constant(vf, [float(zero)] * n))
+                    fhi = builder.fsub(fhi, ir.Constant(vf, [float(zero)] * n))
+                x0 = at(xa, builder.mul(b, intp(32)), vf)
+                x1 = at(xa, builder.add(builder.mul(b, intp(32)), intp(16)), vf)
+                t = builder.call(fma, [fhi, x1, builder.fmul(flo, x0)])
+                builder.store(builder.call(fma, [t, splat(d, vf), builder.load(acc)]), acc)
+                if m_at is not None:
+                    m = builder.fpext(at(qa, builder.add(blk, intp(m_at)), ir.HalfType()), f32)
+                    builder.store(builder.call(fma, [builder.fadd(x0, x1), splat(m, vf), builder.load(macc)]), macc)
+            lanes_sum = builder.fadd(builder.load(acc), builder.load(macc))
+            total = builder.extract_element(lanes_sum, i32(0))
+            for k in range(1, n):
+                total = builder.fadd(total, builder.extract_element(lanes_sum, i32(k)))
+            return total
+        return types.float32(row, x, types.intp), codegen
+    return dot
+
+
+_dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1 = (_ggml_dot(size) for size in GGML_LAYOUT)
+
+
+@njit(inline="always", error_model="numpy")
+def _dot_blocks(row, x):
+    """sum_j w[j] x[j] of one row of ggml blocks (uint8, whole blocks) and float32 x (32 nb,); the
+    format is told by the bytes per block."""
+    nb = x.shape[0] >> 5
+    size = row.shape[0] // nb
+    if size == 18:
+        return _dot_q4_0(row, x, nb)
+    if size == 20:
+        return _dot_q4_1(row, x, nb)
+    if size == 22:
+        return _dot_q5_0(row, x, nb)
+    return _dot_q5_1(row, x, nb)
+
+
 @intrinsic
 def _prefetch(typingctx, row, j):
     """Ask the memory system for the cache line holding row[j], without waiting for it."""
@@ -138,7 +235,8 @@ def _prefetch_row(w, r):
 
 
 def row_dot(w, s, r, x):
-    """Row r of a weight matrix w (any kind: float32, 16-bit, or int8 with scales s) dotted with x.
+    """Row r of a weight matrix w (any kind: float32, 16-bit, int8 with scales s, or ggml blocks as
+    uint8) dotted with x.
 
     Rows are meant to be read in increasing r: each call first asks for a row ~PREFETCH_BYTES
     further on."""
@@ -147,6 +245,12 @@ def row_dot(w, s, r, x):
 
 @overload(row_dot)
 def _row_dot_overload(w, s, r, x):
+    if w.dtype == types.uint8:
+        def blocks_row_dot(w, s, r, x):
+            _prefetch_row(w, r + max(1, PREFETCH_BYTES // w.shape[1]))
+            return _dot_blocks(w[r], x)
+        return blocks_row_dot
+
     if w.dtype == types.int8:
         def int8_row_dot(w, s, r, x):
             ahead = r + max(1, PREFETCH_BYTES // w.shape[1])
@@ -266,10 +370,23 @@ def _address_as_pointer(typingctx, address, like):
     return ptr(address, like), codegen
 
 
+def _stored_cols(like, cols):
+    """How many elements of like's dtype hold a row of cols weights: cols, except for ggml blocks
+    (uint8; like (bytes per block,)), where a row is cols / 32 blocks of bytes."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_stored_cols, inline="always")
+def _stored_cols_overload(like, cols):
+    if like.dtype == types.uint8:
+        return lambda like, cols: (cols >> 5) * like.shape[0]
+    return lambda like, cols: cols
+
+
 @njit(inline="always", error_model="numpy")
 def _matrix(address, like, rows, cols):
-    """The (rows, cols) C-contiguous array of like's dtype at a memory address."""
-    return carray(_address_as_pointer(address, like), (rows, cols))
+    """The C-contiguous matrix of rows x cols weights stored in like's dtype at a memory address."""
+    return carray(_address_as_pointer(address, like), (rows, _stored_cols(like, cols)))
 
 
 def _scales(address, like, rows, cols):
@@ -299,11 +416,12 @@ LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2  # which tokens recurrent_tokens 
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def recurrent_tokens(rows, like, addr, saddr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
+def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
     """The recurrent form over tokens whose embedding rows are rows (T, C) (any stored float
     kind), advancing state (L, 5, C) float32 in place.
 
-    The matrices, all of the dtype of like (1,), are passed by address: addr (HEAD + 1, L)
+    The block matrices, all stored like like (1,) (for ggml blocks: (bytes per block,) uint8), and
+    the head, stored like head_like, are passed by address: addr (HEAD + 1, L)
     int64 of att.key, att.value, att.receptance, att.output (C, C), ffn.key (F, C),
     ffn.receptance (C, C), ffn.value (C, F), and in column 0 of the last row head (V, C).
     Addresses keep the compiled signature the same for any number of layers and for read-only
@@ -315,8 +433,8 @@ def recurrent_tokens(rows, like, addr, saddr, V, F, ln0, vecs, ln_out, eps, stat
     """
     L, C = vecs.shape[0], vecs.shape[2]
     kind = like
-    head = _matrix(addr[HEAD, 0], kind, V, C)
-    head_s = _scales(saddr[HEAD, 0], kind, V, C)
+    head = _matrix(addr[HEAD, 0], head_like, V, C)
+    head_s = _scales(saddr[HEAD, 0], head_like, V, C)
     x = np.empty(C, np.float32)
     xn = np.empty(C, np.float32)
     xk = np.empty(C, np.float32)

@@ -66,7 +66,7 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
-                    quantize: str | None = None) -> Checkpoint:
+                    quantize: str | None = None, keep_blocks: bool = False) -> Checkpoint:
     """Load an RWKV-4 checkpoint file or Hugging Face folder; raise CheckpointError on any problem.
 
     keep_16bit: matrices stored as bfloat16 or float16 are returned as stored, not widened to
@@ -82,6 +82,10 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
     quantize: None, or "int8": every matrix but the embedding becomes an rwkv_np.quantize.Int8Matrix
         (symmetric, per block of 32 along each row; a Q8_0 tensor of an rwkv.cpp file is taken
         as stored), one matrix at a time, so that at most one float32 copy exists at once.
+    keep_blocks: the Q4_0, Q4_1, Q5_0 and Q5_1 matrices of an rwkv.cpp file (RWKV-4) stay in their
+        ggml blocks as rwkv_np.quantize.BlockMatrix (when all of them have the same format; a file
+        mixing formats is dequantized). With quantize="int8" too, they stay blocks and the other
+        matrices (rwkv.cpp keeps the head fp16) become int8.
     Tensors of rwkv.cpp's quantized formats are otherwise dequantized to float32 as ggml does.
     """
     from .quantize import check_quantize
@@ -89,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
     path = Path(path)
     quantize = check_quantize(quantize)
     try:
-        return _load(path, keep_16bit, lazy_embedding, quantize)
+        return _load(path, keep_16bit, lazy_embedding, quantize, bool(keep_blocks))
     except RWKVError:
         raise
     except MemoryError:
@@ -99,8 +103,9 @@ def load_checkpoint(path: str | os.PathLike, keep_16bit: bool = False, lazy_embe
                               "the file is probably malformed - please report this") from e
 
 
-def _load(path: Path, keep_16bit: bool = False, lazy_embedding: bool = False, quantize: str | None = None) -> Checkpoint:
-    options = dict(keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
+def _load(path: Path, keep_16bit: bool = False, lazy_embedding: bool = False, quantize: str | None = None,
+          keep_blocks: bool = False) -> Checkpoint:
+    options = dict(keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize, keep_blocks=keep_blocks)
     if path.is_dir():
         return _load_folder(path, options)
     if not path.exists():
@@ -308,7 +313,7 @@ def _hf_to_blinkdl(name: str) -> str:
 
 def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict | None,
            cpp_header: dict | None, tokenizer_dir: Path, keep_16bit: bool = False,
-           lazy_embedding: bool = False, quantize: str | None = None) -> Checkpoint:
+           lazy_embedding: bool = False, quantize: str | None = None, keep_blocks: bool = False) -> Checkpoint:
     from .versions import detect_version
 
     version = detect_version(_hf_to_blinkdl(k) for k in tensors)
@@ -346,7 +351,8 @@ def _build(path: Path, tensors: dict[str, LazyTensor], fmt: str, hf_config: dict
     for t in tensors.values():
         counts[t.dtype] += t.numel
     weights = _materialize(path, tensors, original, config, decay_is_neg_stored=fmt == "rwkv.cpp",
-                           keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize)
+                           keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize,
+                           keep_blocks=keep_blocks)
     tokenizer = next((tokenizer_dir / n for n in TOKENIZER_NAMES if (tokenizer_dir / n).is_file()), None)
     return Checkpoint(weights, config, fmt, counts.most_common(1)[0][0], path, tokenizer)
 
@@ -458,13 +464,20 @@ def _non_finite(a: np.ndarray) -> int:
 
 def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str, str], config: RWKVConfig,
                  decay_is_neg_stored: bool, keep_16bit: bool = False,
-                 lazy_embedding: bool = False, quantize: str | None = None) -> dict[str, np.ndarray]:
-    from .quantize import Int8Matrix
+                 lazy_embedding: bool = False, quantize: str | None = None,
+                 keep_blocks: bool = False) -> dict[str, np.ndarray]:
+    from .quantize import BlockMatrix, Int8Matrix
 
+    # the 4- and 5-bit formats of the matrices; kept as blocks only if there is one
+    block_formats = {t.dtype for n, t in tensors.items() if len(t.shape) == 2 and n != "emb.weight"} - {"float32", "float16", "bfloat16", "Q8_0"}
+    keep_blocks = keep_blocks and len(block_formats) == 1
     weights = {}
     for name, shape in expected_shapes(config).items():
         t = tensors[name]
-        if quantize == "int8" and len(shape) == 2 and name != "emb.weight":
+        if keep_blocks and len(shape) == 2 and name != "emb.weight" and t.dtype in block_formats:
+            a = BlockMatrix(t.blocks(), t.dtype, shape)  # the bytes as the file holds them
+            bad = _non_finite(a.scales())
+        elif quantize == "int8" and len(shape) == 2 and name != "emb.weight":
             # the embedding stays as stored: one row of it is read per token, so its size does not
             # set the speed, and lazy_embedding can leave it in the file
             if t.dtype == "Q8_0":

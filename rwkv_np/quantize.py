@@ -20,6 +20,10 @@ float32 (N, ceil(K / 32)) beside the int8 (N, K). 1.125 bytes per weight. A weig
 most s / 2, i.e. 1/254 of the largest magnitude in its block: per block rather than per row because
 one large weight then coarsens only its 31 neighbours, not its whole row (tests/test_quantize.py
 and the report of issue 13 measure both). A Q8_0 block maps onto it exactly (s = d).
+
+`BlockMatrix` (`load_model(path, keep_blocks=True)`): an rwkv.cpp file's Q4_0, Q4_1, Q5_0 or Q5_1
+matrix kept as the file's bytes (0.5625 to 0.75 bytes per weight), each row its blocks;
+kernels._dot_blocks unpacks them in registers.
 """
 
 from __future__ import annotations
@@ -152,6 +156,52 @@ class Int8Matrix:
 
     def __repr__(self) -> str:
         return f"Int8Matrix(shape={self.shape})"
+
+
+class BlockMatrix:
+    """A (N, K) matrix of an rwkv.cpp file kept in its ggml blocks (`load_model(..., keep_blocks=True)`):
+    raw (N, K / 32 * BLOCK_BYTES[fmt]) uint8, each row the row's blocks exactly as the file holds them
+    (fmt one of Q4_0, Q4_1, Q5_0, Q5_1). The recurrent form reads them directly (kernels._dot_blocks);
+    np.asarray(m) gives the float32 matrix, dequantized as ggml does; m[rows] the float32 rows;
+    m[a:b] a BlockMatrix of those rows (no copy)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 2
+
+    def __init__(self, raw: np.ndarray, fmt: str, shape: tuple[int, int]):
+        N, K = shape
+        if fmt not in BLOCK_BYTES or fmt == "Q8_0" or K % BLOCK or raw.shape != (N, K // BLOCK * BLOCK_BYTES[fmt]):
+            raise ArgumentError(f"BlockMatrix: {raw.shape} bytes are not {fmt} blocks of a {shape} matrix")
+        self.raw, self.fmt = np.ascontiguousarray(raw, np.uint8), fmt
+        self.shape = (N, K)
+        self.size = N * K
+        self.nbytes = self.raw.nbytes
+
+    def scales(self) -> np.ndarray:
+        """Every block's fp16 numbers (d, and m for Q4_1 / Q5_1), float16 (N, K / 32, 1 or 2)."""
+        size = BLOCK_BYTES[self.fmt]
+        blocks = self.raw.reshape(self.shape[0], -1, size)
+        count = 2 if self.fmt in ("Q4_1", "Q5_1") else 1
+        return np.ascontiguousarray(blocks[:, :, :2 * count]).view("<f2")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._dequantize(self.raw)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        n = raw.shape[0]
+        return dequantize_blocks(raw.reshape(-1, BLOCK_BYTES[self.fmt]), self.fmt).reshape(n, self.shape[1])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            raw = self.raw[index]
+            return BlockMatrix(raw, self.fmt, (raw.shape[0], self.shape[1]))
+        idx = np.asarray(index)
+        out = self._dequantize(self.raw[idx.reshape(-1)])
+        return out[0] if idx.ndim == 0 else out
+
+    def __repr__(self) -> str:
+        return f"BlockMatrix({self.fmt}, shape={self.shape})"
 
 
 def _padded(w: np.ndarray, nb: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from _writers import (GGML_TYPE_IDS, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_qua
 import rwkv_np
 from rwkv_np import kernels as K
 from rwkv_np.errors import ArgumentError, CheckpointError
-from rwkv_np.quantize import BLOCK_BYTES, Int8Matrix, dequantize_blocks
+from rwkv_np.quantize import BLOCK_BYTES, BlockMatrix, Int8Matrix, dequantize_blocks
 
 PROMPT = [34, 105, 110]  # '"in', the prompt of rwkv.cpp's test
 
@@ -70,14 +70,15 @@ def test_writer_round_trip_within_half_a_step(fmt):
 
 # ---- rwkv.cpp's own quantized files -------------------------------------------------------------
 
+@pytest.mark.parametrize("keep_blocks", [False, True])
 @pytest.mark.parametrize("name, tolerance", [("Q5_0", 0.179), ("Q5_1", 0.292)])
-def test_rwkv_cpp_quantized_fixture(name, tolerance):
-    """rwkv.cpp's test accepts sum(logits - expected) within these for its Q5_0/Q5_1 files.
-    (Q5 blocks are dequantized; quantize="int8" would round them a second time, so it is not
-    rwkv.cpp's file any more.)"""
+def test_rwkv_cpp_quantized_fixture(name, tolerance, keep_blocks):
+    """rwkv.cpp's test accepts sum(logits - expected) within these for its Q5_0/Q5_1 files: with
+    the blocks dequantized, and kept as blocks and read by the recurrent kernel directly.
+    (quantize="int8" would round them a second time, so it is not rwkv.cpp's file any more.)"""
     expected = np.fromfile(need(RWKV_CPP / "expected-logits-4v0-660K.bin"), "<f4")
-    model = rwkv_np.load_model(need(RWKV_CPP / f"tiny-rwkv-4v0-660K-{name}.bin"))
-    assert model.weight_dtype == "float32" and model.source_dtype == name
+    model = rwkv_np.load_model(need(RWKV_CPP / f"tiny-rwkv-4v0-660K-{name}.bin"), keep_blocks=keep_blocks)
+    assert model.weight_dtype == (name if keep_blocks else "float32") and model.source_dtype == name
     for mode in ("parallel", "recurrent"):
         logits, _ = model.forward(PROMPT, mode=mode)
         assert abs(float(np.sum(logits - expected))) < tolerance, mode
@@ -96,6 +97,80 @@ def test_quantized_file_equals_its_dequantized_weights(tmp_path, fmt):
     blocks = np.frombuffer(ggml_quantize(w, fmt), np.uint8).reshape(-1, BLOCK_BYTES[fmt])
     np.testing.assert_array_equal(model.weights["blocks.0.att.key.weight"], dequantize_blocks(blocks, fmt).reshape(w.shape))
     np.testing.assert_array_equal(model.weights["head.weight"], raw["head.weight"])  # kept float32 by rwkv.cpp
+
+
+def _random_blocks(fmt, rows, cols, seed):
+    """rows x cols weights in fmt's blocks as ggml writes them: (raw (rows, bytes) uint8, dequantized)."""
+    w = np.random.default_rng(seed).normal(size=(rows, cols)).astype(np.float32)
+    w[0, :32] += 3.0  # one block away from zero: Q4_1 / Q5_1's minimum m is then positive
+    raw = np.frombuffer(ggml_quantize(w, fmt), np.uint8).reshape(rows, -1)
+    return raw, dequantize_blocks(raw.reshape(-1, BLOCK_BYTES[fmt]), fmt).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_blocks_matvec_kernel(fmt):
+    """kernels._dot_blocks (through row_dot) on rows of 3 blocks: the dequantized weights' dot
+    product to float32 rounding. Per block it sums (q - zero) x_k (each product one rounding) and
+    scales by d once, so the error is a few roundings of the terms' magnitudes, as in _dot."""
+    raw, w = _random_blocks(fmt, 40, 96, seed=5)
+    assert fmt[:2] != "Q5" or np.any(raw[:, 2:6] if fmt == "Q5_0" else raw[:, 4:8])  # fifth bits in use
+    x = np.random.default_rng(6).normal(size=96).astype(np.float32)
+    out = np.empty(40, np.float32)
+    K.matvec(raw, x, out)
+    exact = w.astype(np.float64) @ x
+    np.testing.assert_allclose(out, exact, rtol=0, atol=4 * 96 * 2.0 ** -24 * (np.abs(w) @ np.abs(x)).max())
+    assert np.abs(out - exact).max() > 0 or fmt == "Q4_0"  # not the dequantized path in disguise
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_file_kept_in_blocks(tmp_path, fmt):
+    """keep_blocks=True holds the matrices as the file's bytes (rwkv_np.quantize.BlockMatrix): the
+    parallel form dequantizes them as a plain load does (the same logits, bit for bit); the
+    recurrent form reads the blocks and gives them to float32 rounding of its sums."""
+    raw = _weights_256()
+    (tmp_path / "q.bin").write_bytes(rwkv_cpp_quantized_bytes(raw, fmt))
+    kept = rwkv_np.load_model(tmp_path / "q.bin", keep_blocks=True)
+    plain = rwkv_np.load_model(tmp_path / "q.bin")
+    assert kept.weight_dtype == fmt and plain.weight_dtype == "float32"
+    key = kept.weights["blocks.0.att.key.weight"]
+    assert isinstance(key, BlockMatrix) and key.nbytes == 64 * 64 // 32 * BLOCK_BYTES[fmt]
+    np.testing.assert_array_equal(key.raw.reshape(-1), np.frombuffer(ggml_quantize(raw["blocks.0.att.key.weight"], fmt), np.uint8))
+    np.testing.assert_array_equal(np.asarray(key), plain.weights["blocks.0.att.key.weight"])
+    tokens = np.arange(20) % 32
+    a, sa = plain.forward(tokens, return_all=True)
+    b, sb = kept.forward(tokens, return_all=True, mode="parallel")
+    np.testing.assert_array_equal(b, a)
+    np.testing.assert_array_equal(sb.data, sa.data)
+    c, sc = kept.forward(tokens, return_all=True, mode="recurrent")
+    np.testing.assert_allclose(c, a, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sc.data, sa.data, rtol=0, atol=1e-5)
+    assert np.abs(c - a).max() > 0  # the blocks were read, not the dequantized weights
+    # with quantize="int8" the blocks stay and the float32 head becomes int8
+    both = rwkv_np.load_model(tmp_path / "q.bin", keep_blocks=True, quantize="int8")
+    assert both.weight_dtype == fmt and isinstance(both.weights["head.weight"], Int8Matrix)
+    weights = dict(plain.weights, **{"head.weight": np.asarray(both.weights["head.weight"])})
+    a, _ = rwkv_np.RWKV(weights).forward(tokens, return_all=True)
+    for mode in ("parallel", "recurrent"):
+        np.testing.assert_allclose(both.forward(tokens, return_all=True, mode=mode)[0], a, rtol=0, atol=1e-5)
+
+
+def test_keep_blocks_leaves_other_files_alone(tmp_path):
+    """Files without 4- or 5-bit matrices load as without the option; so does a Q8_0 file."""
+    raw = _weights_256()
+    (tmp_path / "f.bin").write_bytes(rwkv_cpp_bytes(raw, 1, version=101))
+    assert rwkv_np.load_model(tmp_path / "f.bin", keep_blocks=True, keep_16bit=True).weight_dtype == "float16"
+    (tmp_path / "q8.bin").write_bytes(rwkv_cpp_quantized_bytes(raw, "Q8_0"))
+    assert rwkv_np.load_model(tmp_path / "q8.bin", keep_blocks=True).weight_dtype == "float32"
+
+
+def test_block_matrix_refuses_wrong_bytes():
+    assert BlockMatrix(np.zeros((4, 36), np.uint8), "Q4_0", (4, 64)).shape == (4, 64)  # 2 blocks of 18 bytes
+    with pytest.raises(ArgumentError, match=r"BlockMatrix: \(4, 35\) bytes are not Q4_0 blocks of a \(4, 64\) matrix"):
+        BlockMatrix(np.zeros((4, 35), np.uint8), "Q4_0", (4, 64))
+    with pytest.raises(ArgumentError, match=r"not Q4_0 blocks of a \(4, 40\) matrix"):  # rows of whole blocks only
+        BlockMatrix(np.zeros((4, 18), np.uint8), "Q4_0", (4, 40))
+    with pytest.raises(ArgumentError, match=r"not Q8_0 blocks"):
+        BlockMatrix(np.zeros((4, 68), np.uint8), "Q8_0", (4, 64))
 
 
 def test_q8_0_file_kept_in_blocks_is_exact(tmp_path):
@@ -155,16 +230,17 @@ def test_truncated_quantized_tensor(tmp_path):
         rwkv_np.load_model(tmp_path / "q.bin")
 
 
-def test_nan_scale_is_named(tmp_path):
+@pytest.mark.parametrize("fmt, options, count", [
+    ("Q8_0", {}, 32), ("Q8_0", {"quantize": "int8"}, 1),  # dequantized: 32 NaN weights; as int8: 1 NaN scale
+    ("Q5_1", {}, 32), ("Q5_1", {"keep_blocks": True}, 1)])
+def test_nan_scale_is_named(tmp_path, fmt, options, count):
     raw = _weights_256()
-    data = bytearray(rwkv_cpp_quantized_bytes(raw, "Q8_0"))
+    data = bytearray(rwkv_cpp_quantized_bytes(raw, fmt))
     at = data.index(b"blocks.0.att.key.weight") + len(b"blocks.0.att.key.weight")
     data[at:at + 2] = struct.pack("<e", np.nan)  # the first block's scale
     (tmp_path / "q.bin").write_bytes(bytes(data))
-    for quantize in (None, "int8"):
-        with pytest.raises(CheckpointError, match=r"q.bin: tensor blocks.0.att.key.weight has 32 non-finite|"
-                                                  r"q.bin: tensor blocks.0.att.key.weight has 1 non-finite"):
-            rwkv_np.load_model(tmp_path / "q.bin", quantize=quantize)
+    with pytest.raises(CheckpointError, match=rf"q.bin: tensor blocks.0.att.key.weight has {count} non-finite"):
+        rwkv_np.load_model(tmp_path / "q.bin", **options)
 
 
 # ---- the int8 mode -------------------------------------------------------------------------------
@@ -294,3 +370,17 @@ def test_quantization_experiment_tiny(tmp_path):
     assert r["bytes_per_weight"]["int8"] == 1.125 and r["bytes_per_weight"]["Q8_0"] == 34 / 32
     assert move["fp16"]["max_abs"] < move["bf16"]["max_abs"] < move["int8"]["max_abs"]
     assert move["Q8_0"]["max_abs"] < move["Q5_1"]["max_abs"] < move["Q4_1"]["max_abs"]
+
+
+def test_command_line_keeps_blocks():
+    """`generate` and `perplexity` load rwkv.cpp's 4- and 5-bit files with their blocks kept, as
+    they keep 16-bit weights 16-bit; --quantize int8 then quantizes the rest (the head)."""
+    import argparse
+
+    from rwkv_np import cli
+
+    path = str(need(RWKV_CPP / "tiny-rwkv-4v0-660K-Q5_1.bin"))
+    model, _ = cli._load(argparse.Namespace(model=path, tokenizer=None, quantize=None))
+    assert model.weight_dtype == "Q5_1"
+    model, _ = cli._load(argparse.Namespace(model=path, tokenizer=None, quantize="int8"))
+    assert model.weight_dtype == "Q5_1" and isinstance(model.weights["head.weight"], Int8Matrix)

@@ -45,7 +45,8 @@ def _readable(dtype: int, version: int) -> bool:
 class QuantizedTensor(LazyTensor):
     """A tensor in one of ggml's block formats (dtype "Q4_0", ..., "Q8_0"): rows of the last axis
     cut into blocks of 32 weights (rwkv_np/quantize.py). read() and stored() give float32,
-    dequantized as ggml does; int8() gives a Q8_0 tensor's blocks as an Int8Matrix."""
+    dequantized as ggml does; int8() gives a Q8_0 tensor's blocks as an Int8Matrix, blocks() any
+    format's bytes as stored."""
 
     quantized = True
 
@@ -69,6 +70,14 @@ class QuantizedTensor(LazyTensor):
 
     def stored(self, copy: bool) -> np.ndarray:
         return self.read()
+
+    def blocks(self) -> np.ndarray:
+        """A 2-D tensor's blocks as they are stored: (rows, row length / 32 * block bytes) uint8."""
+        size = BLOCK_BYTES[self.dtype]
+        out = np.empty((self.numel // BLOCK, size), np.uint8)
+        for a, raw in self._blocks():
+            out[a:a + len(raw)] = raw
+        return out.reshape(self.shape[0], -1)
 
     def int8(self):
         """A 2-D Q8_0 tensor as an Int8Matrix holding its blocks as they are (no rounding)."""
