@@ -1,0 +1,26 @@
+"""benchmarks/blocks.py --quick end to end: every row loads its file as it says and is measured."""
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_blocks_benchmark_quick():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "blocks.py"), "--quick", "--threads", "1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (\w+) \| \d+ \| [\d.]+ \(", out.stdout, re.M))
+    assert rows == {
+        "bf16 (.pth), kept 16-bit": "bfloat16", "int8 (--quantize int8, from the .pth)": "int8",
+        "Q8_0 file, its blocks as int8": "int8",
+        "Q5_1 file, blocks kept, head fp16": "Q5_1", "Q4_0 file, blocks kept, head fp16": "Q4_0",
+        "Q5_1 file, blocks kept, head int8": "Q5_1", "Q5_0 file, blocks kept, head int8": "Q5_0",
+        "Q4_1 file, blocks kept, head int8": "Q4_1", "Q4_0 file, blocks kept, head int8": "Q4_0"}, out.stdout
+    # MiB read per token (rounded; the quick model's head is 88% of its weights): an int8 head reads
+    # about half of an fp16 one, bf16 the most
+    mib = {k: int(v) for k, v in re.findall(r"^\| ([^|]+?) \| \w+ \| (\d+) \|", out.stdout, re.M)}
+    assert mib["Q4_0 file, blocks kept, head int8"] <= mib["Q5_1 file, blocks kept, head int8"] \
+        <= mib["int8 (--quantize int8, from the .pth)"] < mib["Q4_0 file, blocks kept, head fp16"] \
+        < mib["bf16 (.pth), kept 16-bit"]
