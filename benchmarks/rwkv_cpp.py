@@ -8,8 +8,8 @@ runs only in child processes, through its own Python wrapper (ctypes, NumPy; no 
 DIR holds the checkpoint (random weights of the 169M shape) in both projects' files:
     rwkv4-169m-random-bf16.pth                     (BlinkDL's format; written here if absent, no torch needed)
     rwkv4-169m-random-{FP32,FP16,Q8_0,Q5_1}.bin    (rwkv.cpp's conversions of that file)
-rwkv_np reads the .pth (bf16, and int8 quantized at load) and rwkv.cpp's FP32, FP16 and Q8_0 files
-themselves, so that each pair below compares the same weights.
+rwkv_np reads the .pth (bf16, and int8 quantized at load) and rwkv.cpp's FP32, FP16, Q8_0 and Q5_1 files
+themselves (Q5_1 kept in its blocks), so that each pair below compares the same weights.
 The .bin files are made with rwkv.cpp's own scripts, in a separate virtual environment that has
 torch (never rwkv_np's): the script prints the commands if they are missing.
 
@@ -53,17 +53,20 @@ ROWS = {
     "rwkv_np int8": ("rwkv_np", "bf16.pth", "int8"),
     "rwkv_np int8 (the Q8_0 file)": ("rwkv_np", "Q8_0.bin", "int8"),
     "rwkv.cpp Q8_0": ("rwkv.cpp", "Q8_0.bin", None),
+    "rwkv_np Q5_1 (blocks kept)": ("rwkv_np", "Q5_1.bin", None),
     "rwkv.cpp Q5_1": ("rwkv.cpp", "Q5_1.bin", None),
 }
 # (numerator, denominator): compared round by round
 PAIRS = [("rwkv_np fp32", "rwkv.cpp FP32"), ("rwkv_np fp16", "rwkv.cpp FP16"), ("rwkv_np bf16", "rwkv.cpp FP16"),
          ("rwkv_np int8", "rwkv.cpp Q8_0"), ("rwkv_np int8 (the Q8_0 file)", "rwkv.cpp Q8_0"),
-         ("rwkv_np int8", "rwkv.cpp Q5_1")]
+         ("rwkv_np int8", "rwkv.cpp Q5_1"), ("rwkv_np Q5_1 (blocks kept)", "rwkv.cpp Q5_1")]
 # (a, b, what the difference measures): logits after the same 16 tokens
 AGREEMENT = [("rwkv_np fp32", "rwkv.cpp FP32", "the same float32 weights"),
              ("rwkv_np fp16", "rwkv.cpp FP16", "the same fp16 weights; ggml also rounds the activations to fp16"),
              ("rwkv_np int8 (the Q8_0 file)", "rwkv.cpp Q8_0",
               "the same Q8_0 blocks; rwkv_np requantizes the fp16 head, ggml rounds activations to 8 bits"),
+             ("rwkv_np Q5_1 (blocks kept)", "rwkv.cpp Q5_1",
+              "the same Q5_1 blocks and fp16 head; ggml rounds activations to 8 bits"),
              ("rwkv_np bf16", "rwkv_np fp32", "the same numbers: the FP32 file holds the bf16 weights widened"),
              ("rwkv_np fp16", "rwkv_np bf16", "fp16 rounding of the bf16 weights, as rwkv.cpp's converter writes them"),
              ("rwkv_np int8", "rwkv_np bf16", "what int8 quantization changes")]
@@ -90,10 +93,10 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
         from rwkv_np.threads import short_spin
 
         short_spin()  # as the command line does
-        model = rwkv_np.load_model(path, keep_16bit=True, lazy_embedding=True, quantize=quantize)
+        # as the command line loads: 16-bit kept 16-bit, rwkv.cpp's 4- and 5-bit blocks kept as blocks
+        model = rwkv_np.load_model(path, keep_16bit=True, keep_blocks=True, lazy_embedding=True, quantize=quantize)
         model.warm_up()
-        nbytes = sum(np.asarray(a).nbytes if not hasattr(a, "q") else a.nbytes
-                     for n, a in model.weights.items() if n != "emb.weight")
+        nbytes = sum(a.nbytes for n, a in model.weights.items() if n != "emb.weight")  # as held in memory
 
         def step(token, state):
             return model.forward([token], state, mode="recurrent")

@@ -269,7 +269,7 @@ class _FastWeights:
         if isinstance(w, Int8Matrix):
             K.dequantize_into(w.q, w.scales, out)
         elif isinstance(w, BlockMatrix):
-            out[...] = np.asarray(w)  # as ggml dequantizes: the same numbers as a dequantized load
+            K.dequantize_blocks_into(w.raw, BLOCK_BYTES[w.fmt], out)  # ggml's arithmetic: as a dequantized load
         else:
             K.widen_into(w, out)
         return out

@@ -571,6 +571,44 @@ def dequantize_into(q, s, out):
             on[j] = np.float32(qn[j]) * sn[j >> 5]
 
 
+@njit(cache=True, error_model="numpy")
+def dequantize_blocks_into(raw, size, out):
+    """out (N, K) float32 <- rows of ggml blocks raw (N, K / 32 * size) uint8, size the bytes per
+    block (GGML_LAYOUT): the parallel form's counterpart of _dot_blocks, with ggml's arithmetic
+    (rwkv_np.quantize.dequantize_blocks, which the tests hold it to bit for bit): (q - zero) * d,
+    or q * d + m with two roundings (no fused multiply-add)."""
+    d_at, m_at, qh_at, qs_at, zero = 0, 2, 4, 8, 0  # Q5_1 (24 bytes)
+    if size == 18:
+        m_at, qh_at, qs_at, zero = -1, -1, 2, 8
+    elif size == 20:
+        qh_at, qs_at = -1, 4
+    elif size == 22:
+        m_at, qh_at, qs_at, zero = -1, 2, 6, 16
+    for n in range(out.shape[0]):
+        row, dst = raw[n], out[n]
+        for b in range(out.shape[1] >> 5):
+            o = b * size
+            d = _fp16_to_f32(np.uint16(row[o + d_at] | (np.uint16(row[o + d_at + 1]) << 8)))
+            m = np.float32(0.0)
+            if m_at >= 0:
+                m = _fp16_to_f32(np.uint16(row[o + m_at] | (np.uint16(row[o + m_at + 1]) << 8)))
+            qh = np.uint32(0)
+            if qh_at >= 0:
+                for k in range(4):
+                    qh |= np.uint32(row[o + qh_at + k]) << np.uint32(8 * k)
+            for j in range(16):
+                byte = row[o + qs_at + j]
+                lo = np.int32(byte & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+                hi = np.int32(byte >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+                if m_at >= 0:
+                    dst[32 * b + j] = np.float32(lo) * d + m
+                    dst[32 * b + j + 16] = np.float32(hi) * d + m
+                else:
+                    dst[32 * b + j] = np.float32(lo - zero) * d
+                    dst[32 * b + j + 16] = np.float32(hi - zero) * d
+    return out
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def matvec(w, x, out, scales=None):
     """out (N,) = w (N, K) @ x (K,) for stored weights w (int8 ones with their scales),

@@ -123,6 +123,15 @@ def test_blocks_matvec_kernel(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_blocks_dequantize_kernel(fmt):
+    """kernels.dequantize_blocks_into (the parallel form's) is ggml's arithmetic, bit for bit."""
+    raw, w = _random_blocks(fmt, 40, 96, seed=7)
+    out = np.full((40, 96), np.nan, np.float32)
+    K.dequantize_blocks_into(raw, BLOCK_BYTES[fmt], out)
+    np.testing.assert_array_equal(out, w)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_file_kept_in_blocks(tmp_path, fmt):
     """keep_blocks=True holds the matrices as the file's bytes (rwkv_np.quantize.BlockMatrix): the
     parallel form dequantizes them as a plain load does (the same logits, bit for bit); the
