@@ -56,7 +56,6 @@ SHAPE_TINY = dict(n_layer=2, n_embd=64, ffn_dim=256, vocab_size=512)
 
 def model_in(fmt: str, weights: dict[str, np.ndarray], tmp: Path) -> rwkv_np.RWKV:
     """The model of raw float32 weights (BlinkDL names) stored in format fmt, as rwkv_np runs it."""
-    matrices = [n for n, w in weights.items() if w.ndim == 2 and n != "emb.weight"]
     if fmt == "fp32":
         return rwkv_np.RWKV(weights)
     if fmt in ("fp16", "bf16"):  # every tensor, as a checkpoint of that type holds them
@@ -71,8 +70,8 @@ def model_in(fmt: str, weights: dict[str, np.ndarray], tmp: Path) -> rwkv_np.RWK
     path = tmp / f"model-{fmt}.bin"
     path.write_bytes(rwkv_cpp_quantized_bytes(weights, fmt))
     model = rwkv_np.load_model(path)
-    if "head.weight" in matrices:  # the writer keeps the head float32, as rwkv.cpp does: say so by checking it
-        assert np.array_equal(model.weights["head.weight"], weights["head.weight"])
+    # the writer keeps the head float32, as rwkv.cpp keeps it: the table's Q rows quantize the blocks only
+    assert np.array_equal(model.weights["head.weight"], weights["head.weight"])
     return model
 
 

@@ -191,14 +191,10 @@ class _FastWeights:
             self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
 
         def stored(a: np.ndarray) -> np.ndarray:
+            if isinstance(a, (Int8Matrix, BlockMatrix)):
+                return a  # read as they are (with ggml blocks, the head is whatever the file holds)
             if self.kind == "int8":
-                return a if isinstance(a, Int8Matrix) else _as_float32(a)  # embedding rows: float32
-            if self.kind in BLOCK_BYTES:  # the head as held (blocks, int8, 16-bit or float32), rows float32
-                if isinstance(a, (BlockMatrix, Int8Matrix)):
-                    return a
-                if a.ndim == 2 and a.dtype in (np.float16, np.uint16):
-                    return np.ascontiguousarray(a).view(np.int16 if a.dtype == np.float16 else np.uint16)
-                return _as_float32(a)
+                return _as_float32(a)  # embedding rows
             a = np.ascontiguousarray(_as_float32(a) if self.kind == "float32" else a)
             return a.view(np.int16) if a.dtype == np.float16 else a
 
@@ -221,13 +217,13 @@ class _FastWeights:
         # int8: the scales' addresses; other kinds have none, and point at one float32 never read
         self._no_scales = np.zeros(1, np.float32)
         self.saddr = np.full((K.HEAD + 1, L), self._no_scales.ctypes.data, np.int64)
+        def scales(a):
+            return (a.scales if isinstance(a, Int8Matrix) else self._no_scales).ctypes.data
+
         for row, n in enumerate(schema.MATRICES):
             self.addr[row, :L] = [_kernel_array(a).ctypes.data for a in self.matrices[n]]
-            if self.kind == "int8":
-                self.saddr[row, :L] = [a.scales.ctypes.data for a in self.matrices[n]]
-        self.addr[K.HEAD, 0] = _kernel_array(self.head).ctypes.data
-        if isinstance(self.head, Int8Matrix):
-            self.saddr[K.HEAD, 0] = self.head.scales.ctypes.data
+            self.saddr[row, :L] = [scales(a) for a in self.matrices[n]]
+        self.addr[K.HEAD, 0], self.saddr[K.HEAD, 0] = _kernel_array(self.head).ctypes.data, scales(self.head)
 
         def like(a):  # the kernels tell the kinds apart by dtype; ggml blocks by their size in bytes
             return np.zeros(BLOCK_BYTES[a.fmt] if isinstance(a, BlockMatrix) else 1, _kernel_array(a).dtype)
@@ -269,7 +265,7 @@ class _FastWeights:
         if isinstance(w, Int8Matrix):
             K.dequantize_into(w.q, w.scales, out)
         elif isinstance(w, BlockMatrix):
-            K.dequantize_blocks_into(w.raw, BLOCK_BYTES[w.fmt], out)  # ggml's arithmetic: as a dequantized load
+            K.dequantize_blocks_into(w.raw, K.block_layout(w.fmt), out)  # ggml's arithmetic: as a dequantized load
         else:
             K.widen_into(w, out)
         return out

@@ -30,6 +30,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .quantize import BLOCK_BYTES, LAYOUT
 from .reference import AA, ATT_X, BB, FFN_X, PP
 from .schema import MATRICES, VECTORS
 
@@ -111,13 +112,10 @@ def _dot_int8(q, s, x):
     return acc
 
 
-# ggml's 4- and 5-bit blocks (rwkv_np/quantize.py has the layouts), told apart by their size in
-# bytes: size -> (byte offset of the fp16 scale d, of the fp16 minimum m or None, of the uint32 fifth
-# bits qh or None, of the 16 bytes of nibbles, the zero point subtracted from q)
-GGML_LAYOUT = {18: (0, None, None, 2, 8),    # Q4_0: w = d (q - 8)
-               20: (0, 2, None, 4, 0),       # Q4_1: w = d q + m
-               22: (0, None, 2, 6, 16),      # Q5_0: w = d (q - 16)
-               24: (0, 2, 4, 8, 0)}          # Q5_1: w = d q + m
+# ggml's 4- and 5-bit blocks, told apart by their size in bytes: size -> rwkv_np.quantize.LAYOUT's
+# (offset of d, of m or None, of qh or None, of the nibbles, zero point)
+GGML_LAYOUT = {BLOCK_BYTES[fmt]: layout for fmt, layout in LAYOUT.items()}
+_Q4_0, _Q4_1, _Q5_0, _Q5_1 = (BLOCK_BYTES[fmt] for fmt in ("Q4_0", "Q4_1", "Q5_0", "Q5_1"))
 
 
 def _ggml_dot(block_bytes):
@@ -187,7 +185,7 @@ def _ggml_dot(block_bytes):
     return dot
 
 
-_dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1 = (_ggml_dot(size) for size in GGML_LAYOUT)
+_dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1 = (_ggml_dot(size) for size in (_Q4_0, _Q4_1, _Q5_0, _Q5_1))
 
 
 @njit(inline="always", error_model="numpy")
@@ -196,11 +194,11 @@ def _dot_blocks(row, x):
     format is told by the bytes per block."""
     nb = x.shape[0] >> 5
     size = row.shape[0] // nb
-    if size == 18:
+    if size == _Q4_0:
         return _dot_q4_0(row, x, nb)
-    if size == 20:
+    if size == _Q4_1:
         return _dot_q4_1(row, x, nb)
-    if size == 22:
+    if size == _Q5_0:
         return _dot_q5_0(row, x, nb)
     return _dot_q5_1(row, x, nb)
 
@@ -571,19 +569,19 @@ def dequantize_into(q, s, out):
             on[j] = np.float32(qn[j]) * sn[j >> 5]
 
 
+def block_layout(fmt: str) -> tuple:
+    """dequantize_blocks_into's layout argument for a format: (bytes per block, offset of d, of m,
+    of qh, of the nibbles, zero point), -1 for a number the format does not have."""
+    return (BLOCK_BYTES[fmt],) + tuple(-1 if v is None else v for v in LAYOUT[fmt])
+
+
 @njit(cache=True, error_model="numpy")
-def dequantize_blocks_into(raw, size, out):
-    """out (N, K) float32 <- rows of ggml blocks raw (N, K / 32 * size) uint8, size the bytes per
-    block (GGML_LAYOUT): the parallel form's counterpart of _dot_blocks, with ggml's arithmetic
+def dequantize_blocks_into(raw, layout, out):
+    """out (N, K) float32 <- rows of ggml blocks raw (N, K / 32 * size) uint8, laid out as
+    block_layout(fmt) says: the parallel form's counterpart of _dot_blocks, with ggml's arithmetic
     (rwkv_np.quantize.dequantize_blocks, which the tests hold it to bit for bit): (q - zero) * d,
     or q * d + m with two roundings (no fused multiply-add)."""
-    d_at, m_at, qh_at, qs_at, zero = 0, 2, 4, 8, 0  # Q5_1 (24 bytes)
-    if size == 18:
-        m_at, qh_at, qs_at, zero = -1, -1, 2, 8
-    elif size == 20:
-        qh_at, qs_at = -1, 4
-    elif size == 22:
-        m_at, qh_at, qs_at, zero = -1, 2, 6, 16
+    size, d_at, m_at, qh_at, qs_at, zero = layout
     for n in range(out.shape[0]):
         row, dst = raw[n], out[n]
         for b in range(out.shape[1] >> 5):

@@ -466,10 +466,10 @@ def _materialize(path: Path, tensors: dict[str, LazyTensor], original: dict[str,
                  decay_is_neg_stored: bool, keep_16bit: bool = False,
                  lazy_embedding: bool = False, quantize: str | None = None,
                  keep_blocks: bool = False) -> dict[str, np.ndarray]:
-    from .quantize import BlockMatrix, Int8Matrix
+    from .quantize import LAYOUT, BlockMatrix, Int8Matrix
 
     # the 4- and 5-bit formats of the matrices; kept as blocks only if there is one
-    block_formats = {t.dtype for n, t in tensors.items() if len(t.shape) == 2 and n != "emb.weight"} - {"float32", "float16", "bfloat16", "Q8_0"}
+    block_formats = {t.dtype for n, t in tensors.items() if len(t.shape) == 2 and n != "emb.weight"} & set(LAYOUT)
     keep_blocks = keep_blocks and len(block_formats) == 1
     weights = {}
     for name, shape in expected_shapes(config).items():

@@ -36,6 +36,11 @@ BLOCK = 32
 #: ggml type id -> (name, bytes per block of 32 weights)
 GGML_FORMATS = {2: ("Q4_0", 18), 3: ("Q4_1", 20), 7: ("Q5_0", 22), 8: ("Q5_1", 24), 9: ("Q8_0", 34)}
 BLOCK_BYTES = {name: size for name, size in GGML_FORMATS.values()}
+#: the 4- and 5-bit formats: byte offsets in a block of the fp16 scale d, of the fp16 minimum m (or
+#: None), of the uint32 fifth bits qh (or None), of the 16 bytes of nibbles; and the zero point
+#: subtracted from q. w = d (q - zero), or d q + m. Everything that reads these blocks derives from it.
+LAYOUT = {"Q4_0": (0, None, None, 2, 8), "Q4_1": (0, 2, None, 4, 0),
+          "Q5_0": (0, None, 2, 6, 16), "Q5_1": (0, 2, 4, 8, 0)}
 QUANTIZE_MODES = (None, "int8")
 
 
@@ -72,20 +77,17 @@ def dequantize_blocks(raw: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def _dequantize(raw: np.ndarray, fmt: str) -> np.ndarray:
-    d = _fp16(raw, 0)
     if fmt == "Q8_0":
-        return raw[:, 2:34].view(np.int8).astype(np.float32) * d
-    if fmt == "Q4_0":
-        return (_nibbles(raw[:, 2:18]).astype(np.float32) - np.float32(8)) * d
-    if fmt == "Q4_1":
-        return _nibbles(raw[:, 4:20]).astype(np.float32) * d + _fp16(raw, 2)
-    if fmt == "Q5_0":
-        q = _nibbles(raw[:, 6:22]) | _high_bits(raw, 2)
-        return (q.astype(np.float32) - np.float32(16)) * d
-    if fmt == "Q5_1":
-        q = _nibbles(raw[:, 8:24]) | _high_bits(raw, 4)
-        return q.astype(np.float32) * d + _fp16(raw, 2)
-    raise ValueError(f"unknown ggml block format {fmt!r}")
+        return raw[:, 2:34].view(np.int8).astype(np.float32) * _fp16(raw, 0)
+    if fmt not in LAYOUT:
+        raise ValueError(f"unknown ggml block format {fmt!r}")
+    d_at, m_at, qh_at, qs_at, zero = LAYOUT[fmt]
+    q = _nibbles(raw[:, qs_at:qs_at + 16])
+    if qh_at is not None:
+        q = q | _high_bits(raw, qh_at)
+    if m_at is None:
+        return (q.astype(np.float32) - np.float32(zero)) * _fp16(raw, d_at)
+    return q.astype(np.float32) * _fp16(raw, d_at) + _fp16(raw, m_at)
 
 
 def q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +172,7 @@ class BlockMatrix:
 
     def __init__(self, raw: np.ndarray, fmt: str, shape: tuple[int, int]):
         N, K = shape
-        if fmt not in BLOCK_BYTES or fmt == "Q8_0" or K % BLOCK or raw.shape != (N, K // BLOCK * BLOCK_BYTES[fmt]):
+        if fmt not in LAYOUT or K % BLOCK or raw.shape != (N, K // BLOCK * BLOCK_BYTES[fmt]):
             raise ArgumentError(f"BlockMatrix: {raw.shape} bytes are not {fmt} blocks of a {shape} matrix")
         self.raw, self.fmt = np.ascontiguousarray(raw, np.uint8), fmt
         self.shape = (N, K)
@@ -179,9 +181,8 @@ class BlockMatrix:
 
     def scales(self) -> np.ndarray:
         """Every block's fp16 numbers (d, and m for Q4_1 / Q5_1), float16 (N, K / 32, 1 or 2)."""
-        size = BLOCK_BYTES[self.fmt]
-        blocks = self.raw.reshape(self.shape[0], -1, size)
-        count = 2 if self.fmt in ("Q4_1", "Q5_1") else 1
+        blocks = self.raw.reshape(self.shape[0], -1, BLOCK_BYTES[self.fmt])
+        count = 1 if LAYOUT[self.fmt][1] is None else 2  # d, then m where there is one: bytes 0-3
         return np.ascontiguousarray(blocks[:, :, :2 * count]).view("<f2")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

@@ -12,7 +12,7 @@ from _writers import (GGML_TYPE_IDS, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_qua
 import rwkv_np
 from rwkv_np import kernels as K
 from rwkv_np.errors import ArgumentError, CheckpointError
-from rwkv_np.quantize import BLOCK_BYTES, BlockMatrix, Int8Matrix, dequantize_blocks
+from rwkv_np.quantize import BLOCK_BYTES, LAYOUT, BlockMatrix, Int8Matrix, dequantize_blocks
 
 PROMPT = [34, 105, 110]  # '"in', the prompt of rwkv.cpp's test
 
@@ -110,16 +110,21 @@ def _random_blocks(fmt, rows, cols, seed):
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_blocks_matvec_kernel(fmt):
     """kernels._dot_blocks (through row_dot) on rows of 3 blocks: the dequantized weights' dot
-    product to float32 rounding. Per block it sums (q - zero) x_k (each product one rounding) and
-    scales by d once, so the error is a few roundings of the terms' magnitudes, as in _dot."""
+    product to float32 rounding. Per block it sums (q - zero) x_k and m x_k separately (each
+    product one rounding, n = 96 terms in float32), scales by d and m once, and the reference's
+    weights w = d (q - zero) + m are themselves rounded once: at most (n + 3) roundings of
+    sum |w - m| |x| + sum |m| |x|."""
     raw, w = _random_blocks(fmt, 40, 96, seed=5)
-    assert fmt[:2] != "Q5" or np.any(raw[:, 2:6] if fmt == "Q5_0" else raw[:, 4:8])  # fifth bits in use
+    d_at, m_at, qh_at, qs_at, zero = LAYOUT[fmt]
+    assert qh_at is None or np.any(raw.reshape(40, 3, -1)[:, :, qh_at:qh_at + 4])  # fifth bits in use
+    m = np.zeros_like(w) if m_at is None else np.repeat(
+        np.ascontiguousarray(raw.reshape(40, 3, -1)[:, :, m_at:m_at + 2]).view("<f2")[..., 0], 32, axis=1)
     x = np.random.default_rng(6).normal(size=96).astype(np.float32)
     out = np.empty(40, np.float32)
     K.matvec(raw, x, out)
     exact = w.astype(np.float64) @ x
-    np.testing.assert_allclose(out, exact, rtol=0, atol=4 * 96 * 2.0 ** -24 * (np.abs(w) @ np.abs(x)).max())
-    assert np.abs(out - exact).max() > 0 or fmt == "Q4_0"  # not the dequantized path in disguise
+    bound = (96 + 3) * 2.0 ** -24 * (np.abs(w - m) @ np.abs(x) + np.abs(m) @ np.abs(x))
+    assert np.all(np.abs(out - exact) <= bound), np.max(np.abs(out - exact) / bound)
 
 
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
@@ -127,7 +132,7 @@ def test_blocks_dequantize_kernel(fmt):
     """kernels.dequantize_blocks_into (the parallel form's) is ggml's arithmetic, bit for bit."""
     raw, w = _random_blocks(fmt, 40, 96, seed=7)
     out = np.full((40, 96), np.nan, np.float32)
-    K.dequantize_blocks_into(raw, BLOCK_BYTES[fmt], out)
+    K.dequantize_blocks_into(raw, K.block_layout(fmt), out)
     np.testing.assert_array_equal(out, w)
 
 
@@ -153,7 +158,8 @@ def test_file_kept_in_blocks(tmp_path, fmt):
     c, sc = kept.forward(tokens, return_all=True, mode="recurrent")
     np.testing.assert_allclose(c, a, rtol=0, atol=1e-5)
     np.testing.assert_allclose(sc.data, sa.data, rtol=0, atol=1e-5)
-    assert np.abs(c - a).max() > 0  # the blocks were read, not the dequantized weights
+    # the blocks were read: the dequantized weights' recurrent form groups its sums differently
+    assert np.abs(c - plain.forward(tokens, return_all=True, mode="recurrent")[0]).max() > 0
     # with quantize="int8" the blocks stay and the float32 head becomes int8
     both = rwkv_np.load_model(tmp_path / "q.bin", keep_blocks=True, quantize="int8")
     assert both.weight_dtype == fmt and isinstance(both.weights["head.weight"], Int8Matrix)
