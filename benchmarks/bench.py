@@ -158,8 +158,9 @@ def best_time(fn, repeat: int, min_time: float = 0.0) -> float:
 
 
 def ceilings(quick: bool) -> dict[str, float]:
-    """Read bandwidth: the best matrix-vector product over 512 MiB (BLAS and rwkv_np's Numba kernel,
-    rows of 768, 3072 and 8192 floats: which reads fastest depends on the shape). Matmul: BLAS."""
+    """Read bandwidth: the best matrix-vector product over 512 MiB (BLAS and rwkv_np's Numba kernel with
+    each of its prefetch choices, rows of 768, 3072 and 8192 floats: which reads fastest depends on
+    the shape and the machine). Matmul: BLAS."""
     from rwkv_np import kernels as K
 
     rng = np.random.default_rng(1)
@@ -170,7 +171,8 @@ def ceilings(quick: bool) -> dict[str, float]:
         out = np.empty(W.shape[0], np.float32)
         K.matvec(W[:8], x, out[:8])  # compile
         bw["blas"] = max(bw["blas"], W.nbytes / best_time(lambda: np.matmul(W, x, out=out), 3 if quick else 5))
-        bw["numba"] = max(bw["numba"], W.nbytes / best_time(lambda: K.matvec(W, x, out), 3 if quick else 5))
+        for ahead in K.PREFETCH_CHOICES:
+            bw["numba"] = max(bw["numba"], W.nbytes / best_time(lambda: K.matvec(W, x, out, None, ahead), 3 if quick else 5))
         del W
     n = 2048 if quick else 3072
     A = rng.standard_normal((n, n), dtype=np.float32)
@@ -210,7 +212,8 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
     # bytes read per token: every weight but the embedding (of which one row is read)
     res["bytes_per_token"] = sum(np.asarray(a).nbytes for n, a in model.weights.items() if n != "emb.weight")
     res["block_params"] = sum(int(np.prod(np.shape(a))) for n, a in model.weights.items() if n.startswith("blocks."))
-    model.warm_up()  # as the command line does: both forms loaded, Numba's compiler code released
+    model.warm_up()  # as the command line does: both forms loaded, Numba's compiler code released, prefetch timed
+    res["prefetch_bytes"] = model.prefetch_bytes
     res["load_peak_mib"] = rss("VmHWM")
     rng = np.random.default_rng(0)
     if what == "gen":
@@ -258,7 +261,8 @@ def interleaved_ceiling(model, state, rng, bytes_per_token: int, rounds: int = 7
     How fast this virtual machine reads memory changes from one process to the next and within
     one (30 to 47 GB/s here within minutes), so a ceiling measured in another process, or a minute
     earlier, can put the same code at 72% or at 134%. Each round times a matrix-vector product over
-    512 MiB (BLAS and Numba, rows of 768 and 3072 floats: the best of the four) and then `steps`
+    512 MiB (BLAS, and Numba with each prefetch choice, rows of 768 and 3072 floats: the best of
+    them all) and then `steps`
     generation steps; the fraction is taken per round and its median reported."""
     from rwkv_np import kernels as K
 
@@ -268,7 +272,8 @@ def interleaved_ceiling(model, state, rng, bytes_per_token: int, rounds: int = 7
     outs = [np.empty(W.shape[0], np.float32) for W in shapes]
     fractions, rates, bandwidths = [], [], []
     for _ in range(rounds):
-        best = min(min(best_time(lambda: np.matmul(W, x, out=o), 1), best_time(lambda: K.matvec(W, x, o), 1))
+        best = min(min([best_time(lambda: np.matmul(W, x, out=o), 1)]
+                       + [best_time(lambda: K.matvec(W, x, o, None, ahead), 1) for ahead in K.PREFETCH_CHOICES])
                    for W, x, o in zip(shapes, xs, outs))
         bandwidth = buf.nbytes / best
         times = []
@@ -511,6 +516,8 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
     print(f"generation, median of 64 steps before the interleaved rounds: fp32 {fp32['gen_tok_s']:.1f} tok/s "
           f"({fp32['gen_tok_s'] / gen32:.0%} of the ceiling above), bf16 {bf16['gen_tok_s']:.1f} tok/s "
           f"({bf16['gen_tok_s'] / gen16:.0%})")
+    print(f"rows' prefetch chosen at warm-up, bytes ahead (0: none): fp32 {fp32['prefetch_bytes']}, "
+          f"bf16 {bf16['prefetch_bytes']}, int8 {runs['int8']['prefetch_bytes']}")
     print("(interleaved: each round a 512 MiB matrix-vector product, then 16 generation steps, in the same "
           "process; fraction = median over 7 rounds of each round's own fraction, range in brackets)")
     print()

@@ -80,7 +80,7 @@ def child(row: str, path: str) -> dict:
         _, state = model.forward([int(tok)], state, mode="recurrent")
     # bytes read per token: every matrix but the embedding (one row of it is read), as held
     nbytes = sum(a.nbytes for n, a in model.weights.items() if n != "emb.weight")
-    res = {"weight_dtype": model.weight_dtype, "bytes_per_token": nbytes,
+    res = {"weight_dtype": model.weight_dtype, "bytes_per_token": nbytes, "prefetch_bytes": model.prefetch_bytes,
            "rss_mib": int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024}
     res.update(bench.interleaved_ceiling(model, state, rng, nbytes))
     return res

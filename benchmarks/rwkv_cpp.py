@@ -86,8 +86,8 @@ def _bandwidth() -> float:
 
 
 def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
-    """(bytes read per generated token, step, prompt): step(token, state) -> (logits, state);
-    prompt(tokens) -> logits of the last token."""
+    """(bytes read per generated token, step, prompt, facts): step(token, state) -> (logits, state);
+    prompt(tokens) -> logits of the last token; facts: a dict of what the loader chose."""
     if impl == "rwkv_np":
         import rwkv_np
         from rwkv_np.threads import short_spin
@@ -95,7 +95,7 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
         short_spin()  # as the command line does
         # as the command line loads: 16-bit kept 16-bit, rwkv.cpp's 4- and 5-bit blocks kept as blocks
         model = rwkv_np.load_model(path, keep_16bit=True, keep_blocks=True, lazy_embedding=True, quantize=quantize)
-        model.warm_up()
+        model.warm_up()  # as the command line does; it also times the rows' prefetch and keeps the faster
         nbytes = sum(a.nbytes for n, a in model.weights.items() if n != "emb.weight")  # as held in memory
 
         def step(token, state):
@@ -103,7 +103,7 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
 
         def prompt(tokens):
             return model.forward(tokens, mode="parallel")[0]
-        return nbytes, step, prompt
+        return nbytes, step, prompt, {"prefetch_bytes": model.prefetch_bytes}
     sys.path.insert(0, str(Path(cpp) / "python"))
     from rwkv_cpp import rwkv_cpp_model, rwkv_cpp_shared_library
 
@@ -120,15 +120,16 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
 
     def prompt(tokens, chunk=16):
         return model.eval_sequence_in_chunks(tokens, None, chunk_size=chunk, use_numpy=True)[0]
-    return nbytes, step, prompt
+    return nbytes, step, prompt, {}
 
 
 def child(row: str, path: str, cpp: str, threads: int) -> dict:
     impl, _, quantize = ROWS[row]
     res = {"bandwidth": _bandwidth()}
     t0 = time.perf_counter()
-    nbytes, step, prompt = _loader(impl, path, quantize, cpp, threads)
+    nbytes, step, prompt, facts = _loader(impl, path, quantize, cpp, threads)
     res["load_s"] = time.perf_counter() - t0
+    res.update(facts)
     res["bytes_per_token"] = nbytes
     rng = np.random.default_rng(0)
     state = None
@@ -209,6 +210,10 @@ def report(runs: dict[str, list[dict]]) -> None:
         print(f"  {a} vs {b}: {np.abs(first[a] - first[b]).max():.3g}  ({what})")
     bw = [x["bandwidth"] for row in runs for x in runs[row]]
     print(f"read bandwidth measured in each child: median {np.median(bw):.1f} GB/s ({min(bw):.1f}-{max(bw):.1f})")
+    chosen = {row: [x["prefetch_bytes"] for x in xs] for row, xs in runs.items() if "prefetch_bytes" in xs[0]}
+    print("rwkv_np's row prefetch chosen at warm-up, bytes ahead (0: none), round by round:")
+    for row, ahead in chosen.items():
+        print(f"  {row}: {' '.join(map(str, ahead))}")
     print()
     print("| row | MiB read per token | generation, tok/s (range over rounds) | fraction of the bandwidth ceiling "
           "(same process) | prompt 512, tok/s | load to first logits, s |")

@@ -14,6 +14,7 @@ tests/test_engine.py checks this file against the reference at every position of
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numba
@@ -86,15 +87,62 @@ class RWKV:
             self._params = schema.nest(flat, self.config.n_layer, self.config.layer_norm_eps)
         return self._params
 
-    def warm_up(self, release_compiler: bool = True) -> None:
+    def warm_up(self, release_compiler: bool = True, choose_prefetch: bool = True) -> None:
         """Load (or, the first time, compile) the kernels of both forms now, on one token, instead
         of at the first call that needs each. Then, with release_compiler, let the OS reclaim
         Numba's compiler code, which running the kernels does not use (kernels.release_compiler_pages:
-        about 50 MiB less resident memory while generating)."""
+        about 50 MiB less resident memory while generating); with choose_prefetch, time the
+        recurrent form with and without the rows' prefetch and keep the faster (`choose_prefetch`)."""
         for mode in ("parallel", "recurrent"):
             self.forward([0], mode=mode)
         if release_compiler:
             K.release_compiler_pages()
+        if choose_prefetch:
+            self.choose_prefetch()
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """How far ahead, in bytes, the recurrent form asks the memory for the weight rows it will
+        multiply next (kernels.row_dot); 0: it does not ask. It changes the speed only: every setting
+        gives the same logits bit for bit. `choose_prefetch` (run by warm_up) sets it."""
+        return self._fast.ahead
+
+    @prefetch_bytes.setter
+    def prefetch_bytes(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ArgumentError(f"prefetch_bytes: expected a whole number of bytes >= 0, got {value!r}")
+        self._fast.ahead = int(value)
+
+    def choose_prefetch(self, seconds: float = 1.0, choices: Sequence[int] = K.PREFETCH_CHOICES) -> dict[int, float]:
+        """Set prefetch_bytes to the fastest of choices for this model on this machine, timed now.
+
+        Whether asking for the rows ahead pays depends on the machine and the weights' kind: on an
+        Intel VM it made bf16 generation about 1.4x faster; on an AMD EPYC, generation without it was
+        26-32% faster in float32, 12-17% in fp16 and 5% slower in int8 (benchmarks/NOTES.md,
+        "Prefetching the rows"). So recurrent tokens run with each
+        choice in turn, the order alternating, on a scratch state (the model's own state is not
+        touched), for about `seconds` in all (2 to 8 tokens per choice); the lowest median time per
+        token wins, the first choice on a tie. Returns {choice: median seconds per token}."""
+        def token_time(ahead: int, token: int) -> float:
+            self._fast.ahead = ahead
+            start = time.perf_counter()
+            self.forward([token], scratch, mode="recurrent")
+            return time.perf_counter() - start
+
+        choices = list(choices)
+        if not choices or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in choices):
+            raise ArgumentError(f"choices: expected prefetch distances in bytes (whole numbers >= 0), got {choices!r}")
+        choices = [int(c) for c in choices]
+        scratch = self.init_state()
+        first = token_time(choices[0], 0)
+        rounds = int(min(8, max(2, seconds / (len(choices) * max(first, 1e-9)))))
+        times = {c: [] for c in choices}
+        for r in range(rounds):
+            for c in (choices if r % 2 == 0 else choices[::-1]):
+                times[c].append(token_time(c, (7919 * (r + 1)) % self.config.vocab_size))
+        medians = {c: float(np.median(t)) for c, t in times.items()}
+        self._fast.ahead = min(choices, key=lambda c: (medians[c], choices.index(c)))
+        return medians
 
     def init_state(self) -> State:
         """The state before any token."""
@@ -179,6 +227,7 @@ class _FastWeights:
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
         L = config.n_layer
+        self.ahead = K.PREFETCH_BYTES  # the rows' prefetch distance; RWKV.choose_prefetch may change it
         matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in schema.MATRICES]
         blocks = {weights[n].fmt if isinstance(weights[n], BlockMatrix) else None for n in matrices[2:]}
         if all(isinstance(weights[n], Int8Matrix) for n in matrices[1:]):
@@ -250,7 +299,8 @@ class _FastWeights:
             for a in range(0, len(tokens), step):
                 which = K.LOGITS_ALL if return_all else K.LOGITS_LAST if a + step >= len(tokens) else K.LOGITS_NONE
                 K.recurrent_tokens(self.rows(tokens[a:a + step]), self.like, self.head_like, self.addr, self.saddr, c.vocab_size, c.ffn_dim, self.ln0,
-                                   self.vecs, self.ln_out, self.eps, s, out[a:a + step] if return_all else out, which)
+                                   self.vecs, self.ln_out, self.eps, s, out[a:a + step] if return_all else out, which,
+                                   self.ahead)
         finally:
             numba.set_num_threads(threads)
         return out if return_all else out[0]

@@ -117,6 +117,7 @@ class _Layout:
 
     def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
         self.config = c = config
+        self.ahead = K.PREFETCH_BYTES  # the rows' prefetch distance; RWKV.choose_prefetch may change it
         L, C, A, H, N = c.n_layer, c.n_embd, c.att_dim, c.n_head, c.head_size
         self.version = v = c.version
         names = {KL.M_K: "att.key.weight", KL.M_V: "att.value.weight", KL.M_R: "att.receptance.weight",
@@ -213,13 +214,13 @@ class _Layout:
                 common = (rows, self.addr, c.vocab_size, c.ffn_dim, c.n_head, c.head_size)
                 if self.version in ("5.1", "5.2"):
                     KL.step_v5(*common, self.version == "5.2", self.ln0, self.vc, self.va, self.ln_out, self.eps,
-                               self.lnx_eps, shift, wkv, logits, which)
+                               self.lnx_eps, shift, wkv, logits, which, self.ahead)
                 elif self.version == "6":
                     KL.step_v6(*common, self.ln0, self.vc, self.va, *self.lora, self.ln_out, self.eps,
-                               self.lnx_eps, shift, wkv, logits, which)
+                               self.lnx_eps, shift, wkv, logits, which, self.ahead)
                 else:
                     KL.step_v7(*common, self.ln0, self.vc, self.va, *self.lora, self.ln_out, self.eps,
-                               self.lnx_eps, shift, wkv, logits, which)
+                               self.lnx_eps, shift, wkv, logits, which, self.ahead)
         finally:
             numba.set_num_threads(threads)
         return out if return_all else out[0]

@@ -217,11 +217,14 @@ def _prefetch(typingctx, row, j):
     return types.void(row, types.intp), codegen
 
 
-# A matrix-vector product reads its rows in order, one thread per contiguous range of rows, yet
-# the hardware's own prefetcher alone reached 12-17 GB/s here where BLAS reads 20-24: asking for
-# the rows ~6 KB ahead of the one being multiplied lets the memory work on them meanwhile
-# (benchmarks/NOTES.md, "Prefetching the rows").
+# A matrix-vector product reads its rows in order, one thread per contiguous range of rows. On an
+# Intel VM the hardware's own prefetcher alone reached 12-17 GB/s where BLAS read 20-24: asking for
+# the rows ~6 KB ahead of the one being multiplied let the memory work on them meanwhile. On an AMD
+# EPYC the same request made float32 and 16-bit generation 10-30% slower (and int8 5% faster), so the
+# distance is an argument, `ahead` (0: no request), that the engine's warm-up picks by timing both
+# (rwkv_np.engine.choose_prefetch; benchmarks/NOTES.md, "Prefetching the rows").
 PREFETCH_BYTES = 6144
+PREFETCH_CHOICES = (PREFETCH_BYTES, 0)  # what warm-up times, the default first
 
 
 @njit(inline="always")
@@ -232,33 +235,36 @@ def _prefetch_row(w, r):
             _prefetch(row, j)
 
 
-def row_dot(w, s, r, x):
+def row_dot(w, s, r, x, ahead):
     """Row r of a weight matrix w (any kind: float32, 16-bit, int8 with scales s, or ggml blocks as
     uint8) dotted with x.
 
-    Rows are meant to be read in increasing r: each call first asks for a row ~PREFETCH_BYTES
-    further on."""
+    Rows are meant to be read in increasing r: with ahead > 0, each call first asks for the row
+    about ahead bytes further on (at least the next one)."""
     raise NotImplementedError("only callable from compiled code")
 
 
 @overload(row_dot)
-def _row_dot_overload(w, s, r, x):
+def _row_dot_overload(w, s, r, x, ahead):
     if w.dtype == types.uint8:
-        def blocks_row_dot(w, s, r, x):
-            _prefetch_row(w, r + max(1, PREFETCH_BYTES // w.shape[1]))
+        def blocks_row_dot(w, s, r, x, ahead):
+            if ahead > 0:
+                _prefetch_row(w, r + max(1, ahead // w.shape[1]))
             return _dot_blocks(w[r], x)
         return blocks_row_dot
 
     if w.dtype == types.int8:
-        def int8_row_dot(w, s, r, x):
-            ahead = r + max(1, PREFETCH_BYTES // w.shape[1])
-            _prefetch_row(w, ahead)
-            _prefetch_row(s, ahead)
+        def int8_row_dot(w, s, r, x, ahead):
+            if ahead > 0:
+                nxt = r + max(1, ahead // w.shape[1])
+                _prefetch_row(w, nxt)
+                _prefetch_row(s, nxt)
             return _dot_int8(w[r], s[r], x)
         return int8_row_dot
 
-    def float_row_dot(w, s, r, x):
-        _prefetch_row(w, r + max(1, PREFETCH_BYTES // (w.shape[1] * w.itemsize)))
+    def float_row_dot(w, s, r, x, ahead):
+        if ahead > 0:
+            _prefetch_row(w, r + max(1, ahead // (w.shape[1] * w.itemsize)))
         return _dot(w[r], x)
     return float_row_dot
 
@@ -414,7 +420,8 @@ LOGITS_NONE, LOGITS_LAST, LOGITS_ALL = 0, 1, 2  # which tokens recurrent_tokens 
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for):
+def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out, eps, state, logits, logits_for,
+                     ahead):
     """The recurrent form over tokens whose embedding rows are rows (T, C) (any stored float
     kind), advancing state (L, 5, C) float32 in place.
 
@@ -427,7 +434,8 @@ def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out
     matrices the addresses of their float32 scales, for other kinds the address of one float32
     (never read). ln0 / ln_out (2, C) and vecs
     (L, N_VECS, C) are float32. logits_for: LOGITS_ALL to logits (T, V), LOGITS_LAST to logits
-    (1, V) for the last token only, LOGITS_NONE for none.
+    (1, V) for the last token only, LOGITS_NONE for none. ahead: row_dot's prefetch distance in
+    bytes (0: none).
     """
     L, C = vecs.shape[0], vecs.shape[2]
     kind = like
@@ -459,9 +467,9 @@ def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out
             wk, wv, wr = _matrix(addr[ATT_K, i], kind, C, C), _matrix(addr[ATT_V, i], kind, C, C), _matrix(addr[ATT_R, i], kind, C, C)
             sk, sv, sr = _scales(saddr[ATT_K, i], kind, C, C), _scales(saddr[ATT_V, i], kind, C, C), _scales(saddr[ATT_R, i], kind, C, C)
             for c in prange(C):
-                k = row_dot(wk, sk, c, xk)
-                v = row_dot(wv, sv, c, xv)
-                r = row_dot(wr, sr, c, xr)
+                k = row_dot(wk, sk, c, xk, ahead)
+                v = row_dot(wv, sv, c, xv, ahead)
+                r = row_dot(wr, sr, c, xr, ahead)
                 # eqs. 14-15 for channel c
                 wkv, _, _, s[AA, c], s[BB, c], s[PP, c] = wkv_step(
                     np.float64(s[AA, c]), np.float64(s[BB, c]), np.float64(s[PP, c]),
@@ -469,7 +477,7 @@ def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out
                 y[c] = _sigmoid(r) * np.float32(wkv)
             wo, so = _matrix(addr[ATT_O, i], kind, C, C), _scales(saddr[ATT_O, i], kind, C, C)
             for c in prange(C):
-                x[c] += row_dot(wo, so, c, y)
+                x[c] += row_dot(wo, so, c, y, ahead)
             # reference.channel_mixing (eqs. 16-18)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
@@ -478,17 +486,17 @@ def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out
                 s[FFN_X, j] = xn[j]
             wk, sk = _matrix(addr[FFN_K, i], kind, F, C), _scales(saddr[FFN_K, i], kind, F, C)
             for f in prange(F):
-                k = max(row_dot(wk, sk, f, xk), np.float32(0.0))
+                k = max(row_dot(wk, sk, f, xk, ahead), np.float32(0.0))
                 kk[f] = k * k
             wr, wv = _matrix(addr[FFN_R, i], kind, C, C), _matrix(addr[FFN_V, i], kind, C, F)
             sr, sv = _scales(saddr[FFN_R, i], kind, C, C), _scales(saddr[FFN_V, i], kind, C, F)
             for c in prange(C):
-                x[c] += _sigmoid(row_dot(wr, sr, c, xr)) * row_dot(wv, sv, c, kk)
+                x[c] += _sigmoid(row_dot(wr, sr, c, xr, ahead)) * row_dot(wv, sv, c, kk, ahead)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
             out = logits[t if logits_for == LOGITS_ALL else 0]
             _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
             for v_ in prange(head.shape[0]):
-                out[v_] = row_dot(head, head_s, v_, xn)
+                out[v_] = row_dot(head, head_s, v_, xn, ahead)
 
 
 # ---- parallel form: the elementwise work between the BLAS products -----------------------------
@@ -608,11 +616,11 @@ def dequantize_blocks_into(raw, layout, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def matvec(w, x, out, scales=None):
+def matvec(w, x, out, scales=None, ahead=PREFETCH_BYTES):
     """out (N,) = w (N, K) @ x (K,) for stored weights w (int8 ones with their scales),
-    accumulated in float32."""
+    accumulated in float32; rows prefetched ahead bytes in advance (0: not)."""
     for n in prange(w.shape[0]):
-        out[n] = row_dot(w, scales, n, x)
+        out[n] = row_dot(w, scales, n, x, ahead)
 
 
 # ---- memory --------------------------------------------------------------------------------------

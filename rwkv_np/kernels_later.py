@@ -61,33 +61,35 @@ def _silu(x):
 
 
 @njit(inline="always", error_model="numpy")
-def _head_logits(x, ln_out, eps, xn, head, out):
+def _head_logits(x, ln_out, eps, xn, head, out, ahead):
     _layer_norm_into(x, ln_out[0], ln_out[1], eps, xn)
     for v_ in prange(head.shape[0]):
-        out[v_] = row_dot(head, None, v_, xn)
+        out[v_] = row_dot(head, None, v_, xn, ahead)
 
 
 @njit(inline="always", error_model="numpy")
-def _ffn_relu2(x, xk, xr, kk, addr, i, kind, C, F, has_r):
+def _ffn_relu2(x, xk, xr, kk, addr, i, kind, C, F, has_r, ahead):
     """Channel mixing after its token shift: x += [sigmoid(W'_r xr) *] W'_v max(W'_k xk, 0)^2."""
     wk = _matrix(addr[F_K, i], kind, F, C)
     for f in prange(F):
-        k = max(row_dot(wk, None, f, xk), np.float32(0.0))
+        k = max(row_dot(wk, None, f, xk, ahead), np.float32(0.0))
         kk[f] = k * k
     wv = _matrix(addr[F_V, i], kind, C, F)
     if has_r:
         wr = _matrix(addr[F_R, i], kind, C, C)
         for c in prange(C):
-            x[c] += _sigmoid(row_dot(wr, None, c, xr)) * row_dot(wv, None, c, kk)
+            x[c] += _sigmoid(row_dot(wr, None, c, xr, ahead)) * row_dot(wv, None, c, kk, ahead)
     else:
         for c in prange(C):
-            x[c] += row_dot(wv, None, c, kk)
+            x[c] += row_dot(wv, None, c, kk, ahead)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, shift, wkv, logits, logits_for):
+def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, shift, wkv, logits, logits_for,
+            ahead):
     """reference_v5's recurrent form (gated: 5.2) over tokens with embedding rows rows (T, C);
-    shift (L, 2, C) and wkv (L, H, N, N) float32 advanced in place."""
+    shift (L, 2, C) and wkv (L, H, N, N) float32 advanced in place. ahead: row_dot's prefetch
+    distance in bytes (0: none), as in kernels.recurrent_tokens."""
     L, C, A = vc.shape[0], vc.shape[2], H * N
     kind = rows[0]
     head = _matrix(addr[M_HEAD, 0], kind, V, C)
@@ -121,11 +123,11 @@ def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, sh
             wk, wv, wr = _matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C), _matrix(addr[M_R, i], kind, A, C)
             wg = _matrix(addr[M_G if gated else M_K, i], kind, A, C)
             for a in prange(A):
-                k[a] = row_dot(wk, None, a, xk)
-                v[a] = row_dot(wv, None, a, xv)
-                r[a] = row_dot(wr, None, a, xr)
+                k[a] = row_dot(wk, None, a, xk, ahead)
+                v[a] = row_dot(wv, None, a, xv, ahead)
+                r[a] = row_dot(wr, None, a, xr, ahead)
                 if gated:
-                    g[a] = _silu(row_dot(wg, None, a, xg))
+                    g[a] = _silu(row_dot(wg, None, a, xg, ahead))
             for h in prange(H):  # y = r (diag(u) k^T v + S);  S = diag(w) S + k^T v
                 lo = h * N
                 for jj in range(N):
@@ -143,20 +145,20 @@ def step_v5(rows, addr, V, F, H, N, gated, ln0, vc, va, ln_out, eps, lnx_eps, sh
                         o[jj] *= g[jj]
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += row_dot(wo, None, c, o)
+                x[c] += row_dot(wo, None, c, o, ahead)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 xk[j] = xn[j] * p[V5_FK, j] + s[1, j] * (one - p[V5_FK, j])
                 xr[j] = xn[j] * p[V5_FR, j] + s[1, j] * (one - p[V5_FR, j])
                 s[1, j] = xn[j]
-            _ffn_relu2(x, xk, xr, kk, addr, i, kind, C, F, True)
+            _ffn_relu2(x, xk, xr, kk, addr, i, kind, C, F, True, ahead)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
-            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0])
+            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0], ahead)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2, ln_out, eps, lnx_eps,
-            shift, wkv, logits, logits_for):
+            shift, wkv, logits, logits_for, ahead):
     """reference_v6's recurrent form. maa_w1 (L, 5 Dm, C), maa_w2 (L, 5, C, Dm), dec_w1 (L, Dd, C),
     dec_w2 (L, A, Dd): the LoRA matrices transposed."""
     L, C, A = vc.shape[0], vc.shape[2], H * N
@@ -187,7 +189,7 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                 xx[j] = xn[j] + (s[0, j] - xn[j]) * p[V6_MX, j]
             A1 = maa_w1[i]
             for d in prange(Dm5):
-                hidden[d] = np.tanh(row_dot(A1, None, d, xx))
+                hidden[d] = np.tanh(row_dot(A1, None, d, xx, ahead))
             B = maa_w2[i]
             for j in prange(C):  # ddlerp: lerp(x, x_prev, lambda_c + tanh(xx A) B_c)
                 for c in range(5):
@@ -199,16 +201,16 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                 s[0, j] = xn[j]
             Ad = dec_w1[i]
             for d in prange(Dd):
-                hd[d] = np.tanh(row_dot(Ad, None, d, mixed[0]))
+                hd[d] = np.tanh(row_dot(Ad, None, d, mixed[0], ahead))
             Bd = dec_w2[i]
             wk, wv, wr, wg = (_matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C),
                               _matrix(addr[M_R, i], kind, A, C), _matrix(addr[M_G, i], kind, A, C))
             for a in prange(A):
-                k[a] = row_dot(wk, None, a, mixed[1])
-                v[a] = row_dot(wv, None, a, mixed[2])
-                r[a] = row_dot(wr, None, a, mixed[3])
-                g[a] = _silu(row_dot(wg, None, a, mixed[4]))
-                dd = q[A6_D, a] + row_dot(Bd, None, a, hd)  # d_t = omega + tanh(x^w A_d) B_d
+                k[a] = row_dot(wk, None, a, mixed[1], ahead)
+                v[a] = row_dot(wv, None, a, mixed[2], ahead)
+                r[a] = row_dot(wr, None, a, mixed[3], ahead)
+                g[a] = _silu(row_dot(wg, None, a, mixed[4], ahead))
+                dd = q[A6_D, a] + row_dot(Bd, None, a, hd, ahead)  # d_t = omega + tanh(x^w A_d) B_d
                 w[a] = np.float32(np.exp(-np.exp(np.float64(dd))))
             for h in prange(H):
                 lo = h * N
@@ -226,15 +228,15 @@ def step_v6(rows, addr, V, F, H, N, ln0, vc, va, maa_w1, maa_w2, dec_w1, dec_w2,
                     o[jj] *= g[jj]
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += row_dot(wo, None, c, o)
+                x[c] += row_dot(wo, None, c, o, ahead)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):  # lerp with ffn.time_maa_k / _r
                 mixed[1, j] = xn[j] + (s[1, j] - xn[j]) * p[V6_FK, j]
                 mixed[3, j] = xn[j] + (s[1, j] - xn[j]) * p[V6_FR, j]
                 s[1, j] = xn[j]
-            _ffn_relu2(x, mixed[1], mixed[3], kk, addr, i, kind, C, F, True)
+            _ffn_relu2(x, mixed[1], mixed[3], kk, addr, i, kind, C, F, True, ahead)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
-            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0])
+            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0], ahead)
 
 
 _DECAY_SCALE = np.float32(np.exp(-0.5))  # w = exp(-e^-0.5 sigmoid(d))
@@ -242,7 +244,7 @@ _DECAY_SCALE = np.float32(np.exp(-0.5))  # w = exp(-e^-0.5 sigmoid(d))
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2, ln_out, eps, lnx_eps,
-            shift, wkv, logits, logits_for):
+            shift, wkv, logits, logits_for, ahead):
     """reference_v7's recurrent form. LoRA matrices transposed: w1 (L, Dw, C), w2 (L, A, Dw), and
     likewise a, v (zeros in layer 0, which has no value residual), g."""
     L, C, A = vc.shape[0], vc.shape[2], H * N
@@ -287,9 +289,9 @@ def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2,
                     hidden[d] = _sigmoid(_dot(g1[i, d - Dw - Da - Dv], mixed[5]))
             wk, wv, wr = _matrix(addr[M_K, i], kind, A, C), _matrix(addr[M_V, i], kind, A, C), _matrix(addr[M_R, i], kind, A, C)
             for a in prange(A):
-                ka = row_dot(wk, None, a, mixed[2])
-                va_ = row_dot(wv, None, a, mixed[3])
-                r[a] = row_dot(wr, None, a, mixed[0])
+                ka = row_dot(wk, None, a, mixed[2], ahead)
+                va_ = row_dot(wv, None, a, mixed[3], ahead)
+                r[a] = row_dot(wr, None, a, mixed[0], ahead)
                 w[a] = np.exp(-_DECAY_SCALE * _sigmoid(q[A7_W0, a] + _dot(w2[i, a], hidden[:Dw])))
                 at = _sigmoid(q[A7_A0, a] + _dot(a2[i, a], hidden[Dw:Dw + Da]))
                 aa[a] = at
@@ -331,14 +333,14 @@ def step_v7(rows, addr, V, F, H, N, ln0, vc, va, w1, w2, a1, a2, v1, v2, g1, g2,
                     o[jj] = g[jj] * (o[jj] + bonus * v[jj])
             wo = _matrix(addr[M_O, i], kind, C, A)
             for c in prange(C):
-                x[c] += row_dot(wo, None, c, o)
+                x[c] += row_dot(wo, None, c, o, ahead)
             _layer_norm_into(x, p[LN2_W], p[LN2_B], eps, xn)
             for j in range(C):
                 mixed[2, j] = xn[j] + (s[1, j] - xn[j]) * p[V7_FK, j]
                 s[1, j] = xn[j]
-            _ffn_relu2(x, mixed[2], mixed[2], kk, addr, i, kind, C, F, False)
+            _ffn_relu2(x, mixed[2], mixed[2], kk, addr, i, kind, C, F, False, ahead)
         if logits_for == LOGITS_ALL or (logits_for == LOGITS_LAST and t == rows.shape[0] - 1):
-            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0])
+            _head_logits(x, ln_out, eps, xn, head, logits[t if logits_for == LOGITS_ALL else 0], ahead)
 
 
 # ---- parallel form: the scans over T (the projections are BLAS products in engine_later.py) ----

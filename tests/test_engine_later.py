@@ -225,3 +225,15 @@ def test_state_file_of_a_later_version_is_checked(tmp_path):
              rwkv_np_wkv=np.zeros((3, 2, 8, 8)))
     with pytest.raises(ArgumentError, match="d.npz: not a valid state file: its array has dtype float64"):
         State.load(tmp_path / "d.npz")
+
+
+def test_prefetch_distance_changes_no_number_of_a_later_version():
+    model = rwkv_np.load_model(tiny_path("7"))
+    model.prefetch_bytes = 0
+    without = model.forward(PROMPT, mode="recurrent")[0]
+    model.prefetch_bytes = 1 << 20
+    np.testing.assert_array_equal(model.forward(PROMPT, mode="recurrent")[0], without)
+    from rwkv_np.kernels import PREFETCH_CHOICES
+
+    assert model.choose_prefetch(seconds=0.01).keys() == set(PREFETCH_CHOICES)
+    assert model.prefetch_bytes in PREFETCH_CHOICES

@@ -3,6 +3,7 @@ engine against the reference on the fixtures is tests/test_engine.py; the engine
 float64 logits is tests/test_model.py."""
 
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from numba import njit
 from rwkv_np import RWKV, State
 from rwkv_np import kernels as K
 from rwkv_np import reference
+from rwkv_np.errors import ArgumentError
 
 from _eq14 import empty_state, reference_wkv
 from _writers import bf16_bits, bf16_round, expected_model_weights, tiny_weights
@@ -278,3 +280,48 @@ def test_keep_16bit_still_refuses_non_finite_weights(tmp_path, dtype, bad_bits):
     path = write_zip(tmp_path / "bad.pth", members)
     with pytest.raises(CheckpointError, match=r"blocks.0.att.key.weight has 1 non-finite values"):
         load_checkpoint(path, keep_16bit=True, lazy_embedding=True)
+
+
+def test_prefetch_distance_changes_no_number():
+    """row_dot's prefetch only asks the memory for rows early: any distance (0: none) gives the
+    same float32 results bit for bit, for every kind of stored weight."""
+    from rwkv_np.quantize import Int8Matrix
+
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((200, 96)).astype(np.float32)
+    x = rng.standard_normal(96).astype(np.float32)
+    q = Int8Matrix.quantize(W)
+    for w, scales in ((W, None), (bf16_bits(W), None), (W.astype(np.float16).view(np.int16), None), (q.q, q.scales)):
+        outs = []
+        for ahead in (0, 1, K.PREFETCH_BYTES, 10**9):
+            outs.append(np.empty(200, np.float32))
+            K.matvec(w, x, outs[-1], scales, ahead)
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out, outs[0])
+
+
+def test_choose_prefetch_keeps_the_faster_and_changes_no_number(weights, monkeypatch):
+    model = RWKV(weights)
+    before = model.forward(TOKENS, mode="recurrent", return_all=True)[0]
+    assert model.prefetch_bytes == K.PREFETCH_BYTES  # until timed
+    forward = model.forward
+    for slow in K.PREFETCH_CHOICES:
+        def timed(*args, slow=slow, **kw):  # one choice made 5 ms slower per token than the other
+            if model.prefetch_bytes == slow:
+                time.sleep(0.005)
+            return forward(*args, **kw)
+        monkeypatch.setattr(model, "forward", timed)
+        medians = model.choose_prefetch(seconds=0.01)
+        assert set(medians) == set(K.PREFETCH_CHOICES)
+        assert medians[slow] > max(t for c, t in medians.items() if c != slow) + 0.004
+        assert model.prefetch_bytes != slow
+        monkeypatch.setattr(model, "forward", forward)
+        np.testing.assert_array_equal(model.forward(TOKENS, mode="recurrent", return_all=True)[0], before)
+    for bad in (-1, 1.5, True, "6144"):
+        with pytest.raises(ArgumentError, match="prefetch_bytes: expected a whole number of bytes >= 0"):
+            model.prefetch_bytes = bad
+    with pytest.raises(ArgumentError, match="choices: expected prefetch distances"):
+        model.choose_prefetch(choices=[])
+    untimed = RWKV(weights)
+    untimed.warm_up(release_compiler=False, choose_prefetch=False)
+    assert untimed.prefetch_bytes == K.PREFETCH_BYTES
