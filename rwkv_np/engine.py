@@ -119,10 +119,10 @@ class RWKV:
         Whether asking for the rows ahead pays depends on the machine and the weights' kind: on an
         Intel VM it made bf16 generation about 1.4x faster; on an AMD EPYC, generation without it was
         26-32% faster in float32, 12-17% in fp16 and 5% slower in int8 (benchmarks/NOTES.md,
-        "Prefetching the rows"). So recurrent tokens run with each
-        choice in turn, the order alternating, on a scratch state (the model's own state is not
-        touched), for about `seconds` in all (2 to 8 tokens per choice); the lowest median time per
-        token wins, the first choice on a tie. Returns {choice: median seconds per token}."""
+        "Prefetching the rows"). So recurrent tokens run with each choice in turn, the order
+        alternating, from a scratch state (no state of the caller's is touched), for about `seconds`
+        in all (2 to 8 tokens per choice); the lowest median time per token wins, the first choice
+        on a tie. Returns {choice: median seconds per token}."""
         def token_time(ahead: int, token: int) -> float:
             self._fast.ahead = ahead
             start = time.perf_counter()
