@@ -109,9 +109,7 @@ class RWKV:
 
     @prefetch_bytes.setter
     def prefetch_bytes(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ArgumentError(f"prefetch_bytes: expected a whole number of bytes >= 0, got {value!r}")
-        self._fast.ahead = int(value)
+        self._fast.ahead = _byte_count(value, "prefetch_bytes")
 
     def choose_prefetch(self, seconds: float = 1.0, choices: Sequence[int] = K.PREFETCH_CHOICES) -> dict[int, float]:
         """Set prefetch_bytes to the fastest of choices for this model on this machine, timed now.
@@ -120,20 +118,18 @@ class RWKV:
         Intel VM it made bf16 generation about 1.4x faster; on an AMD EPYC, generation without it was
         26-32% faster in float32, 12-17% in fp16 and 5% slower in int8 (benchmarks/NOTES.md,
         "Prefetching the rows"). So recurrent tokens run with each choice in turn, the order
-        alternating, from a scratch state (no state of the caller's is touched), for about `seconds`
-        in all (2 to 8 tokens per choice); the lowest median time per token wins, the first choice
-        on a tie. Returns {choice: median seconds per token}."""
+        alternating, each from the initial state (no state of the caller's is touched), for about
+        `seconds` in all (2 to 8 tokens per choice); the lowest median time per token wins, the
+        first choice on a tie. Returns {choice: median seconds per token}."""
         def token_time(ahead: int, token: int) -> float:
             self._fast.ahead = ahead
             start = time.perf_counter()
-            self.forward([token], scratch, mode="recurrent")
+            self.forward([token], mode="recurrent")  # from the initial state: no caller's state touched
             return time.perf_counter() - start
 
-        choices = list(choices)
-        if not choices or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in choices):
-            raise ArgumentError(f"choices: expected prefetch distances in bytes (whole numbers >= 0), got {choices!r}")
-        choices = [int(c) for c in choices]
-        scratch = self.init_state()
+        choices = [_byte_count(c, "choices") for c in choices]
+        if not choices:
+            raise ArgumentError("choices: expected at least one prefetch distance in bytes")
         first = token_time(choices[0], 0)
         rounds = int(min(8, max(2, seconds / (len(choices) * max(first, 1e-9)))))
         times = {c: [] for c in choices}
@@ -210,6 +206,13 @@ def _as_float32(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         return (a.astype(np.uint32) << 16).view(np.float32)
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _byte_count(value, name: str) -> int:
+    """value as a whole number of bytes >= 0, or an ArgumentError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ArgumentError(f"{name}: expected a whole number of bytes >= 0, got {value!r}")
+    return int(value)
 
 
 def _kernel_array(a):
@@ -357,10 +360,8 @@ class _FastWeights:
         xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
         if not return_all:
             out = np.empty(self.config.vocab_size, np.float32)
-            if isinstance(self.head, Int8Matrix):
-                K.matvec(self.head.q, np.ascontiguousarray(xn[0]), out, self.head.scales)
-            else:
-                K.matvec(_kernel_array(self.head), np.ascontiguousarray(xn[0]), out)
+            scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
+            K.matvec(_kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
             return out
         out = np.empty((T, self.config.vocab_size), np.float32)
         rows = 8192  # widen the head a slice at a time: it is the largest matrix

@@ -506,7 +506,7 @@ def recurrent_tokens(rows, like, head_like, addr, saddr, V, F, ln0, vecs, ln_out
             sr, sv = _scales(saddr[FFN_R, i], kind, C, C), _scales(saddr[FFN_V, i], kind, C, F)
             for b in prange((C + CHUNK - 1) // CHUNK):
                 lo, hi = b * CHUNK, min(C, b * CHUNK + CHUNK)
-                for c in range(lo, hi):  # eq. 17
+                for c in range(lo, hi):  # eq. 16
                     rb[c] = row_dot(wr, sr, c, xr, ahead)
                 for c in range(lo, hi):  # eq. 18, residual
                     x[c] += _sigmoid(rb[c]) * row_dot(wv, sv, c, kk, ahead)
