@@ -1,50 +1,38 @@
-"""rwkv_np: RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") in NumPy, and its successors
+"""rwkv_np: RWKV in NumPy. RWKV-4 ("RWKV: Reinventing RNNs for the Transformer Era") and its successors
 RWKV-5.1/5.2 ("Eagle"), 6 ("Finch") and 7 ("Goose").
 
-Read rwkv_np/reference.py for the network itself (plain NumPy, both forms), reference_v5/6/7.py for the
-later versions; rwkv_np.RWKV (engine.py, engine_later.py) computes the same thing fast.
+Read rwkv_np/rwkv4/reference.py for the network itself (plain NumPy, both forms), then rwkv5/, rwkv6/,
+rwkv7/ for the later versions; rwkv_np.RWKV computes the same thing fast, for any of them.
 
     import rwkv_np
     model = rwkv_np.load_model("path/to/RWKV-4-Pile-169M.pth")
     logits, state = model.forward([510, 3158, 8516], mode="parallel")
     logits, state = model.forward([30], state, mode="recurrent")
+
+Importing rwkv_np needs NumPy only; Numba is imported when a model is built.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from .config import RWKVConfig
 from .errors import ArgumentError, CheckpointError, DownloadError, ModelError, RWKVError, TrainingError
+from .model import RWKV
 from .state import State
-
-if TYPE_CHECKING:
-    from .engine import RWKV
 
 __all__ = ["load_model", "RWKV", "RWKVConfig", "State", "RWKVError", "CheckpointError",
            "ArgumentError", "DownloadError", "ModelError", "TrainingError"]
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    # the engine (and with it Numba) is imported on first use, so that `import rwkv_np.reference`
-    # or `rwkv_np.schema` needs nothing but NumPy
-    if name == "RWKV":
-        from .engine import RWKV
-
-        return RWKV
-    raise AttributeError(f"module 'rwkv_np' has no attribute {name!r}")
+__version__ = "0.2.0"
 
 
 def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding: bool = False,
-               quantize: str | None = None, keep_blocks: bool = False) -> "RWKV":
+               quantize: str | None = None, keep_blocks: bool = False) -> RWKV:
     """Load an RWKV checkpoint: a BlinkDL .pth, a Hugging Face RWKV-4 folder or file (safetensors or
     pytorch_model.bin), an rwkv.cpp file (FP32, FP16, or quantized: Q4_0, Q4_1, Q5_0, Q5_1 and
     Q8_0, dequantized exactly as ggml defines them), or a name such as "169m" that was downloaded
-    with `python -m rwkv_np download 169m`. The format is detected from the bytes, the RWKV version
-    from the tensor names: `model.config.version` is "4", "5.1", "5.2", "6" or "7" (the later
-    versions from BlinkDL .pth / .safetensors with BlinkDL's names and rwkv.cpp files).
+    with `python -m rwkv_np download 169m`. The format is detected from the bytes, the architecture
+    from the tensor names (rwkv_np.registry): `model.config.version` is "4", "5.1", "5.2", "6" or "7".
 
     keep_16bit: keep bf16/fp16 matrices as stored (half the memory, about twice the generation
         speed); arithmetic stays float32 and the results equal those of the widened weights.
@@ -69,8 +57,6 @@ def load_model(path: str | os.PathLike, keep_16bit: bool = False, lazy_embedding
 
         if is_model_name(str(path)):
             path = resolve_model(str(path))
-    from .engine import RWKV
-
     checkpoint = load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy_embedding, quantize=quantize,
                                  keep_blocks=keep_blocks)
     model = RWKV(checkpoint.weights, checkpoint.config)

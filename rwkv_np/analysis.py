@@ -1,8 +1,8 @@
 """Helpers for the notebooks: find the models and the held-out text, measure losses, ablate, time.
 
 Every ablation returns a *new* model built from a copy of the weights; the original is untouched.
-Nothing here redefines the network: `trace` runs rwkv_np.reference.forward with its recorder, and a
-test checks that it reproduces the model's logits.
+Nothing here redefines the network: `trace` calls the reference's functions (rwkv_np/rwkv4/reference.py)
+layer by layer and keeps what they return, and a test checks that it reproduces the model's logits.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ArgumentError, DownloadError
-from . import reference
-from .engine import RWKV
+from .model import RWKV
+from .rwkv4 import reference as R
+from .rwkv4.eq14 import implied_attention, wkv_naive  # noqa: F401 - part of this API
 from .training.wkv_grad import wkv_forward
-from .wkv import eq14_reference, implied_attention, wkv_naive  # noqa: F401 - part of this API
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -278,24 +278,45 @@ def without_sublayer(model: RWKV, layer: int, part: str) -> RWKV:
 # ---------------------------------------------------------------------------------- looking inside
 
 def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Every intermediate of a parallel pass from the initial state, per layer.
+    """Every intermediate of a parallel pass of an RWKV-4 model from the initial state, per layer,
+    from the reference's own functions called layer by layer (rwkv_np/rwkv4/reference.py).
 
     Keys (arrays (T, C) unless noted): x_att (LayerNorm before time mixing), r, k, v (eqs. 11-13),
-    wkv (eq. 14), att_out (eq. 15), x_ffn (LayerNorm before channel mixing), ffn_r, ffn_k (eqs.
-    16-17, before the activation), ffn_hidden (relu(ffn_k)^2, (T, F)), ffn_out (eq. 18).
+    w (the decay rate e^time_decay, (C,)), wkv (eq. 14), att_out (eq. 15), x_ffn (LayerNorm before
+    channel mixing), ffn_r, ffn_k (eqs. 16-17, before the activation), ffn_hidden (relu(ffn_k)^2,
+    (T, F)), ffn_out (eq. 18).
     """
-    tokens = model._check_tokens(tokens)
-    layers: list = []
-    reference.forward(model.params, tokens, record=layers)
-    names = {"x_att": ("att", "x"), "r": ("att", "r"), "k": ("att", "k"), "v": ("att", "v"),
-             "w": ("att", "w"), "wkv": ("att", "wkv"), "att_out": ("att", "out"), "x_ffn": ("ffn", "x"),
-             "ffn_r": ("ffn", "r"), "ffn_k": ("ffn", "k"), "ffn_hidden": ("ffn", "hidden"),
-             "ffn_out": ("ffn", "out")}
-    return [{key: rec[part][name] for key, (part, name) in names.items()} for rec in layers]
+    if model.config.version != "4":
+        raise ArgumentError(f"trace: follows RWKV-4's reference; this is an RWKV-{model.config.version} model")
+    tokens = model.check_tokens(tokens)
+    params, eps = model.params, model.config.layer_norm_eps
+    state = R.initial_state(model.config.n_layer, model.config.n_embd)
+    x = R.layer_norm(params["emb"][tokens], **params["ln0"], eps=eps)
+    out = []
+    for p, s in zip(params["blocks"], state):
+        att, ffn = p["att"], p["ffn"]
+        d = {"x_att": R.layer_norm(x, **p["ln1"], eps=eps)}
+        xx = R.token_shift(d["x_att"], s[R.ATT_X])
+        # eqs. 11-13 as time_mixing computes them, kept; then eq. 14 and the sublayer itself
+        for name, mu, W in (("r", "time_mix_r", "receptance"), ("k", "time_mix_k", "key"), ("v", "time_mix_v", "value")):
+            d[name] = R.mix(d["x_att"], xx, att[mu]) @ att[W].T
+        d["w"] = np.exp(att["time_decay"])
+        d["wkv"], _ = R.wkv(d["w"], att["time_first"], d["k"], d["v"], s[R.AA], s[R.BB], s[R.PP])
+        d["att_out"], _ = R.time_mixing(d["x_att"], s[R.ATT_X], s[R.AA], s[R.BB], s[R.PP], **att)
+        x = x + d["att_out"]
+        d["x_ffn"] = R.layer_norm(x, **p["ln2"], eps=eps)
+        xx = R.token_shift(d["x_ffn"], s[R.FFN_X])
+        d["ffn_r"] = R.mix(d["x_ffn"], xx, ffn["time_mix_r"]) @ ffn["receptance"].T
+        d["ffn_k"] = R.mix(d["x_ffn"], xx, ffn["time_mix_k"]) @ ffn["key"].T
+        d["ffn_hidden"] = np.maximum(d["ffn_k"], 0) ** 2
+        d["ffn_out"], _ = R.channel_mixing(d["x_ffn"], s[R.FFN_X], **ffn)
+        x = x + d["ffn_out"]
+        out.append(d)
+    return out
 
 
 def eq14_compiled(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Eq. 14 alone, from the empty state, by the compiled kernels.wkv_step (the engine's and the
+    """Eq. 14 alone, from the empty state, by the compiled wkv_step (rwkv4/kernels.py: the engine's and the
     trainer's arithmetic, float64 inside): w, u (C,), k, v (T, C) -> wkv (T, C) in the dtype of k."""
     return wkv_forward(w, u, k[:, None], v[:, None])[0][:, 0]  # the trainer's kernels take (T, B, C)
 
@@ -361,7 +382,7 @@ def layer_param(model: RWKV, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------- initial values
 
 def _init_params_fn():
-    """The trainer's initialisation (the rules named by rwkv_np.schema's Param.init). The one place
+    """The trainer's initialisation (the rules named by the table's Param.init, rwkv_np/rwkv4/params.py). The one place
     the notebooks import it from, so that moving the trainer is a one-line change here."""
     from .training.init import init_params
 

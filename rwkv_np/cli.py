@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentError, RWKVError
-from .threads import short_spin
+from .process import short_spin
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130

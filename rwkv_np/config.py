@@ -1,4 +1,4 @@
-"""The shape of an RWKV network (RWKV-4, or one of the later versions 5.1, 5.2, 6, 7)."""
+"""The shape of an RWKV network, of any version (rwkv_np.registry lists them)."""
 
 from dataclasses import dataclass
 
@@ -12,10 +12,10 @@ class RWKVConfig:
     vocab_size: rows of the embedding and of the head
     ffn_dim:    hidden width of channel mixing (4 * n_embd in the released models)
     layer_norm_eps: LayerNorm epsilon (1e-5 in every released checkpoint)
-    version:    "4", "5.1", "5.2", "6" or "7" (rwkv_np.versions.detect_version)
+    version:    the architecture's name in rwkv_np.registry: "4", "5.1", "5.2", "6" or "7"
     From version 5 on (0 / () for RWKV-4):
     n_head, head_size: the attention width n_head * head_size split into heads (matrix state per head)
-    ln_x_eps:   epsilon of ln_x, the per-head GroupNorm (rwkv_np.versions says why it depends on the file)
+    ln_x_eps:   epsilon of ln_x, the per-head GroupNorm (it depends on the file's source: rwkv_np/rwkv5)
     lora:       the low-rank sizes, as ((name, rank), ...): RWKV-6 "Dm" (token shift), "Dd" (decay);
                 RWKV-7 "Dw" (decay), "Da" (in-context rate), "Dv" (value residual), "Dg" (gate)
     """
@@ -34,25 +34,13 @@ class RWKVConfig:
     @property
     def att_dim(self) -> int:
         """Width A of r, k, v (n_embd in RWKV-4; n_head * head_size after it)."""
-        return self.n_head * self.head_size if self.version != "4" else self.n_embd
+        return self.n_head * self.head_size if self.n_head else self.n_embd
 
     @property
     def dims(self) -> dict[str, int]:
-        """The sizes rwkv_np.versions.param_shapes is written in."""
+        """The sizes the parameter tables are written in (rwkv_np.architecture.Param.shape)."""
         d = {"V": self.vocab_size, "C": self.n_embd, "L": self.n_layer, "A": self.att_dim, "F": self.ffn_dim}
-        if self.version != "4":
+        if self.n_head:
             d.update(H=self.n_head, N=self.head_size)
         d.update(dict(self.lora))
         return d
-
-    @property
-    def n_params(self) -> int:
-        if self.version == "4":
-            from .schema import n_params
-
-            return n_params(self)
-        from math import prod
-
-        from .versions import param_shapes
-
-        return sum(prod(s) for s in param_shapes(self.version, self.dims).values())

@@ -1,4 +1,8 @@
-"""Quantized weights: ggml's block formats (rwkv.cpp's quantized files) and rwkv_np's int8 mode.
+"""Weights held other than as float32: 16-bit bit patterns, ggml's block formats (rwkv.cpp's quantized
+files) and rwkv_np's int8 mode. The NumPy side; rwkv_np/products.py multiplies them in compiled code.
+
+16-bit weights kept as a checkpoint stores them: float16 arrays, and bfloat16 bit patterns as uint16
+(NumPy has no bfloat16); `as_float32` widens either exactly.
 
 ggml's block formats (rwkv.cpp files of version 101; the layouts of ggml since its May 2023
 "bit shuffling" change). Every format cuts each row of a matrix (PyTorch's last axis, ggml's ne0)
@@ -18,12 +22,12 @@ rwkv_np's int8 mode (`load_model(path, quantize="int8")`): every matrix but the 
 row may be shorter), q = round(w / s) in [-127, 127] with s = max|w| / 127 of the block, s kept as
 float32 (N, ceil(K / 32)) beside the int8 (N, K). 1.125 bytes per weight. A weight's error is at
 most s / 2, i.e. 1/254 of the largest magnitude in its block: per block rather than per row because
-one large weight then coarsens only its 31 neighbours, not its whole row (tests/test_quantize.py
-and the report of issue 13 measure both). A Q8_0 block maps onto it exactly (s = d).
+one large weight then coarsens only its 31 neighbours, not its whole row (tests and docs/performance.md
+measure both). A Q8_0 block maps onto it exactly (s = d).
 
 `BlockMatrix` (`load_model(path, keep_blocks=True)`): an rwkv.cpp file's Q4_0, Q4_1, Q5_0 or Q5_1
 matrix kept as the file's bytes (0.5625 to 0.75 bytes per weight), each row its blocks;
-kernels._dot_blocks unpacks them in registers.
+rwkv_np/products.py unpacks them in registers.
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ BLOCK_BYTES = {name: size for name, size in GGML_FORMATS.values()}
 LAYOUT = {"Q4_0": (0, None, None, 2, 8), "Q4_1": (0, 2, None, 4, 0),
           "Q5_0": (0, None, 2, 6, 16), "Q5_1": (0, 2, 4, 8, 0)}
 QUANTIZE_MODES = (None, "int8")
+
+
+def as_float32(a) -> np.ndarray:
+    """A weight as float32; uint16 arrays are bfloat16 bit patterns (the top half of a float32)."""
+    a = np.asarray(a)  # a FileRows embedding is read whole here; an Int8Matrix or BlockMatrix dequantized
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def kernel_array(a):
+    """The array the compiled kernels read for a matrix: an int8 one's q, a ggml-blocks one's bytes."""
+    return a.q if isinstance(a, Int8Matrix) else a.raw if isinstance(a, BlockMatrix) else a
 
 
 def check_quantize(quantize) -> str | None:

@@ -1,16 +1,14 @@
-"""The recurrent state of RWKV-4: everything the network remembers of the tokens it has read.
+"""The recurrent state: everything the network remembers of the tokens it has read, as a value.
 
-Per layer, five vectors of C channels:
+RWKV-4 (rwkv_np/rwkv4/reference.py): `data` (L, 5, C), per layer five vectors of C channels:
     0  att_x_prev   the LayerNorm output of the previous token, for time mixing's token shift
     1  aa           WKV numerator   (a_t of eq. 14's recurrence, scaled by e^-pp)
     2  bb           WKV denominator (b_t, scaled by e^-pp)
     3  pp           the running maximum exponent that keeps aa and bb finite
     4  ffn_x_prev   the LayerNorm output of the previous token, for channel mixing's token shift
+RWKV-5, 6 and 7: a pair, `data` (L, 2, C), the two token-shift vectors (0 att_x_prev, 1 ffn_x_prev),
+and `wkv` (L, H, N, N), one N x N matrix per head. Each architecture says which (rwkv_np.registry).
 Its size does not depend on how many tokens were read: this is what makes RWKV an RNN.
-
-From RWKV-5 on (rwkv_np/reference_v5.py, _v6, _v7) the state is a pair: `data` (L, 2, C), the two
-token-shift vectors (0 att_x_prev, 1 ffn_x_prev), and `wkv` (L, H, N, N), one N x N matrix per
-head. An RWKV-4 State has wkv None; its API and file format are unchanged by the later versions.
 """
 
 from __future__ import annotations
@@ -23,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import registry
+from .config import RWKVConfig
 from .errors import ArgumentError, ModelError
 from .files import open_regular
-from .reference import AA, ATT_X, BB, FFN_X, PP, PP_EMPTY  # noqa: F401 - the layout, defined once
 
 ARRAY_NAME = "rwkv_np_state"
 WKV_NAME = "rwkv_np_wkv"  # the matrix-valued state of RWKV-5/6/7, a second array of the same archive
@@ -58,15 +57,10 @@ class State:
             object.__setattr__(self, "wkv", wkv)
 
     @classmethod
-    def initial(cls, n_layer: int, n_embd: int, n_head: int = 0, head_size: int = 0) -> "State":
-        """The state before any token: zeros, and (RWKV-4) an empty running maximum. With n_head and
-        head_size (RWKV-5/6/7): zero token shifts and zero matrices."""
-        if n_head:
-            return cls(np.zeros((n_layer, 2, n_embd), np.float32),
-                       np.zeros((n_layer, n_head, head_size, head_size), np.float32))
-        data = np.zeros((n_layer, 5, n_embd), dtype=np.float32)
-        data[:, PP] = PP_EMPTY
-        return cls(data)
+    def initial(cls, config: RWKVConfig) -> "State":
+        """The state before any token of a model of this config, as its architecture's reference
+        defines it (RWKV-4: zeros and an empty running maximum; later: zero shifts and matrices)."""
+        return cls(*registry.get(config.version).initial(config))
 
     @property
     def n_layer(self) -> int:

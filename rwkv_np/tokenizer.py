@@ -12,32 +12,12 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ArgumentError, DownloadError
+from .text import check_ids, text_to_utf8
 from .tokenizer_json import ENCODE_BUDGET_BYTES, check_tokenizer_json, read_tokenizer_json
 from .world_tokenizer import VOCAB_FILENAME, WORLD_VOCAB_SIZE, WorldTokenizer
 
 NEOX_VOCAB_SIZE = 50277
 TOKENIZER_FILENAMES = ("20B_tokenizer.json", "tokenizer.json")
-
-
-def text_to_utf8(text: str) -> bytes:
-    """UTF-8 bytes of `text`, never raising.
-
-    Command-line arguments that were not valid UTF-8 reach Python as lone surrogates
-    (surrogateescape); they turn back into the original bytes. Any other lone surrogate, which
-    UTF-8 cannot encode, becomes U+FFFD.
-    """
-    try:
-        return text.encode("utf-8", errors="surrogateescape")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text).encode("utf-8")
-
-
-def _check_ids(ids, vocab_size: int, what: str) -> list[int]:
-    ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise ArgumentError(f"{what}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
-    return ids
 
 
 class ByteTokenizer:
@@ -50,7 +30,7 @@ class ByteTokenizer:
         return list(text_to_utf8(text))
 
     def decode_bytes(self, ids) -> bytes:
-        return bytes(_check_ids(ids, 256, "decode_bytes"))
+        return bytes(check_ids(ids, 256, "decode_bytes"))
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -148,7 +128,7 @@ class NeoXTokenizer:
 
     def decode_bytes(self, ids) -> bytes:
         table = self._token_bytes
-        return b"".join(table[i] for i in _check_ids(ids, self.vocab_size, "decode_bytes"))
+        return b"".join(table[i] for i in check_ids(ids, self.vocab_size, "decode_bytes"))
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

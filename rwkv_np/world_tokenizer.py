@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .errors import ArgumentError
 from .files import read_regular
+from .text import check_ids, text_to_utf8
 
 WORLD_VOCAB_SIZE = 65536
 VOCAB_FILENAME = "rwkv_vocab_v20230424.txt"
@@ -170,15 +171,11 @@ class WorldTokenizer:
         return out
 
     def encode(self, text: str) -> list[int]:
-        from .tokenizer import text_to_utf8
-
         return self.encode_bytes(text_to_utf8(text))
 
     def decode_bytes(self, ids) -> bytes:
-        from .tokenizer import _check_ids
-
         table = self._table
-        return b"".join(table[i] or b"" for i in _check_ids(ids, WORLD_VOCAB_SIZE, "decode_bytes"))
+        return b"".join(table[i] or b"" for i in check_ids(ids, WORLD_VOCAB_SIZE, "decode_bytes"))
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

@@ -1,8 +1,9 @@
 """Read an rwkv.cpp model file (ggml-style): a header of six int32, then one record per tensor.
 
 Record: int32 n_dims, int32 key length, int32 data type, n_dims int32 sizes in REVERSE order of the
-PyTorch shape, the UTF-8 key, the raw data. rwkv.cpp's converter stores `att.time_decay` as
--exp(time_decay) and squeezes the time_* vectors; `rwkv_np.loading` undoes the former.
+PyTorch shape, the UTF-8 key, the raw data. The keys are BlinkDL's names, but rwkv.cpp's converter
+(python/convert_pytorch_to_ggml.py) stored some tensors transformed, per version; `convert` gives
+BlinkDL's parameters back (see CONVERTED). ln_x's epsilon is rwkv.cpp's own (LN_X_EPS).
 
 Quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, in files of version 101) are `QuantizedTensor`s:
 read() dequantizes them exactly as ggml does (rwkv_np/quantize.py); a Q8_0 tensor can also be
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quantize import BLOCK, BLOCK_BYTES, GGML_FORMATS, dequantize_blocks, int8_from_q8_0, q8_0_blocks
-from ._common import BadFile, Buffer, LazyTensor, describe, elements
+from .base import BadFile, Buffer, Contents, Derived, LazyTensor, describe, elements
 
 MAGIC = 0x67676D66  # "ggmf"
 VERSIONS = (100, 101)
@@ -152,6 +153,102 @@ def read_rwkv_cpp(buf: Buffer) -> tuple[dict[str, LazyTensor], dict[str, int]]:
     return tensors, header
 
 
-def source_dtype(header: dict[str, int]) -> str:
-    return _TYPES.get(header["data_type"]) or _QUANTIZED[header["data_type"]]
+def sniff(head: bytes) -> bool:
+    return len(head) >= 4 and int.from_bytes(head[:4], "little") == MAGIC
+
+
+def read(buf: Buffer) -> Contents:
+    tensors, header = read_rwkv_cpp(buf)
+    return Contents("rwkv.cpp", tensors, convert=convert, settings=settings,
+                    claims=tuple((key, key.replace("n_vocab", "vocab_size"), header[key])
+                                 for key in ("n_vocab", "n_embd", "n_layer")),
+                    claims_from="the rwkv.cpp header")
+
+
+# ---- undoing rwkv.cpp's converter ---------------------------------------------------------------
+
+# The epsilon of ln_x that rwkv.cpp uses: 1e-5 for RWKV-5, 64e-5 for 6 and 7 (BlinkDL's code: 64e-5
+# for all). Its expected logits for the tiny 5.1 and 5.2 files follow: reproduced to 3e-6 with 1e-5,
+# missed by up to 1.3 with 64e-5 (the models' cross-entropy on text is the same to 1e-3 nats either
+# way, so the files cannot tell which one they were trained with). Each source gets its own peer's value.
+LN_X_EPS = {"5.1": 1e-5, "5.2": 1e-5, "6": 64e-5, "7": 64e-5}
+
+
+def settings(arch: str) -> dict:
+    return {"ln_x_eps": LN_X_EPS[arch]} if arch in LN_X_EPS else {}
+
+
+def _log_checked(a: np.ndarray, name: str, low: float, high: float) -> np.ndarray:
+    """log(a) in float64, after checking a lies in [low, high] (a converter output outside it is not
+    one rwkv.cpp could have written, and its log would be NaN)."""
+    a = np.asarray(a, np.float64)
+    if not np.all((a >= low) & (a <= high)):
+        raise BadFile(f"tensor {name} holds values outside [{low}, {high}] (min {np.nanmin(a):.4g}, max "
+                      f"{np.nanmax(a):.4g}), which rwkv.cpp's converter cannot have written")
+    with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer at the ends of the range
+        return np.log(a)
+
+
+def _rwkv4_decay(name: str):
+    def ln_w(a: np.ndarray) -> np.ndarray:  # -w -> ln w
+        with np.errstate(divide="ignore", invalid="ignore"):  # reported just below, naming the tensor
+            out = np.log(-a.astype(np.float64))
+        if not np.isfinite(out).all():
+            raise BadFile(f"tensor {name} holds a decay -w that is not negative")
+        return out
+    return ln_w
+
+
+def _decay_5(name: str):
+    def omega(a: np.ndarray) -> np.ndarray:  # exp(-exp(omega)) -> omega
+        with np.errstate(divide="ignore"):  # a stored 1.0 (no decay) -> log(0) = -inf, consistent
+            return np.log(-_log_checked(a, name, 0.0, 1.0))
+    return omega
+
+
+def _log_of(name: str):
+    return lambda a: _log_checked(a, name, 0.0, np.inf)
+
+
+def _transposed(t: LazyTensor) -> Derived:
+    return Derived(t, tuple(reversed(t.shape)), lambda a: a.T)
+
+
+#: what the converter did, per version (BlinkDL's names; the time_* vectors are also squeezed):
+#:   4:   time_decay stored as -exp(time_decay);
+#:   5.1: time_decay as exp(-exp(time_decay)) and time_first as exp(time_first), both (H, 1, 1);
+#:   5.2: time_decay as exp(-exp(time_decay)) and time_faaaa with a trailing axis of 1;
+#:   6:   time_maa_w1, time_decay_w1 and time_decay_w2 transposed, time_maa_w2 with its last two
+#:        axes swapped, time_decay reshaped to (H, N, 1), time_faaaa with a trailing axis of 1;
+#:   7:   the LoRA matrices w1 w2 a1 a2 v1 v2 g1 g2 transposed, and x_r x_w x_k x_v x_a x_g
+#:        concatenated, in that order, as x_rwkvag (6, 1, C).
+#: The logs are taken in float64: exp(-exp(d)) near 1 (a slow decay) keeps the decay itself to float32
+#: precision, and the round trip gives it back to within an ulp. (Trailing axes of 1 need no undoing.)
+CONVERTED = {"4": ("time_decay",), "5.1": ("time_decay", "time_first"), "5.2": ("time_decay",),
+             "6": ("time_maa_w1", "time_decay_w1", "time_decay_w2", "time_decay", "time_maa_w2"),
+             "7": ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2", "x_rwkvag")}
+
+
+def convert(arch: str, name: str, t: LazyTensor) -> list[tuple[str, Derived]]:
+    """The BlinkDL parameters that tensor `name` of an rwkv.cpp file of architecture `arch` holds."""
+    end = name.rsplit(".", 1)[-1] if ".att." in name else ""
+    if end not in CONVERTED.get(arch, ()):
+        return [(name, Derived(t, tuple(t.shape)))]
+    if arch == "4":
+        return [(name, Derived(t, tuple(t.shape), _rwkv4_decay(name)))]
+    if arch in ("5.1", "5.2") and end == "time_decay":
+        return [(name, Derived(t, tuple(t.shape), _decay_5(name)))]
+    if end == "time_first":
+        return [(name, Derived(t, tuple(t.shape), _log_of(name)))]
+    if end == "time_decay":  # RWKV-6: (H, N, 1) -> (A,)
+        return [(name, Derived(t, (t.numel,), lambda a: a.reshape(-1)))]
+    if end == "time_maa_w2":
+        shape = tuple(t.shape[:-2]) + (t.shape[-1], t.shape[-2]) if len(t.shape) >= 2 else tuple(t.shape)
+        return [(name, Derived(t, shape, lambda a: a.swapaxes(-1, -2)))]
+    if end == "x_rwkvag":
+        if len(t.shape) < 1 or t.shape[0] != 6:
+            raise BadFile(f"tensor {name} has shape {tuple(t.shape)}, expected (6, 1, C)")
+        prefix = name[: -len("x_rwkvag")]
+        return [(prefix + "x_" + c, Derived(t, tuple(t.shape[1:]), lambda a, j=j: a[j])) for j, c in enumerate("rwkvag")]
+    return [(name, _transposed(t))]  # RWKV-6's w1 matrices, RWKV-7's LoRA matrices
 

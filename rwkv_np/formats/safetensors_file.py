@@ -6,7 +6,7 @@ claim in the header (offsets, shapes) must be checked against the real file size
 
 import json
 
-from ._common import BadFile, Buffer, LazyTensor, check_shape, describe, json_int
+from .base import BadFile, Buffer, Contents, LazyTensor, check_shape, describe, json_int
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -67,3 +67,12 @@ def read_safetensors(buf: Buffer) -> tuple[dict[str, LazyTensor], dict]:
         if begin < end:  # overlapping tensors would let a small file expand into many big arrays
             raise BadFile(f"tensors {describe(a)} and {describe(b)} overlap in the data section")
     return tensors, metadata
+
+
+def sniff(head: bytes) -> bool:
+    """An 8-byte header length of a plausible size, then the JSON header's opening brace."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 40
+
+
+def read(buf: Buffer) -> Contents:
+    return Contents("safetensors", read_safetensors(buf)[0])

@@ -20,7 +20,7 @@ import re
 import warnings
 import zipfile
 
-from ._common import STORED_DTYPES, BadFile, Buffer, LazyTensor, check_shape, describe
+from .base import STORED_DTYPES, BadFile, Buffer, Contents, LazyTensor, check_shape, describe
 
 MAX_PICKLE_BYTES = 16 << 20  # a 14B model's data.pkl is ~100 KB; anything this big is not a state dict
 
@@ -544,3 +544,12 @@ def read_torch_zip(buf: Buffer) -> dict[str, LazyTensor]:
         raise BadFile(f"tensors claim {total} bytes in total but the file holds only {len(buf)}; "
                       "tensors sharing storage are not supported")
     return dict(obj)
+
+
+def sniff(head: bytes) -> bool:
+    """A zip archive: a local file header, or the end record of an empty archive."""
+    return head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def read(buf: Buffer) -> Contents:
+    return Contents("pth", read_torch_zip(buf))

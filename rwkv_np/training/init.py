@@ -1,4 +1,4 @@
-"""Fresh parameters for training, derived from rwkv_np.schema's table: each Param names its rule in
+"""Fresh parameters for training, derived from rwkv_np/rwkv4/params.py's table: each Param names its rule in
 `Param.init`, and each rule is described once, below, where it is implemented. The rules follow how
 BlinkDL's RWKV-4 trainer (RWKV-v4neo) initialises a model.
 """
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .. import schema
+from ..rwkv4 import ARCH
 
 VOCAB = 256  # the trainer's models read bytes
 
@@ -55,16 +55,16 @@ def _rule(rule: str, shape: tuple[int, ...], layer: int, n_layer: int, rng: np.r
         return _orthogonal(rng, rows, cols, math.sqrt(rows / cols) if rows > cols else 1.0)
     if rule == "orthogonal_0.1":  # time mixing's key: small, so that early keys keep eq. 14 smooth
         return _orthogonal(rng, *shape, 0.1)
-    raise ValueError(f"schema names an unknown init rule {rule!r}")
+    raise ValueError(f"the parameter table names an unknown init rule {rule!r}")
 
 
 def init_params(n_layer: int, n_embd: int, seed: int = 0, vocab: int = VOCAB) -> dict[str, np.ndarray]:
-    """Fresh float32 parameters under checkpoint names, in the order of schema.params_of (which is also
+    """Fresh float32 parameters under checkpoint names, in the order of ARCH.params_of (which is also
     the order the random rules draw from the generator)."""
     rng = np.random.default_rng(seed)
     params = {}
-    for name, p in schema.params_of(n_layer):
-        layer = int(name.split(".")[1]) if name.startswith("blocks.") else 0
-        shape = p.dims(n_embd, 4 * n_embd, vocab)
+    for name, p, layer in ARCH.params_of(n_layer):
+        layer = layer or 0
+        shape = p.size({"C": n_embd, "F": 4 * n_embd, "V": vocab})
         params[name] = np.ascontiguousarray(_rule(p.init, shape, layer, n_layer, rng), dtype=np.float32)
     return params

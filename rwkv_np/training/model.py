@@ -4,22 +4,22 @@ This is the network of rwkv_np/reference.py, run over B windows of T tokens from
 keeping what the gradients need. It calls the reference's own functions (token_shift, mix, sigmoid,
 layer_norm) instead of re-typing the equations, and runs eq. 14 in the shared compiled step
 (kernels.wkv_step, via wkv_grad.wkv_forward). tests/test_training_model.py checks its logits against
-rwkv_np.reference.forward, tests/test_gradcheck.py its gradients against finite differences.
+rwkv_np/rwkv4/reference.py's forward, tests/test_gradcheck.py its gradients against finite differences.
 
 Arrays are time-major, (T, B, C): the reference's functions are written for (T, C) and touch only the
 first axis (time: token_shift) and the last (channels: layer_norm, mix), so with the batch in the
 middle they apply unchanged. Each backward sits right below its forward, under the same name with
 `_backward`, and returns (gradient of the input, gradients of the parameters as a dict named like the
-forward's parameters). Parameters arrive flat, under checkpoint names; rwkv_np.schema.nest gives the
-reference's nested view of the same arrays, and schema.flatten turns the nested gradients back.
+forward's parameters). Parameters arrive flat, under checkpoint names; the table's nest (rwkv_np/rwkv4)
+gives the reference's nested view of the same arrays, and its flatten turns the nested gradients back.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import schema
-from ..reference import layer_norm, mix, sigmoid, token_shift
+from ..rwkv4 import ARCH
+from ..rwkv4.reference import layer_norm, mix, sigmoid, token_shift
 from .variant import DEFAULT, Variant
 from .wkv_grad import wkv_backward, wkv_forward
 
@@ -110,7 +110,7 @@ def time_mixing(x, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first, k
     r = linear(mixed["r"], receptance)  # eq. 11
     k = linear(mixed["k"], key)  # eq. 12
     v = linear(mixed["v"], value)  # eq. 13
-    w = np.exp(time_decay)  # checkpoints store ln w (rwkv_np/schema.py)
+    w = np.exp(time_decay)  # checkpoints store ln w (rwkv_np/rwkv4/params.py)
     wkv, saves = wkv_forward(w, time_first, k, v)  # eq. 14
     sr = sigmoid(r)
     out = linear(sr * wkv, output)  # eq. 15
@@ -167,7 +167,7 @@ def block(x, ln1, att, ln2, ffn, sublayers=("att", "ffn")):
     saved = []
     for name in sublayers:
         ln, f, _ = _SUBLAYERS[name]
-        dx, s = f(layer_norm(x, **p[ln]), **p[name])
+        dx, s = f(layer_norm(x, **p[ln], eps=EPS), **p[name])
         saved.append((x, s))
         x = x + dx
     return x, saved
@@ -180,13 +180,13 @@ def block_backward(d_out, saved, ln1, att, ln2, ffn, sublayers=("att", "ffn")):
     for name, (x, s) in zip(reversed(sublayers), reversed(saved)):
         ln, _, f_backward = _SUBLAYERS[name]
         d_ln, g[name] = f_backward(d, s, **p[name])
-        d_x, g[ln] = layer_norm_backward(d_ln, x, **p[ln])
+        d_x, g[ln] = layer_norm_backward(d_ln, x, **p[ln], eps=EPS)
         d = d + d_x
     for name in ("att", "ffn"):  # a sublayer the variant leaves out: its parameters get zero gradient
         if name not in g:
             ln = _SUBLAYERS[name][0]
             g[name] = {k: np.zeros_like(v) for k, v in p[name].items()}
-            g[ln] = {k: np.zeros_like(v) for k, v in p[ln].items() if k != "eps"}
+            g[ln] = {k: np.zeros_like(v) for k, v in p[ln].items()}
     return d, g
 
 
@@ -213,16 +213,16 @@ def forward(params: dict, idx: np.ndarray, targets: np.ndarray | None = None, ke
 
     Returns (logits (B, T, V), mean cross-entropy in nats (None without targets), cache for
     `backward` (None unless keep))."""
-    P = schema.nest(params, n_layers(params), EPS)
+    P = ARCH.nest(params, n_layers(params), dtype=None)
     tokens = np.asarray(idx).T.astype(np.intp)  # (T, B)
     x0 = P["emb"][tokens]  # (T, B, C)
-    x = layer_norm(x0, **P["ln0"])
+    x = layer_norm(x0, **P["ln0"], eps=EPS)
     saved = []
     for p in P["blocks"]:
         x, s = block(x, **p, sublayers=variant.sublayers)
         if keep:
             saved.append(s)
-    xo = layer_norm(x, **P["ln_out"])
+    xo = layer_norm(x, **P["ln_out"], eps=EPS)
     logits = linear(xo, P["head"])  # (T, B, V)
     loss = logp = None
     if targets is not None:
@@ -242,15 +242,15 @@ def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
     g: dict = {}
     d_logits = cross_entropy_backward(cache["logp"], cache["targets"])
     d_xo, g["head"] = linear_backward(d_logits, cache["xo"], P["head"])
-    d, g["ln_out"] = layer_norm_backward(d_xo, cache["x"], **P["ln_out"])
+    d, g["ln_out"] = layer_norm_backward(d_xo, cache["x"], **P["ln_out"], eps=EPS)
     g["blocks"] = [None] * len(P["blocks"])
     for i in reversed(range(len(P["blocks"]))):
         d, g["blocks"][i] = block_backward(d, cache["blocks"][i], **P["blocks"][i],
                                            sublayers=cache["variant"].sublayers)
-    d, g["ln0"] = layer_norm_backward(d, cache["x0"], **P["ln0"])
+    d, g["ln0"] = layer_norm_backward(d, cache["x0"], **P["ln0"], eps=EPS)
     g["emb"] = np.zeros_like(P["emb"])
     np.add.at(g["emb"], cache["tokens"].ravel(), d.reshape(-1, d.shape[-1]))  # rows of the tokens read
-    return {k: np.asarray(v, dtype=params[k].dtype) for k, v in schema.flatten(g).items()}
+    return {k: np.asarray(v, dtype=params[k].dtype) for k, v in ARCH.flatten(g).items()}
 
 
 def loss_and_grads(params: dict, idx: np.ndarray, targets: np.ndarray,

@@ -3,7 +3,7 @@
     python -m rwkv_np train --data input.txt --out model.safetensors --n-layer 4 --n-embd 128
 
 Trains a byte-level RWKV-4 (training/model.py: forward and backward; optim.py: AdamW; data.py: the
-bytes; checkpoint.py: the files). Parameters live in a dict under the checkpoint names (schema.py), so
+bytes; checkpoint.py: the files). Parameters live in a dict under the checkpoint names (rwkv4/params.py), so
 the model file is just the dict saved. Like BlinkDL's trainer it optimises ln w (`att.time_decay`, so
 that w = e^time_decay stays positive) and u (`att.time_first`).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import schema
+from ..rwkv4 import params as table
 from ..errors import ArgumentError, TrainingError
 from . import checkpoint as ckpt
 from .data import SHAKESPEARE_CACHE, SHAKESPEARE_URL, data_size, default_data_path, get_batch, load_bytes, sha256_of
@@ -95,10 +95,10 @@ def check_args(args) -> None:
 
 
 def n_params(n_layer: int, n_embd: int, vocab: int = VOCAB) -> int:
-    """Parameters of a model of these sizes, from schema's table (by formula: n_layer may be absurd)."""
-    dims = (n_embd, 4 * n_embd, vocab)
-    size = lambda p: math.prod(p.dims(*dims))  # noqa: E731
-    return sum(map(size, schema.TOP)) + n_layer * sum(map(size, schema.BLOCK))
+    """Parameters of a model of these sizes, from the table (by formula: n_layer may be absurd)."""
+    dims = {"C": n_embd, "F": 4 * n_embd, "V": vocab}
+    size = lambda p: math.prod(p.size(dims))  # noqa: E731
+    return sum(map(size, table.EMBED + table.OUT)) + n_layer * sum(map(size, table.BLOCK))
 
 
 def memory_estimate(args, data_bytes: int) -> dict[str, int]:
@@ -190,7 +190,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--data {data_path}: too short for --ctx-len {args.ctx_len}")
     sha = sha256_of(data_path)
     run = ckpt.run_record(args, sha)
-    shapes = {name: p.dims(args.n_embd, 4 * args.n_embd, VOCAB) for name, p in schema.params_of(args.n_layer)}
+    shapes = table.ARCH.shapes({"C": args.n_embd, "F": 4 * args.n_embd, "V": VOCAB, "L": args.n_layer})
     step, tokens, elapsed, smooth, finished = 0, 0, 0.0, None, False
     if args.resume:
         params, m, v, manifest = ckpt.load_training(ckpt_path, run, shapes)
@@ -325,7 +325,7 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
     _, held = load_bytes(start["data"])
     fp16_loss = evaluate(params, held, a["ctx_len"])
     # the same split read as one stream by the inference model, the state carried across (RNN use)
-    from ..engine import RWKV
+    from ..model import RWKV
 
     logits, _ = RWKV(ckpt.model_ready(params)).forward(held[:-1].astype(np.int64), return_all=True)
     z = logits.astype(np.float64)

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import schema
+from ..rwkv4.params import BLOCK
 from ..errors import ArgumentError
 
-_BLOCK = {p.name: p for p in schema.BLOCK}
-_FFN_ONLY = tuple(p.name for p in schema.BLOCK if p.name.startswith(("ffn.", "ln2.")))
+_BLOCK = {p.name: p for p in BLOCK}
+_FFN_ONLY = tuple(p.name for p in BLOCK if p.name.startswith(("ffn.", "ln2.")))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ WKV (paper eq. 14, per channel, w > 0 the decay, u the bonus of the current toke
 
     y_t = (sum_{i<t} e^{-(t-1-i)w + k_i} v_i + e^{u+k_t} v_t) / (sum_{i<t} e^{-(t-1-i)w + k_i} + e^{u+k_t})
 
-The forward runs kernels.wkv_step, the one compiled copy of eq. 14 that inference also runs. Both scans
+The forward runs wkv_step (rwkv_np/rwkv4/kernels.py), the one compiled copy of eq. 14 that inference also runs. Both scans
 keep every exponent relative to a running maximum, so keys of +-100 (where a naive e^k overflows float32
 and even float64 at ~710) stay finite. Arrays are time-major (T, B, C), the layout of training/model.py;
 w, u are (C,). Arithmetic inside the kernels is float64 whatever the input dtype; outputs take the input
@@ -14,8 +14,8 @@ import numpy as np
 from numba import njit
 
 from ..errors import ArgumentError
-from ..kernels import wkv_step
-from ..reference import PP_EMPTY
+from ..rwkv4.kernels import wkv_step
+from ..rwkv4.reference import PP_EMPTY
 
 
 @njit(cache=True, error_model="numpy")

@@ -1,16 +1,20 @@
-"""What every checkpoint reader shares: the error it raises and the lazy tensor it returns.
+"""What every checkpoint reader shares: the file it reads, the error it raises, the lazy tensor it
+returns and the `Contents` it hands the loader.
 
 Readers only parse and bounds-check headers; they return `LazyTensor`s pointing into the file's bytes
 so that names and shapes can be validated before a single weight is copied (a hostile header can
 claim any size it likes, but nothing is allocated until the claim has been checked against the file).
+A format's quirks (another naming, tensors its writer transformed) travel with its Contents, as
+functions the loader applies: `rename` and `convert`.
 """
 
 import mmap
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,7 +29,7 @@ class FileBytes:
     reader with SIGBUS at the next access to a page past the new end, whatever we check before.
     A read that finds fewer bytes than the file had when opened raises CheckpointError instead.
     `changed()` compares the file's size and modification time with those seen when it was opened,
-    to detect a rewrite in place (see `rwkv_np.loading.FileRows` for what it cannot detect).
+    to detect a rewrite in place (see `FileRows` for what it cannot detect).
     """
 
     def __init__(self, path: Path) -> None:
@@ -153,7 +157,7 @@ class LazyTensor:
     buf:     the whole file's bytes (a FileBytes, bytes or an mmap)
     offset:  byte offset of element [0, ..., 0] in buf
     strides: element strides, or None when C-contiguous
-    source:  the FileBytes buf is, when the tensor is read from a file (set by rwkv_np.loading)
+    source:  the FileBytes buf is, when the tensor is read from a file (set by formats.read_file)
     """
 
     shape: tuple[int, ...]
@@ -284,3 +288,116 @@ def _short(obj: object, levels: int, limit: int) -> str:
         inner = ", ".join(_short(x, levels - 1, limit) for x in obj)
         return f"[{inner}]" if isinstance(obj, list) else f"({inner}{',' if len(obj) == 1 else ''})"
     return f"<{type(obj).__name__}>"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A tensor of the architecture's table, as a format holds it: the stored tensor `source`, and the
+    function that turns its float32 values into the parameter (None: the values as they are) with
+    the shape that results. rwkv.cpp's converter, for instance, stored RWKV-4's ln w as -w."""
+
+    source: LazyTensor
+    shape: tuple[int, ...]
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass
+class Contents:
+    """What a reader found in a checkpoint, for rwkv_np.loading.
+
+    format:   "pth", "hf-bin", "hf-safetensors", "safetensors" or "rwkv.cpp"
+    tensors:  {name as the file spells it: LazyTensor}
+    rename:   the file's names -> BlinkDL's (Hugging Face's names), before the architecture is detected
+    convert:  convert(architecture name, name, tensor) -> [(name, Derived), ...]: the parameters a
+              stored tensor holds (one, or several for a tensor the writer concatenated)
+    settings: settings(architecture name) -> RWKVConfig fields the file fixes (layer_norm_eps, ln_x_eps)
+    claims:   (metadata key, RWKVConfig field, value): sizes the file's metadata states, checked
+              against the weights; claims_from names the metadata ("config.json")
+    only:     the architectures the format can hold (None: any), and why (only_why)
+    tokenizer_dir: where a tokenizer.json beside the checkpoint would be
+    """
+
+    format: str
+    tensors: dict
+    rename: Callable[[str], str] | None = None
+    convert: Callable | None = None
+    settings: Callable[[str], dict] = field(default=lambda arch: {})
+    claims: tuple = ()
+    claims_from: str = ""
+    only: tuple[str, ...] | None = None
+    only_why: str = ""
+    tokenizer_dir: Path | None = None
+
+
+class FileRows:
+    """A (V, C) matrix left in its checkpoint file, read a few rows at a time: the embedding, of
+    which a model reads one row per token. `rows[tokens]` is a new (T, C) array (`rows[i]`: (C,))
+    in the stored dtype (bfloat16 as uint16); `np.asarray(rows)` reads the whole matrix.
+
+    Rows are read with pread, not through a memory map: a mapped file's pages count in the
+    process's memory, the kernel maps them in large folios (up to 2 MiB for one 1.5 KB row), and
+    a mapped file truncated by another process kills this one with SIGBUS.
+
+    A file that changes while the model uses it (it is read from the file the checkpoint was
+    loaded from, the same inode even if the path now names another file):
+    - truncated, or grown or rewritten in place: the next read raises CheckpointError - a short
+      read, or fstat showing another size or modification time than when the load began;
+    - replaced by a new file (rename, or delete and write, as most tools save): not seen, and no
+      harm: the rows still come from the old file, which stays readable while it is open;
+    - not detected: a rewrite in place that keeps the size and the modification time (a tool that
+      restores the time, or a write within the same clock tick as the file's previous write),
+      and a write that lands between the read and the fstat check (those rows are from before).
+    """
+
+    def __init__(self, source: FileBytes | Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self._fb = source.reopen() if isinstance(source, FileBytes) else FileBytes(Path(source))
+        self.path, self.offset = self._fb.path, offset
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.ndim, self.size = 2, shape[0] * shape[1]
+        self.nbytes = self.size * self.dtype.itemsize
+        self._row_bytes = shape[1] * self.dtype.itemsize
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(self.shape[0])[index]
+        idx = np.asarray(index)
+        if idx.dtype.kind not in "iu" or idx.ndim > 1:
+            raise IndexError(f"FileRows: index with an int or a 1-D array of ints, got {idx.dtype} {idx.shape}")
+        n_rows = self.shape[0]
+        rows = idx.reshape(-1).astype(np.int64, copy=False)
+        rows = np.where(rows < 0, rows + n_rows, rows)  # negative indices count from the end
+        bad = (rows < 0) | (rows >= n_rows)
+        if bad.any():
+            raise IndexError(f"FileRows: row {int(idx.reshape(-1)[np.argmax(bad)])} is out of range for {n_rows} rows")
+        out = np.empty((rows.size, self.shape[1]), self.dtype)
+        for n, i in enumerate(rows.tolist()):
+            self._read_into(out[n], self.offset + i * self._row_bytes)
+        self._check_unchanged()
+        return out[0] if idx.ndim == 0 else out
+
+    def _read_into(self, row: np.ndarray, at: int) -> None:
+        try:
+            got = self._fb.read_at(row, at)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read the embedding from the file ({e.strerror or e})") from None
+        if got != row.nbytes:
+            raise CheckpointError(f"{self.path}: the file is shorter than when it was loaded (truncated while in use?)")
+
+    def _check_unchanged(self) -> None:
+        if self._fb.changed():
+            raise CheckpointError(f"{self.path}: the file changed (size or modification time) since it was loaded, "
+                                  "and the model reads its embedding from it; load it again")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = np.empty(self.shape, self.dtype)
+        if a.size:
+            self._read_into(a.reshape(-1), self.offset)  # the rows are contiguous in the file
+            self._check_unchanged()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def copy(self) -> np.ndarray:
+        """The whole matrix, read into memory."""
+        return np.asarray(self)
+
+    def __repr__(self) -> str:
+        return f"FileRows({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"

@@ -1,5 +1,5 @@
 """Checks for the exercises of notebooks/exercises/: build RWKV-4 yourself, each piece checked against
-rwkv_np/reference.py.
+rwkv_np/rwkv4/reference.py.
 
 Each `check_*` function takes the learner's function, runs it on cases built from the reference (random
 and real weights, T = 1, keys of +-100, u very negative, a state carried from one call to the next) and
@@ -22,9 +22,8 @@ import traceback
 
 import numpy as np
 
-from . import reference
-from .reference import ATT_X, AA, BB, PP, FFN_X, PP_EMPTY
-from .wkv import eq14_reference
+from ..rwkv4 import reference
+from ..rwkv4.reference import ATT_X, AA, BB, PP, FFN_X, PP_EMPTY
 
 __all__ = ["CheckResult", "reference_wkv", "shipped_params", "show_generation",
            "check_token_shift", "check_mix", "check_wkv_naive", "check_wkv_recurrent", "check_wkv_stable",
@@ -276,12 +275,14 @@ def _fail(exercise, case, diff, mistake, hint):
 # ---------------------------------------------------------------------------------- eq. 14, three ways
 
 def reference_wkv(w, u, k, v, aa=None, bb=None, pp=None):
-    """Eq. 14 over k, v (T, C) after the state (aa, bb, pp) (None: an empty past), computed by
-    rwkv_np.reference.time_mixing itself (rwkv_np.wkv.eq14_reference). w (C,) > 0 the decay, u (C,) the
-    bonus. Returns (wkv (T, C), (aa, bb, pp)): the state in the reference's form (a = aa e^pp, b = bb e^pp)."""
+    """Eq. 14 over k, v (T, C) after the state (aa, bb, pp) (None: an empty past), computed by the
+    reference's own `wkv` (rwkv_np/rwkv4/reference.py) in the dtype of k. w (C,) > 0 the decay, u (C,)
+    the bonus. Returns (wkv (T, C), (aa, bb, pp)): the state in the reference's form (a = aa e^pp, b = bb e^pp)."""
     k, v = np.asarray(k), np.asarray(v)
-    state = None if aa is None else (aa, bb, pp)
-    return eq14_reference(np.asarray(w, k.dtype), np.asarray(u, k.dtype), k, v, state)
+    C = k.shape[1]
+    if aa is None:
+        aa, bb, pp = np.zeros(C, k.dtype), np.zeros(C, k.dtype), np.full(C, PP_EMPTY, k.dtype)
+    return reference.wkv(np.asarray(w, k.dtype), np.asarray(u, k.dtype), k, v, aa, bb, pp)
 
 
 def _wkv_variant(w, u, k, v, a, b, mistake=None):
@@ -361,29 +362,33 @@ def shipped_params():
     """The nested params of the shipped checkpoint (rwkv_np/assets/rwkv4-shakespeare.safetensors),
     loaded once: rwkv_np.load_model(path).params."""
     if "params" not in _SHIPPED:
-        from . import load_model
-        from .cli import default_model_path
+        from .. import load_model
+        from ..cli import default_model_path
 
         _SHIPPED["params"] = load_model(default_model_path()).params
     return _SHIPPED["params"]
 
 
 def _tiny_params(seed=0, n_layer=2, n_embd=8, ffn_dim=32, vocab_size=16):
-    from .config import RWKVConfig
-    from . import schema
+    from ..config import RWKVConfig
+    from ..rwkv4.params import ARCH, random_weights
 
     config = RWKVConfig(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, ffn_dim=ffn_dim)
-    return schema.nest(schema.random_weights(config, seed), n_layer, 1e-5)
+    return ARCH.nest(random_weights(config, seed), n_layer)
 
 
 def _real_layer_input(layer=0):
     """Real activations: the LayerNorm outputs entering layer `layer`'s time and channel mixing on
     the 14 bytes of "First Citizen:", from the shipped model."""
     params = shipped_params()
-    tokens = list(b"First Citizen:")
-    record = []
-    reference.forward(params, tokens, record=record)
-    return params["blocks"][layer], record[layer]
+    x = reference.layer_norm(params["emb"][list(b"First Citizen:")], **params["ln0"])  # (T, C)
+    state = reference.initial_state(len(params["blocks"]), x.shape[1])
+    for p, s in zip(params["blocks"][:layer], state):
+        x, _ = reference.block(x, s, **p)
+    p, s = params["blocks"][layer], state[layer]
+    x_att = reference.layer_norm(x, **p["ln1"])
+    x = x + reference.time_mixing(x_att, s[ATT_X], s[AA], s[BB], s[PP], **p["att"])[0]
+    return p, {"att": {"x": x_att}, "ffn": {"x": reference.layer_norm(x, **p["ln2"])}}
 
 
 def _text_tokens(text=b"ROMEO:\nWhat light"):
@@ -1077,10 +1082,10 @@ def show_generation(generate, params, prompt=b"ROMEO:\n", n=200):
 # ---------------------------------------------------------------------------------- 9. gradient of eq. 14
 
 def _grad_parts(w, u, k, v, gy):
-    """The pieces of eq. 14's gradient, from its weights (rwkv_np.wkv.implied_attention, float64):
+    """The pieces of eq. 14's gradient, from its weights (rwkv_np.rwkv4.eq14.implied_attention, float64):
     P[c, t, i] the weight of token i in output t; R = P (v_i - y_t) gy_t, so that d/dk_i = sum_t R,
     d/dw = -sum (t-1-i) R over the past, d/du = sum of the diagonal."""
-    from .wkv import implied_attention
+    from ..rwkv4.eq14 import implied_attention
 
     T, C = k.shape
     P = np.stack([implied_attention(w[c], u[c], k[:, c]) for c in range(C)])  # (C, T, T)
@@ -1115,7 +1120,7 @@ def _grad_variant(case, mistake):
 def check_wkv_grad(wkv_grad):
     """wkv_grad(w, u, k, v, gy) -> (gw (C,), gu (C,), gk (T, C), gv (T, C)): the gradient of
     L = sum(gy * wkv) for eq. 14 from an empty past, checked against rwkv_np.training.wkv_grad.wkv_backward."""
-    from .training.wkv_grad import wkv_backward, wkv_forward
+    from ..training.wkv_grad import wkv_backward, wkv_forward
 
     def case(name, seed, T, C, k_scale=1.0, u=None):
         w, u, k, v = _wkv_inputs(seed, T, C, k_scale=k_scale, u=u)
@@ -1160,10 +1165,10 @@ def check_wkv_grad(wkv_grad):
 # ---------------------------------------------------------------------------------- solutions
 
 def _solution_sources():
-    """{function name: source} of the teacher's solutions (rwkv_np/exercises_solutions)."""
-    from . import exercises_solutions
+    """{function name: source} of the teacher's solutions (rwkv_np/exercises/solutions.py)."""
+    from . import solutions
 
-    return {name: inspect.getsource(getattr(exercises_solutions, name)) for name in exercises_solutions.__all__}
+    return {name: inspect.getsource(getattr(solutions, name)) for name in solutions.__all__}
 
 
 def write_solutions(out_dir, src_dir=None):
@@ -1174,10 +1179,10 @@ def write_solutions(out_dir, src_dir=None):
     Returns the paths written."""
     from pathlib import Path
 
-    src = Path(src_dir) if src_dir is not None else Path(__file__).resolve().parents[1] / "notebooks" / "exercises"
+    src = Path(src_dir) if src_dir is not None else Path(__file__).resolve().parents[2] / "notebooks" / "exercises"
     paths = sorted(src.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
-        from .errors import ArgumentError
+        from ..errors import ArgumentError
 
         raise ArgumentError(f"no exercise notebooks (NN_*.ipynb) in {src}: give their folder as src_dir")
     sources = _solution_sources()

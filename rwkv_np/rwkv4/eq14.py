@@ -5,14 +5,11 @@
 
 w (C,) > 0 is the decay rate (w = e^time_decay), u (C,) the bonus of the current token, k, v (T, C);
 every channel has its own weights over the past. The network computes this sum as a recurrence
-(rwkv_np/reference.py, and compiled in kernels.wkv_step); this file keeps the formula itself, to test
-the recurrence against and to draw the weights it gives each past token; and eq. 14 alone as the
-reference computes it (`eq14_reference`), for the tests, notebooks and exercises.
+(`wkv` in rwkv_np/rwkv4/reference.py, compiled as `wkv_step` in kernels.py); this file keeps the
+formula itself, to test the recurrence against and to draw the weights it gives each past token.
 """
 
 import numpy as np
-
-from . import reference
 
 
 def exponents(w: np.ndarray, u: np.ndarray, k: np.ndarray, t: int) -> np.ndarray:
@@ -48,21 +45,3 @@ def implied_attention(w: float, u: float, k: np.ndarray) -> np.ndarray:
         e = np.exp(x - x.max())
         out[t, :t + 1] = e / e.sum()
     return out
-
-
-def eq14_reference(w: np.ndarray, u: np.ndarray, k: np.ndarray, v: np.ndarray, state=None):
-    """Eq. 14 alone as rwkv_np.reference computes it (the loop inside time_mixing, in the dtype of the
-    inputs): w, u (C,), k, v (T, C), state (aa, bb, pp) or None. Returns (wkv (T, C), (aa, bb, pp)).
-
-    The reference writes the recurrence inline in time_mixing, so this runs time_mixing with
-    projections that pass k and v straight through (x = [k | v], W_k = [I 0], W_v = [0 I])."""
-    T, C = k.shape
-    eye, zero = np.eye(C, dtype=k.dtype), np.zeros((C, C), k.dtype)
-    if state is None:
-        state = (np.zeros(C, k.dtype), np.zeros(C, k.dtype), np.full(C, reference.PP_EMPTY, k.dtype))
-    ones, record = np.ones(2 * C, k.dtype), {}
-    reference.time_mixing(np.concatenate([k, v], axis=1), np.zeros(2 * C, k.dtype), *state,
-                          time_mix_k=ones, time_mix_v=ones, time_mix_r=ones, time_decay=np.log(w), time_first=u,
-                          key=np.hstack([eye, zero]), value=np.hstack([zero, eye]),
-                          receptance=np.zeros((C, 2 * C), k.dtype), output=eye, record=record)
-    return record["wkv"], (record["aa"], record["bb"], record["pp"])

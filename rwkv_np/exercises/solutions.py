@@ -2,14 +2,14 @@
 
 One function per stub cell, named as the stub. Each uses only what its notebook's first cell imports
 (numpy as np and the helpers it names: where a notebook takes an earlier exercise's function from
-rwkv_np.reference, this module's own solution of it stands in, computing the same), so that `python -m rwkv_np.exercises write-solutions DIR` can
-paste it into the notebook in place of the stub; tests/test_exercises.py checks each against its check.
+rwkv_np/rwkv4/reference.py, this module's own solution of it stands in, computing the same), so that
+`python -m rwkv_np.exercises write-solutions DIR` can paste it into the notebook in place of the stub;
+the tests check each against its check.
 """
 
 import numpy as np
 
-from rwkv_np.exercises import reference_wkv
-from rwkv_np.reference import ATT_X, AA, BB, PP, FFN_X, initial_state, layer_norm, sigmoid
+from rwkv_np.rwkv4.reference import ATT_X, AA, BB, PP, FFN_X, initial_state, layer_norm, sigmoid, wkv
 
 __all__ = ["token_shift", "mix", "wkv_naive", "wkv_recurrent", "wkv_stable", "time_mixing", "channel_mixing",
            "step", "forward", "generate", "wkv_grad"]
@@ -63,15 +63,15 @@ def wkv_stable(w, u, k, v, aa, bb, pp):
     return out, aa, bb, pp
 
 
-# 05_time_mixing (the notebook imports token_shift, mix from the reference; reference_wkv is eq. 14, stable)
+# 05_time_mixing (the notebook imports token_shift, mix and wkv, eq. 14 computed stably, from the reference)
 def time_mixing(x, x_prev, aa, bb, pp, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first,
                 key, value, receptance, output):
     xx = token_shift(x, x_prev)
     r = mix(x, xx, time_mix_r) @ receptance.T
     k = mix(x, xx, time_mix_k) @ key.T
     v = mix(x, xx, time_mix_v) @ value.T
-    wkv, (aa, bb, pp) = reference_wkv(np.exp(time_decay), time_first, k, v, aa, bb, pp)
-    return (sigmoid(r) * wkv) @ output.T, (x[-1], aa, bb, pp)
+    y, (aa, bb, pp) = wkv(np.exp(time_decay), time_first, k, v, aa, bb, pp)
+    return (sigmoid(r) * y) @ output.T, (x[-1], aa, bb, pp)
 
 
 # 06_channel_mixing

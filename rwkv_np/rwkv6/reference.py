@@ -1,11 +1,13 @@
-"""RWKV-6 "Finch" in plain NumPy: RWKV-5.2 (reference_v5.py) with data-dependent token shift and decay.
+"""RWKV-6 "Finch" in plain NumPy: RWKV-5.2 (rwkv_np/rwkv5/reference.py) with data-dependent token shift
+and decay.
 
 "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence" (Peng et al., arXiv
-2404.05892, section 5). Read it next to reference_v5.py: the same functions; time mixing changed.
+2404.05892, section 5). Read it next to rwkv_np/rwkv5/reference.py: the same functions; time mixing
+changed.
 
     forward(params, tokens, state)  the parallel form: every projection is one matrix product over the
-                                    T tokens; the recurrence over T stays a scan (one head-batched
-                                    outer product per token).
+                                    T tokens; the recurrence over T stays a scan (`wkv`: one
+                                    head-batched outer product per token).
     step(params, token, state)      the recurrent form: forward with T = 1, the state carried over.
 
 What changed from RWKV-5.2:
@@ -19,9 +21,9 @@ What changed from RWKV-5.2:
 The matrix state per head (rows: key channels, columns: value channels), the bonus u = time_faaaa,
 the gate, the GroupNorm and channel mixing's arithmetic are RWKV-5.2's.
 
-params: the nested float32 dict of rwkv_np.versions.to_params (BlinkDL's names and raw values; shapes
-in versions.param_shapes). state: a pair (shift (L, 2, C), wkv (L, H, N, N)) of float32 arrays;
-None is the state before any token. Nothing passed in is modified. Float32 throughout.
+params: the nested float32 dict of `rwkv_np.RWKV.params` (BlinkDL's names and raw values; shapes in
+rwkv_np/rwkv6/params.py). state: a pair (shift (L, 2, C), wkv (L, H, N, N)) of float32 arrays; None is
+the state before any token. Nothing passed in is modified. Float32 throughout.
 """
 
 import numpy as np
@@ -37,7 +39,7 @@ def initial_state(n_layer, n_embd, n_head, head_size):
     return shift, wkv
 
 
-def layer_norm(x, weight, bias, eps):
+def layer_norm(x, weight, bias, eps=1e-5):
     """x (T, C) normalised over its C channels, then scaled and shifted (gamma, beta)."""
     mean = x.mean(-1, keepdims=True)  # (T, 1)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)  # (T, 1)
@@ -71,6 +73,22 @@ def lerp(a, b, mu):
     return a + (b - a) * mu
 
 
+def wkv(r, k, v, w, u, S):
+    """The recurrence over T per head, from the state S (H, N, N) (rows: key channels, columns: value
+    channels); r, k, v (T, H, N), w (T, H, N, 1) a decay per token and key channel, u (H, N, 1):
+
+        wkv_t = diag(u) k_t^T v_t + sum_{i<t} diag(w_{i+1} ... w_{t-1}) k_i^T v_i,     y_t = r_t wkv_t
+
+    computed as y_t = r_t (diag(u) k_t^T v_t + S_{t-1}),  S_t = diag(w_t) S_{t-1} + k_t^T v_t.
+    Returns (y (T, H, N), S after the last token)."""
+    y = np.empty_like(r)  # (T, H, N)
+    for t in range(len(r)):
+        kv = k[t][:, :, None] * v[t][:, None, :]  # (H, N, N): k_t^T v_t, the outer product per head
+        y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
+        S = w[t] * S + kv  # (H, N, N)
+    return y, S
+
+
 def time_mixing(x, x_prev, S,
                 time_maa_x,  # mu_x (C,): the mix that feeds the token-shift LoRA
                 time_maa_w, time_maa_k, time_maa_v, time_maa_r, time_maa_g,  # lambda_w,k,v,r,g (C,)
@@ -79,8 +97,8 @@ def time_mixing(x, x_prev, S,
                 time_decay_w1, time_decay_w2,  # A_d (C, D'), B_d (D', A): the decay's LoRA
                 time_faaaa,  # u (H, N): the bonus of the current token
                 key, value, receptance, gate, output,  # W_k, W_v, W_r, W_g (A, C); W_o (C, A)
-                ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
-                record=None):
+                ln_x,  # the per-head GroupNorm's {weight, bias (A,)}
+                ln_x_eps=64e-5):  # the GroupNorm's epsilon
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state.
 
     Returns (out (T, C), (x_prev, S) after the last token)."""
@@ -100,25 +118,16 @@ def time_mixing(x, x_prev, S,
     d = time_decay + np.tanh(xw @ time_decay_w1) @ time_decay_w2  # (T, A)
     w = np.exp(-np.exp(d)).reshape(T, H, N, 1)  # (T, H, N, 1)
     u = time_faaaa[:, :, None]  # (H, N, 1)
-    # per head:  wkv_t = diag(u) k_t^T v_t + sum_{i<t} diag(w_{i+1} ... w_{t-1}) k_i^T v_i,  y_t = r_t wkv_t
-    # as a recurrence:  y_t = r_t (diag(u) k_t^T v_t + S_{t-1}),   S_t = diag(w_t) S_{t-1} + k_t^T v_t
-    y = np.empty_like(r)  # (T, H, N)
-    for t in range(T):
-        kv = k[t][:, :, None] * v[t][:, None, :]  # (H, N, N): k_t^T v_t, the outer product per head
-        y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
-        S = w[t] * S + kv  # (H, N, N)
+    y, S = wkv(r, k, v, w, u, S)  # (T, H, N), (H, N, N)
     # o_t = W_o (GroupNorm(y_t) * SiLU(g_t)),  g_t = ddlerp_g W_g
-    o = group_norm(y.reshape(T, H * N), **ln_x, n_head=H)  # (T, A)
+    o = group_norm(y.reshape(T, H * N), **ln_x, eps=ln_x_eps, n_head=H)  # (T, A)
     out = (o * silu(xg @ gate.T)) @ output.T  # (T, C)
-    if record is not None:
-        record.update(x=x, x_shift=xx, r=r, k=k, v=v, w=w[..., 0], u=u, y=y, out=out, S=S)
     return out, (x[-1], S)
 
 
 def channel_mixing(x, x_prev,
                    time_maa_k, time_maa_r,  # mu'_k, mu'_r (C,): weights of x_{t-1}, as lerp takes them
-                   key, receptance, value,  # W'_k (F, C), W'_r (C, C), W'_v (C, F)
-                   record=None):
+                   key, receptance, value):  # W'_k (F, C), W'_r (C, C), W'_v (C, F)
     """Channel mixing, RWKV-5's with lerp's mu. x (T, C); x_prev (C,). Returns (out (T, C), x_prev)."""
     xx = token_shift(x, x_prev)  # (T, C)
     r = lerp(x, xx, time_maa_r) @ receptance.T  # (T, C)
@@ -126,44 +135,35 @@ def channel_mixing(x, x_prev,
     # o'_t = sigmoid(r'_t) * (W'_v max(k'_t, 0)^2)
     hidden = np.maximum(k, 0) ** 2  # (T, F)
     out = sigmoid(r) * (hidden @ value.T)  # (T, C)
-    if record is not None:
-        record.update(x=x, x_shift=xx, r=r, k=k, hidden=hidden, out=out)
     return out, x[-1]
 
 
-def block(x, shift, S, ln1, att, ln2, ffn, record=None):
+def block(x, shift, S, ln1, att, ln2, ffn, eps=1e-5, ln_x_eps=64e-5):
     """One residual block, pre-LayerNorm. x (T, C); shift (2, C), S (H, N, N): the layer's state.
 
     Returns (x (T, C), shift (2, C), S (H, N, N))."""
-    att_rec = ffn_rec = None
-    if record is not None:
-        att_rec, ffn_rec = record.setdefault("att", {}), record.setdefault("ffn", {})
-    dx, (att_x, S) = time_mixing(layer_norm(x, **ln1), shift[ATT_X], S, **att, record=att_rec)
+    dx, (att_x, S) = time_mixing(layer_norm(x, **ln1, eps=eps), shift[ATT_X], S, **att, ln_x_eps=ln_x_eps)
     x = x + dx
-    dx, ffn_x = channel_mixing(layer_norm(x, **ln2), shift[FFN_X], **ffn, record=ffn_rec)
+    dx, ffn_x = channel_mixing(layer_norm(x, **ln2, eps=eps), shift[FFN_X], **ffn)
     return x + dx, np.stack([att_x, ffn_x]), S  # (T, C), (2, C), (H, N, N)
 
 
-def forward(params, tokens, state=None, record=None):
-    """The parallel form: tokens (T,) ints -> (logits (T, V), state after them).
-
-    record: an optional list; it receives, per layer, {"att": {...}, "ffn": {...}} of intermediates."""
+def forward(params, tokens, state=None, eps=1e-5, ln_x_eps=64e-5):
+    """The parallel form: tokens (T,) ints -> (logits (T, V), state after them). eps: the LayerNorms'
+    epsilon; ln_x_eps: the GroupNorm's (64e-5, BlinkDL's and rwkv.cpp's for RWKV-6)."""
     emb, ln0, blocks, ln_out, head = (params[n] for n in ("emb", "ln0", "blocks", "ln_out", "head"))
     if state is None:
         state = initial_state(len(blocks), emb.shape[1], *blocks[0]["att"]["time_faaaa"].shape)
-    shift, wkv = state
-    new_shift, new_wkv = np.empty_like(shift), np.empty_like(wkv)  # (L, 2, C), (L, H, N, N)
-    x = layer_norm(emb[np.asarray(tokens)], **ln0)  # (T, C)
+    shift, S = state
+    new_shift, new_S = np.empty_like(shift), np.empty_like(S)  # (L, 2, C), (L, H, N, N)
+    x = layer_norm(emb[np.asarray(tokens)], **ln0, eps=eps)  # (T, C)
     for i, p in enumerate(blocks):
-        rec = None if record is None else {}
-        x, new_shift[i], new_wkv[i] = block(x, shift[i], wkv[i], **p, record=rec)
-        if record is not None:
-            record.append(rec)
-    logits = layer_norm(x, **ln_out) @ head.T  # (T, V)
-    return logits, (new_shift, new_wkv)
+        x, new_shift[i], new_S[i] = block(x, shift[i], S[i], **p, eps=eps, ln_x_eps=ln_x_eps)
+    logits = layer_norm(x, **ln_out, eps=eps) @ head.T  # (T, V)
+    return logits, (new_shift, new_S)
 
 
-def step(params, token, state=None, record=None):
+def step(params, token, state=None, eps=1e-5, ln_x_eps=64e-5):
     """The recurrent form: one token id -> (logits (V,), state after it)."""
-    logits, state = forward(params, [token], state, record)
+    logits, state = forward(params, [token], state, eps, ln_x_eps)
     return logits[0], state  # (V,), ((L, 2, C), (L, H, N, N))

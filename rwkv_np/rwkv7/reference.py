@@ -1,11 +1,12 @@
-"""RWKV-7 "Goose" in plain NumPy: RWKV-6 (reference_v6.py) with the state updated by a delta rule.
+"""RWKV-7 "Goose" in plain NumPy: RWKV-6 (rwkv_np/rwkv6/reference.py) with the state updated by a
+delta rule.
 
 "RWKV-7 "Goose" with Expressive Dynamic State Evolution" (Peng et al., arXiv 2503.14456, section 4).
-Read it next to reference_v6.py: the same functions; time mixing changed most.
+Read it next to rwkv_np/rwkv6/reference.py: the same functions; time mixing changed most.
 
     forward(params, tokens, state)  the parallel form: every projection is one matrix product over the
-                                    T tokens; the recurrence over T stays a scan (a few head-batched
-                                    matrix-vector products per token).
+                                    T tokens; the recurrence over T stays a scan (`wkv`: a few
+                                    head-batched matrix-vector products per token).
     step(params, token, state)      the recurrent form: forward with T = 1, the state carried over.
 
 What changed from RWKV-6:
@@ -22,9 +23,9 @@ What changed from RWKV-6:
     the GroupNorm (ln_x, epsilon 64e-5 as in RWKV-6).
   - Channel mixing loses its receptance: o'_t = W'_v max(W'_k x^k_t, 0)^2.
 
-params: the nested float32 dict of rwkv_np.versions.to_params (BlinkDL's names and raw values; shapes
-in versions.param_shapes). state: a pair (shift (L, 2, C), wkv (L, H, N, N)) of float32 arrays;
-None is the state before any token. Nothing passed in is modified. Float32 throughout.
+params: the nested float32 dict of `rwkv_np.RWKV.params` (BlinkDL's names and raw values; shapes in
+rwkv_np/rwkv7/params.py). state: a pair (shift (L, 2, C), wkv (L, H, N, N)) of float32 arrays; None is
+the state before any token. Nothing passed in is modified. Float32 throughout.
 """
 
 import numpy as np
@@ -40,7 +41,7 @@ def initial_state(n_layer, n_embd, n_head, head_size):
     return shift, wkv
 
 
-def layer_norm(x, weight, bias, eps):
+def layer_norm(x, weight, bias, eps=1e-5):
     """x (T, C) normalised over its C channels, then scaled and shifted (gamma, beta)."""
     mean = x.mean(-1, keepdims=True)  # (T, 1)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)  # (T, 1)
@@ -70,6 +71,22 @@ def lerp(a, b, mu):
     return a + (b - a) * mu
 
 
+def wkv(r, w, k, v, kappa_hat, a, S):
+    """The delta rule over T per head, from the state S (H, N, N) (rows: value channels, columns: key
+    channels); r, w, k (= k~), v, kappa_hat, a (T, H, N):
+
+        wkv_t = wkv_{t-1} (diag(w_t) - kappa^_t^T (a_t * kappa^_t)) + v_t^T k~_t,     y_t = wkv_t r_t^T
+
+    Returns (y (T, H, N), S after the last token)."""
+    y = np.empty_like(r)  # (T, H, N)
+    for t in range(len(r)):
+        removed = np.einsum("hvk,hk->hv", S, kappa_hat[t])  # (H, N): wkv_{t-1} kappa^_t^T
+        S = (S * w[t][:, None, :] - removed[:, :, None] * (a[t] * kappa_hat[t])[:, None, :]
+             + v[t][:, :, None] * k[t][:, None, :])  # (H, N, N)
+        y[t] = np.einsum("hvk,hk->hv", S, r[t])  # (H, N)
+    return y, S
+
+
 def time_mixing(x, x_prev, S, v_first,
                 x_r, x_w, x_k, x_v, x_a, x_g,  # mu_r, mu_d, mu_k, mu_v, mu_a, mu_g (C,)
                 w0, w1, w2,  # the decay's LoRA: d_t = w0 + tanh(x^d A_d) B_d; (A,), (C, D), (D, A)
@@ -77,9 +94,9 @@ def time_mixing(x, x_prev, S, v_first,
                 g1, g2,  # the gate's: g_t = sigmoid(x^g A_g) B_g
                 k_k, k_a, r_k,  # xi (A,), alpha (A,), rho (H, N)
                 key, value, receptance, output,  # W_k, W_v, W_r (A, C); W_o (C, A)
-                ln_x,  # the per-head GroupNorm's {weight, bias (A,), eps}
+                ln_x,  # the per-head GroupNorm's {weight, bias (A,)}
                 v0=None, v1=None, v2=None,  # the value residual's, absent in the first layer:
-                record=None):  # nu_t = sigmoid(v0 + x^v A_v B_v)
+                ln_x_eps=64e-5):  # nu_t = sigmoid(v0 + x^v A_v B_v); the GroupNorm's epsilon
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state; v_first
     (T, A): the first layer's values, None in the first layer.
 
@@ -108,74 +125,56 @@ def time_mixing(x, x_prev, S, v_first,
     else:
         v = lerp(v, v_first, sigmoid(v0 + (xv @ v1) @ v2))  # (T, A)
     r, w, k, v, a = (z.reshape(T, H, N) for z in (r, w, k, v, a))  # 5 x (T, H, N)
-    # per head:  wkv_t = wkv_{t-1} (diag(w_t) - kappa^_t^T (a_t * kappa^_t)) + v_t^T k~_t,  y_t = wkv_t r_t^T
-    y = np.empty_like(r)  # (T, H, N)
-    for t in range(T):
-        removed = np.einsum("hvk,hk->hv", S, kappa_hat[t])  # (H, N): wkv_{t-1} kappa^_t^T
-        S = (S * w[t][:, None, :] - removed[:, :, None] * (a[t] * kappa_hat[t])[:, None, :]
-             + v[t][:, :, None] * k[t][:, None, :])  # (H, N, N)
-        y[t] = np.einsum("hvk,hk->hv", S, r[t])  # (H, N)
+    y, S = wkv(r, w, k, v, kappa_hat, a, S)  # (T, H, N), (H, N, N)
     # p_t = GroupNorm(y_t) + (r_t . (rho * k~_t)) v_t: the current token's own term, per head
     bonus = (r * r_k * k).sum(-1, keepdims=True) * v  # (T, H, N)
-    p = group_norm(y.reshape(T, H * N), **ln_x, n_head=H) + bonus.reshape(T, H * N)  # (T, A)
+    p = group_norm(y.reshape(T, H * N), **ln_x, eps=ln_x_eps, n_head=H) + bonus.reshape(T, H * N)  # (T, A)
     # o_t = W_o (g_t * p_t)
     out = (g * p) @ output.T  # (T, C)
-    if record is not None:
-        record.update(x=x, x_shift=xx, r=r, k=k, v=v, w=w, a=a, g=g, kappa_hat=kappa_hat, y=y, out=out, S=S)
     return out, (x[-1], S), v_first
 
 
 def channel_mixing(x, x_prev,
                    x_k,  # mu'_k (C,)
-                   key, value,  # W'_k (F, C), W'_v (C, F)
-                   record=None):
+                   key, value):  # W'_k (F, C), W'_v (C, F)
     """Channel mixing without receptance. x (T, C); x_prev (C,). Returns (out (T, C), x_prev)."""
     xx = token_shift(x, x_prev)  # (T, C)
     k = lerp(x, xx, x_k) @ key.T  # (T, F)
     # o'_t = W'_v max(k'_t, 0)^2
     hidden = np.maximum(k, 0) ** 2  # (T, F)
     out = hidden @ value.T  # (T, C)
-    if record is not None:
-        record.update(x=x, x_shift=xx, k=k, hidden=hidden, out=out)
     return out, x[-1]
 
 
-def block(x, shift, S, v_first, ln1, att, ln2, ffn, record=None):
+def block(x, shift, S, v_first, ln1, att, ln2, ffn, eps=1e-5, ln_x_eps=64e-5):
     """One residual block, pre-LayerNorm. x (T, C); shift (2, C), S (H, N, N): the layer's state;
     v_first (T, A) or None in the first layer.
 
     Returns (x (T, C), shift (2, C), S (H, N, N), v_first (T, A))."""
-    att_rec = ffn_rec = None
-    if record is not None:
-        att_rec, ffn_rec = record.setdefault("att", {}), record.setdefault("ffn", {})
-    dx, (att_x, S), v_first = time_mixing(layer_norm(x, **ln1), shift[ATT_X], S, v_first, **att,
-                                          record=att_rec)
+    dx, (att_x, S), v_first = time_mixing(layer_norm(x, **ln1, eps=eps), shift[ATT_X], S, v_first, **att,
+                                          ln_x_eps=ln_x_eps)
     x = x + dx
-    dx, ffn_x = channel_mixing(layer_norm(x, **ln2), shift[FFN_X], **ffn, record=ffn_rec)
+    dx, ffn_x = channel_mixing(layer_norm(x, **ln2, eps=eps), shift[FFN_X], **ffn)
     return x + dx, np.stack([att_x, ffn_x]), S, v_first  # (T, C), (2, C), (H, N, N), (T, A)
 
 
-def forward(params, tokens, state=None, record=None):
-    """The parallel form: tokens (T,) ints -> (logits (T, V), state after them).
-
-    record: an optional list; it receives, per layer, {"att": {...}, "ffn": {...}} of intermediates."""
+def forward(params, tokens, state=None, eps=1e-5, ln_x_eps=64e-5):
+    """The parallel form: tokens (T,) ints -> (logits (T, V), state after them). eps: the LayerNorms'
+    epsilon; ln_x_eps: the GroupNorm's (64e-5, BlinkDL's and rwkv.cpp's for RWKV-7)."""
     emb, ln0, blocks, ln_out, head = (params[n] for n in ("emb", "ln0", "blocks", "ln_out", "head"))
     if state is None:
         state = initial_state(len(blocks), emb.shape[1], *blocks[0]["att"]["r_k"].shape)
-    shift, wkv = state
-    new_shift, new_wkv = np.empty_like(shift), np.empty_like(wkv)  # (L, 2, C), (L, H, N, N)
-    x = layer_norm(emb[np.asarray(tokens)], **ln0)  # (T, C)
+    shift, S = state
+    new_shift, new_S = np.empty_like(shift), np.empty_like(S)  # (L, 2, C), (L, H, N, N)
+    x = layer_norm(emb[np.asarray(tokens)], **ln0, eps=eps)  # (T, C)
     v_first = None  # set by the first layer, read by the others: not part of the state
     for i, p in enumerate(blocks):
-        rec = None if record is None else {}
-        x, new_shift[i], new_wkv[i], v_first = block(x, shift[i], wkv[i], v_first, **p, record=rec)
-        if record is not None:
-            record.append(rec)
-    logits = layer_norm(x, **ln_out) @ head.T  # (T, V)
-    return logits, (new_shift, new_wkv)
+        x, new_shift[i], new_S[i], v_first = block(x, shift[i], S[i], v_first, **p, eps=eps, ln_x_eps=ln_x_eps)
+    logits = layer_norm(x, **ln_out, eps=eps) @ head.T  # (T, V)
+    return logits, (new_shift, new_S)
 
 
-def step(params, token, state=None, record=None):
+def step(params, token, state=None, eps=1e-5, ln_x_eps=64e-5):
     """The recurrent form: one token id -> (logits (V,), state after it)."""
-    logits, state = forward(params, [token], state, record)
+    logits, state = forward(params, [token], state, eps, ln_x_eps)
     return logits[0], state  # (V,), ((L, 2, C), (L, H, N, N))

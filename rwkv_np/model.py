@@ -1,0 +1,219 @@
+"""`rwkv_np.RWKV`: one model class for every architecture rwkv_np runs (rwkv_np.registry).
+
+The model checks its inputs, cuts long inputs into chunks, keeps the state immutable, warms up and
+chooses the rows' prefetch; the arithmetic is its architecture's engine's (rwkv_np/rwkv4/engine.py,
+rwkv5/, rwkv6/, rwkv7/), which computes what that architecture's plain-NumPy reference computes:
+`model.reference.forward(model.params, tokens)` is `model.forward(tokens, return_all=True)`.
+Importing this module needs NumPy only; the engine (and Numba) is imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from . import process, registry
+from .config import RWKVConfig
+from .errors import ArgumentError
+from .quantize import as_float32
+from .state import State, check_forward_output
+
+#: weights read per token below which the threads' hand-offs (four a layer) cost more than the
+#: products they share (a C = 256 model reads ~5M weights): such models run on one thread
+SMALL_MODEL = 4_000_000
+
+
+class RWKV:
+    """An RWKV language model of any registered architecture: float32 arithmetic, weights float32 or
+    kept as a checkpoint stores them.
+
+    weights: the flat dict of rwkv_np.loading ({BlinkDL name: array}, the architecture's table);
+    config: its RWKVConfig (read off the weights when None; config.version names the architecture).
+    The matrices (emb, head and every projection) may be 16-bit as stored in a checkpoint: float16
+    arrays, or bfloat16 bit patterns held as uint16 (numpy has no bfloat16), widened to float32
+    exactly inside the products. For RWKV-4 they may also be rwkv_np.quantize.Int8Matrix
+    (`load_model(..., quantize="int8")`) or an rwkv.cpp file's ggml blocks (quantize.BlockMatrix,
+    `keep_blocks=True`).
+    """
+
+    #: the parallel form reads long inputs in chunks of this many tokens, so that memory stays
+    #: bounded however long the prompt; the state carries everything across chunk borders.
+    chunk_size: int = 1024
+
+    def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig | None = None):
+        self.config = config or registry.config_from_weights(weights)
+        self.arch = registry.get(self.config.version)
+        self.weights = weights
+        self._params = None
+        self._engine = registry.engine(self.arch)(weights, self.config)
+        self._small = self.arch.n_params(self.config) < SMALL_MODEL
+        self.checkpoint_path = self.checkpoint_format = self.source_dtype = self.tokenizer_path = None
+
+    @property
+    def n_params(self) -> int:
+        """The number of parameters, as the architecture's table counts them."""
+        return self.arch.n_params(self.config)
+
+    @property
+    def weight_dtype(self) -> str:
+        """How the matrices are held in memory: "float32", "bfloat16", "float16", "int8", or rwkv.cpp's
+        block format kept as stored: "Q4_0", "Q4_1", "Q5_0" or "Q5_1" (the head may then be 16-bit)."""
+        return self._engine.kind
+
+    @property
+    def reference(self):
+        """The module of the plain-NumPy reference this model computes (rwkv_np/rwkv4/reference.py, ...)."""
+        return registry.reference(self.arch)
+
+    @property
+    def params(self) -> dict:
+        """The weights as the reference takes them, nested and float32: params["blocks"][i]["att"]["key"]
+        is W_k of layer i (the architecture's params.py lists every name)."""
+        if self._params is None:
+            self._params = self.arch.nest({k: as_float32(v) for k, v in self.weights.items()}, self.config.n_layer)
+        return self._params
+
+    def reference_options(self) -> dict:
+        """The keyword arguments of the reference's forward/step that this model's config fixes (its
+        epsilons): `model.reference.forward(model.params, tokens, **model.reference_options())`."""
+        options = {"eps": self.config.layer_norm_eps}
+        if self.config.n_head:
+            options["ln_x_eps"] = self.config.ln_x_eps
+        return options
+
+    # ---- speed ---------------------------------------------------------------------------------
+
+    def warm_up(self, release_compiler: bool = True, choose_prefetch: bool = True) -> None:
+        """Load (or, the first time, compile) the kernels of both forms now, on one token, instead
+        of at the first call that needs each. Then, with release_compiler, let the OS reclaim
+        Numba's compiler code, which running the kernels does not use (process.release_compiler_pages:
+        about 50 MiB less resident memory while generating); with choose_prefetch, time the
+        recurrent form with and without the rows' prefetch and keep the faster (`choose_prefetch`)."""
+        for mode in ("parallel", "recurrent"):
+            self.forward([0], mode=mode)
+        if release_compiler:
+            process.release_compiler_pages()
+        if choose_prefetch:
+            self.choose_prefetch()
+
+    @property
+    def prefetch_bytes(self) -> int:
+        """How far ahead, in bytes, the recurrent form asks the memory for the weight rows it will
+        multiply next (products.row_dot); 0: it does not ask. It changes the speed only: every setting
+        gives the same logits bit for bit. `choose_prefetch` (run by warm_up) sets it."""
+        return self._engine.ahead
+
+    @prefetch_bytes.setter
+    def prefetch_bytes(self, value: int) -> None:
+        self._engine.ahead = _byte_count(value, "prefetch_bytes")
+
+    def choose_prefetch(self, seconds: float = 1.0, choices: Sequence[int] | None = None) -> dict[int, float]:
+        """Set prefetch_bytes to the fastest of choices (default products.PREFETCH_CHOICES: about 6 KB
+        ahead, and none) for this model on this machine, timed now.
+
+        Whether asking for the rows ahead pays depends on the machine and the weights' kind (it made
+        one machine's generation faster and another's slower: benchmarks/NOTES.md, "Prefetching the
+        rows"). So recurrent tokens run with each choice in turn, the order alternating, each from the
+        initial state (no state of the caller's is touched), for about `seconds` in all (2 to 8 tokens
+        per choice); the lowest median time per token wins, the first choice on a tie.
+        Returns {choice: median seconds per token}."""
+        from .products import PREFETCH_CHOICES
+
+        def token_time(ahead: int, token: int) -> float:
+            self._engine.ahead = ahead
+            start = time.perf_counter()
+            self.forward([token], mode="recurrent")  # from the initial state: no caller's state touched
+            return time.perf_counter() - start
+
+        choices = [_byte_count(c, "choices") for c in (PREFETCH_CHOICES if choices is None else choices)]
+        if not choices:
+            raise ArgumentError("choices: expected at least one prefetch distance in bytes")
+        first = token_time(choices[0], 0)
+        rounds = int(min(8, max(2, seconds / (len(choices) * max(first, 1e-9)))))
+        times = {c: [] for c in choices}
+        for r in range(rounds):
+            for c in (choices if r % 2 == 0 else choices[::-1]):
+                times[c].append(token_time(c, (7919 * (r + 1)) % self.config.vocab_size))
+        medians = {c: float(np.median(t)) for c, t in times.items()}
+        self._engine.ahead = min(choices, key=lambda c: (medians[c], choices.index(c)))
+        return medians
+
+    # ---- running it ----------------------------------------------------------------------------
+
+    def init_state(self) -> State:
+        """The state before any token."""
+        return State.initial(self.config)
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, state: State | None = None,
+                mode: str = "parallel", return_all: bool = False) -> tuple[np.ndarray, State]:
+        """Run tokens (T,) through the network, starting from state (None: the initial state).
+
+        mode "parallel": the whole sequence at once, every projection one matrix product over T.
+        mode "recurrent": one token at a time, as an RNN. Both give the same numbers.
+        Returns (logits, state): logits float32 (V,) for the last token, or (T, V) with
+        return_all; state after the last token (the given state is not modified).
+        """
+        tokens = self.check_tokens(tokens)
+        given = state is not None
+        start = self._check_state(state)
+        arrays = (start.data.copy(),) if start.wkv is None else (start.data.copy(), start.wkv.copy())
+        if mode == "parallel":
+            outputs = []
+            for at in range(0, len(tokens), self.chunk_size):
+                chunk = tokens[at:at + self.chunk_size]
+                last = at + self.chunk_size >= len(tokens)
+                logits = self._engine.parallel(chunk, *arrays, head=return_all or last, return_all=return_all)
+                if return_all:
+                    outputs.append(logits)
+            logits = np.concatenate(outputs) if return_all else logits
+        elif mode == "recurrent":
+            with process.numba_threads(1 if self._small else None):  # tiny models: one thread, no waiting
+                logits = self._engine.recurrent(tokens, *arrays, return_all)
+        else:
+            raise ArgumentError(f"mode: expected 'parallel' or 'recurrent', got {mode!r}")
+        for a in arrays[:0:-1]:  # the matrices first, then the vectors with the logits
+            check_forward_output(None, a, self.checkpoint_path, given)
+        check_forward_output(logits, arrays[0], self.checkpoint_path, given)
+        return logits, State(*arrays)
+
+    def check_tokens(self, tokens) -> np.ndarray:
+        """tokens as a 1-D int64 array of ids in [0, vocab_size), or an ArgumentError saying what is wrong."""
+        arr = np.asarray(tokens)
+        if arr.ndim != 1:
+            raise ArgumentError(f"tokens: expected a sequence or 1-D array of ints, got shape {arr.shape}")
+        if arr.size == 0:
+            raise ArgumentError("tokens: empty; give at least one token id")
+        if arr.dtype.kind not in "iu":
+            # floats that hold whole numbers (1.0) are accepted; 1.5, strings and objects are not
+            if arr.dtype.kind != "f" or not np.all(np.isfinite(arr) & (np.mod(arr, 1) == 0)):
+                raise ArgumentError(f"tokens: expected integer token ids, got dtype {arr.dtype}")
+            arr = arr.astype(np.int64)
+        V = self.config.vocab_size
+        bad = (arr < 0) | (arr >= V)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ArgumentError(f"tokens: id {int(arr[i])} at position {i} is outside the vocabulary [0, {V})")
+        return arr.astype(np.int64, copy=False)
+
+    def _check_state(self, state: State | None) -> State:
+        if state is None:
+            return self.init_state()
+        if not isinstance(state, State):
+            raise ArgumentError(f"state: expected an rwkv_np.State or None, got {type(state).__name__}")
+        want = self.arch.state_shapes(self.config)
+        got = (state.data.shape, None if state.wkv is None else state.wkv.shape)
+        if got != want:
+            if want[1] is None and got[1] is None:
+                raise ArgumentError(f"state: shape {got[0]} does not fit this {self.arch.title} model, "
+                                    f"expected {want[0]}")
+            raise ArgumentError(f"state: shapes {got} do not fit this {self.arch.title} model, expected {want}")
+        return state
+
+
+def _byte_count(value, name: str) -> int:
+    """value as a whole number of bytes >= 0, or an ArgumentError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ArgumentError(f"{name}: expected a whole number of bytes >= 0, got {value!r}")
+    return int(value)

@@ -1,0 +1,168 @@
+"""RWKV-4's engine: rwkv_np/rwkv4/reference.py's network, computed fast. Read reference.py first.
+
+`Engine` holds the weights laid out for the compiled kernels (kernels.py) and runs both forms with
+them; rwkv_np.RWKV (the one model class, rwkv_np/model.py) calls it. What each form does, following
+the reference's names and order:
+    parallel form   per layer: norm_shift_mix (LayerNorm, token_shift, mix) -> three BLAS products
+                    (eqs. 11-13) -> wkv_gate (eqs. 14-15) -> W_o -> norm_shift_mix -> W'_k, W'_r
+                    (16-17) -> square_relu, W'_v, add_gated (18)
+    recurrent form  recurrent_tokens: a whole token through every layer in one compiled call, every
+                    weight read once, eq. 14 applied per channel right after its dot products
+Eq. 14 itself is one compiled function, kernels.wkv_step, used by both forms (and by training).
+tests check this engine against the reference at every position of every fixture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import RWKVConfig
+from ..ops import LOGITS_ALL, LOGITS_LAST, LOGITS_NONE
+from ..products import (PREFETCH_BYTES, block_layout, dequantize_blocks_into, dequantize_into, matvec,
+                        widen_into)
+from ..quantize import BLOCK_BYTES, BlockMatrix, Int8Matrix, as_float32, kernel_array
+from . import kernels as K
+from .params import MATRICES, VECTORS
+from .reference import AA, ATT_X, BB, FFN_X, PP, layer_norm
+
+
+class Engine:
+    """The weights laid out for kernels.py, and the two forms of the network run with them.
+
+    Matrices are not copied: float32 and 16-bit arrays are handed to the kernels as they are (fp16
+    as its int16 bit pattern, since Numba has no float16 on the CPU); int8 ones as their q and
+    scales arrays. Only the per-layer vectors are gathered into one (L, N_VECS, C) table.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray], config: RWKVConfig):
+        L = config.n_layer
+        self.ahead = PREFETCH_BYTES  # the rows' prefetch distance; RWKV.choose_prefetch may change it
+        matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in MATRICES]
+        blocks = {weights[n].fmt if isinstance(weights[n], BlockMatrix) else None for n in matrices[2:]}
+        if all(isinstance(weights[n], Int8Matrix) for n in matrices[1:]):
+            self.kind = "int8"  # the embedding, as given, is only read a row at a time
+        elif len(blocks) == 1 and None not in blocks:
+            self.kind = blocks.pop()  # the block matrices; the head as the file holds it
+        else:
+            dtypes = {np.dtype(weights[n].dtype) for n in matrices}
+            kind = {np.dtype(np.uint16): "bfloat16", np.dtype(np.float16): "float16"}.get(dtypes.pop(), "float32")
+            self.kind = "float32" if dtypes else kind  # mixed storage: everything float32
+
+        def stored(a: np.ndarray) -> np.ndarray:
+            if isinstance(a, (Int8Matrix, BlockMatrix)):
+                return a  # read as they are (with ggml blocks, the head is whatever the file holds)
+            if self.kind == "int8":
+                return as_float32(a)  # embedding rows
+            a = np.ascontiguousarray(as_float32(a) if self.kind == "float32" else a)
+            return a.view(np.int16) if a.dtype == np.float16 else a
+
+        self.stored = stored
+        kept = {n: stored(weights[n]) for n in matrices if n != "emb.weight"}
+        # the embedding as given (it may be a FileRows: left in the file, rows read on demand);
+        # only the rows a forward pass reads are converted
+        self.emb, self.head = weights["emb.weight"], kept["head.weight"]
+        # the recurrent kernel takes the matrices by address (one compiled signature for any
+        # model); self.matrices and self.head keep them alive
+        self.matrices = {n: tuple(kept[f"blocks.{i}.{n}"] for i in range(L)) for n in MATRICES}
+        vecs = np.stack([np.stack([np.reshape(weights[f"blocks.{i}.{n}"], -1) for n in VECTORS])
+                         for i in range(L)]).astype(np.float64)  # (L, N_VECS, C)
+        # w = e^time_decay, once: in float64, rounded to float32 once
+        vecs[:, K.DECAY_W] = np.exp(vecs[:, K.DECAY_W])
+        self.vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        self.ln0 = np.stack([weights["blocks.0.ln0.weight"], weights["blocks.0.ln0.bias"]]).astype(np.float32).reshape(2, -1)
+        self.ln_out = np.stack([weights["ln_out.weight"], weights["ln_out.bias"]]).astype(np.float32)
+        self.addr = np.zeros((K.HEAD + 1, L), np.int64)
+        # int8: the scales' addresses; other kinds have none, and point at one float32 never read
+        self._no_scales = np.zeros(1, np.float32)
+        self.saddr = np.full((K.HEAD + 1, L), self._no_scales.ctypes.data, np.int64)
+        def scales(a):
+            return (a.scales if isinstance(a, Int8Matrix) else self._no_scales).ctypes.data
+
+        for row, n in enumerate(MATRICES):
+            self.addr[row, :L] = [kernel_array(a).ctypes.data for a in self.matrices[n]]
+            self.saddr[row, :L] = [scales(a) for a in self.matrices[n]]
+        self.addr[K.HEAD, 0], self.saddr[K.HEAD, 0] = kernel_array(self.head).ctypes.data, scales(self.head)
+
+        def like(a):  # the kernels tell the kinds apart by dtype; ggml blocks by their size in bytes
+            return np.zeros(BLOCK_BYTES[a.fmt] if isinstance(a, BlockMatrix) else 1, kernel_array(a).dtype)
+        self.like, self.head_like = like(self.matrices["att.key.weight"][0]), like(self.head)
+        self.eps = config.layer_norm_eps
+        self.config = config
+
+    def rows(self, tokens: np.ndarray) -> np.ndarray:
+        """The embedding rows of tokens (T,): (T, C) in the dtype the kernels read."""
+        return self.stored(np.asarray(self.emb[tokens]))
+
+    def recurrent(self, tokens: np.ndarray, s: np.ndarray, return_all: bool) -> np.ndarray:
+        """The recurrent form over tokens (T,); state s (L, 5, C) advanced in place. Logits (V,) or (T, V)."""
+        out = np.empty((len(tokens) if return_all else 1, self.config.vocab_size), np.float32)
+        c = self.config
+        step = 256  # tokens per call: their embedding rows are gathered first
+        for a in range(0, len(tokens), step):
+            which = LOGITS_ALL if return_all else LOGITS_LAST if a + step >= len(tokens) else LOGITS_NONE
+            K.recurrent_tokens(self.rows(tokens[a:a + step]), self.like, self.head_like, self.addr, self.saddr,
+                               c.vocab_size, c.ffn_dim, self.ln0, self.vecs, self.ln_out, self.eps, s,
+                               out[a:a + step] if return_all else out, which, self.ahead)
+        return out if return_all else out[0]
+
+    def _f32(self, w: np.ndarray, scratch: list) -> np.ndarray:
+        # BLAS reads float32 only: widen a 16-bit or int8 matrix into a buffer reused by every layer
+        if w.dtype == np.float32:
+            return w
+        if scratch[0] is None or scratch[0].size < w.size:
+            scratch[0] = np.empty(w.size, np.float32)
+        out = scratch[0][:w.size].reshape(w.shape)
+        if isinstance(w, Int8Matrix):
+            dequantize_into(w.q, w.scales, out)
+        elif isinstance(w, BlockMatrix):
+            dequantize_blocks_into(w.raw, block_layout(w.fmt), out)  # ggml's arithmetic: as a dequantized load
+        else:
+            widen_into(w, out)
+        return out
+
+    def parallel(self, tokens: np.ndarray, s: np.ndarray, head: bool, return_all: bool) -> np.ndarray | None:
+        """The parallel form over one chunk of tokens (T,): every projection one BLAS product over T.
+
+        State s (L, 5, C) advanced in place. Logits (V,), (T, V) with return_all, or None without head.
+        """
+        T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
+        eps, m, scratch = self.eps, self.matrices, [None]
+        rows = np.asarray(self.emb[tokens])
+        x = layer_norm(as_float32(rows), self.ln0[0], self.ln0[1], eps)  # reference.forward's ln0
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        mixed = np.empty((3, T, C), np.float32)
+        k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))
+        kf = np.empty((T, F), np.float32)
+        for i in range(self.config.n_layer):  # reference.block
+            p = self.vecs[i]
+            # reference.time_mixing: layer_norm, token_shift, mix (eqs. 11-13), then the products
+            last = K.norm_shift_mix(x, p[K.LN1_W], p[K.LN1_B], eps, s[i, ATT_X].copy(),
+                                    p[[K.ATT_MK, K.ATT_MV, K.ATT_MR]], mixed)
+            s[i, ATT_X] = last
+            np.matmul(mixed[0], self._f32(m["att.key.weight"][i], scratch).T, out=k)  # eq. 12
+            np.matmul(mixed[1], self._f32(m["att.value.weight"][i], scratch).T, out=v)  # eq. 13
+            np.matmul(mixed[2], self._f32(m["att.receptance.weight"][i], scratch).T, out=r)  # eq. 11
+            K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
+            x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)  # eq. 15, residual
+            # reference.channel_mixing
+            last = K.norm_shift_mix(x, p[K.LN2_W], p[K.LN2_B], eps, s[i, FFN_X].copy(),
+                                    p[[K.FFN_MK, K.FFN_MR]], mixed[:2])
+            s[i, FFN_X] = last
+            np.matmul(mixed[0], self._f32(m["ffn.key.weight"][i], scratch).T, out=kf)  # eq. 17
+            K.square_relu(kf)
+            np.matmul(mixed[1], self._f32(m["ffn.receptance.weight"][i], scratch).T, out=r)  # eq. 16
+            K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value.weight"][i], scratch).T, out=v))  # eq. 18
+        if not head:
+            return None
+        xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
+        if not return_all:
+            out = np.empty(self.config.vocab_size, np.float32)
+            scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
+            matvec(kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
+            return out
+        out = np.empty((T, self.config.vocab_size), np.float32)
+        rows = 8192  # widen the head a slice at a time: it is the largest matrix
+        for a in range(0, self.config.vocab_size, rows):
+            np.matmul(xn, self._f32(self.head[a:a + rows], scratch).T, out=out[:, a:a + rows])
+        return out
+
