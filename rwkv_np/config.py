@@ -36,6 +36,13 @@ class RWKVConfig:
         """Width A of r, k, v (n_embd in RWKV-4; n_head * head_size after it)."""
         return self.n_head * self.head_size if self.n_head else self.n_embd
 
+    def reference_options(self) -> dict:
+        """The keyword arguments of the reference's forward/step that this config fixes (its epsilons)."""
+        options = {"eps": self.layer_norm_eps}
+        if self.n_head:
+            options["ln_x_eps"] = self.ln_x_eps
+        return options
+
     @property
     def dims(self) -> dict[str, int]:
         """The sizes the parameter tables are written in (rwkv_np.architecture.Param.shape)."""

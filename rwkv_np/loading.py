@@ -25,7 +25,7 @@ from .architecture import Architecture
 from .config import RWKVConfig
 from .errors import CheckpointError, RWKVError
 from .formats.base import BadFile, Contents, Derived, FileRows
-from .quantize import LAYOUT, BlockMatrix, Int8Matrix, check_quantize
+from .quantize import LAYOUT, BlockMatrix, Int8Matrix, as_float32, check_quantize
 
 TOKENIZER_NAMES = ("tokenizer.json", "20B_tokenizer.json")
 
@@ -112,6 +112,16 @@ def _load(path: Path, contents: Contents, keep_16bit: bool, lazy_embedding: bool
     folder = contents.tokenizer_dir or path.parent
     tokenizer = next((folder / n for n in TOKENIZER_NAMES if (folder / n).is_file()), None)
     return Checkpoint(weights, config, contents.format, counts.most_common(1)[0][0], path, tokenizer)
+
+
+def load_reference(path: str | os.PathLike):
+    """(reference module, nested float32 params, options) of a checkpoint, to run the plain-NumPy reference
+    of its architecture without building a model (NumPy only):
+    `ref, params, options = load_reference(path); ref.forward(params, tokens, **options)`."""
+    checkpoint = load_checkpoint(path)
+    arch = registry.get(checkpoint.config.version)
+    params = arch.nest({k: as_float32(v) for k, v in checkpoint.weights.items()}, checkpoint.config.n_layer)
+    return registry.reference(arch), params, checkpoint.config.reference_options()
 
 
 # ---- 2. names ----------------------------------------------------------------------------------

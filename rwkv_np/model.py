@@ -78,10 +78,7 @@ class RWKV:
     def reference_options(self) -> dict:
         """The keyword arguments of the reference's forward/step that this model's config fixes (its
         epsilons): `model.reference.forward(model.params, tokens, **model.reference_options())`."""
-        options = {"eps": self.config.layer_norm_eps}
-        if self.config.n_head:
-            options["ln_x_eps"] = self.config.ln_x_eps
-        return options
+        return self.config.reference_options()
 
     # ---- speed ---------------------------------------------------------------------------------
 
