@@ -22,13 +22,12 @@ measured in the same run, so the fractions stay meaningful on a shared machine:
 Every measurement runs in a fresh subprocess, so each load time and peak RSS is its own; this
 process only writes the checkpoints and prints (it never imports Numba: a library mapped by two
 processes is counted in the RSS of both and cannot be released by either, see
-rwkv_np.kernels.release_compiler_pages).
+rwkv_np.process.release_compiler_pages).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -58,7 +57,7 @@ sys.path.insert(0, str(REPO / "tests"))
 SHAPE = dict(n_layer=12, C=768, F=3072, V=50277)
 MiB = 1 << 20
 LATER = ("5.1", "5.2", "6", "7")
-# the later versions' 169M-class shape (rwkv_np.versions.param_shapes' sizes); LoRA ranks as in
+# the later versions' 169M-class shape (the sizes their parameter tables are written in); LoRA ranks as in
 # BlinkDL's 0.1B RWKV-6 / RWKV-7 World models
 LATER_DIMS = dict(V=65536, C=768, L=12, A=768, F=3072, H=12, N=64, Dm=32, Dd=64, Dw=64, Da=64, Dv=32, Dg=128)
 
@@ -66,9 +65,9 @@ LATER_DIMS = dict(V=65536, C=768, L=12, A=768, F=3072, H=12, N=64, Dm=32, Dd=64,
 # ---- the checkpoints ----------------------------------------------------------------------------
 
 def random_169m(seed: int = 0) -> dict[str, np.ndarray]:
-    """A raw BlinkDL state dict of the 169M shape, float32 (rwkv_np.schema.random_weights)."""
+    """A raw BlinkDL state dict of the 169M shape, float32 (rwkv_np.rwkv4.params.random_weights)."""
     from rwkv_np.config import RWKVConfig
-    from rwkv_np.schema import random_weights
+    from rwkv_np.rwkv4.params import random_weights
 
     config = RWKVConfig(n_layer=SHAPE["n_layer"], n_embd=SHAPE["C"], vocab_size=SHAPE["V"], ffn_dim=SHAPE["F"])
     return random_weights(config, seed)
@@ -94,11 +93,11 @@ def random_later(version: str, dims: dict, seed: int = 0) -> dict[str, np.ndarra
     """A raw BlinkDL state dict of a later version, float32, values in the ranges trained models have
     (LayerNorm weights near 1, token-shift mixes in (0, 1), decays from slow to fast, matrices with
     unit-variance outputs), so that the activations stay finite through every layer."""
-    from rwkv_np.versions import param_shapes
+    from rwkv_np import registry
 
     rng = np.random.default_rng(seed)
     out = {}
-    for name, shape in param_shapes(version, dims).items():
+    for name, shape in registry.get(version).shapes(dims).items():
         end = name.rsplit(".", 1)[-1]
         if name.endswith(("ln0.weight", "ln1.weight", "ln2.weight", "ln_out.weight", "ln_x.weight")):
             a = 1 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
@@ -137,7 +136,7 @@ BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": INT8_BYT
 def weight_bytes(bytes_per_matrix_element: float) -> dict[str, int]:
     L, C, F, V = SHAPE["n_layer"], SHAPE["C"], SHAPE["F"], SHAPE["V"]
     block_matrix = 5 * C * C + 2 * C * F
-    vectors = L * 11 * C + 4 * C  # the 11 per-channel vectors of rwkv_np.schema.VECTORS, ln0, ln_out
+    vectors = L * 11 * C + 4 * C  # the 11 per-channel vectors of rwkv_np.rwkv4.params.VECTORS, ln0, ln_out
     return {"block_params": L * block_matrix,
             "all": int((2 * V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4),
             "per_token": int((V * C + L * block_matrix) * bytes_per_matrix_element + vectors * 4)}
@@ -161,7 +160,7 @@ def ceilings(quick: bool) -> dict[str, float]:
     """Read bandwidth: the best matrix-vector product over 512 MiB (BLAS and rwkv_np's Numba kernel with
     each of its prefetch choices, rows of 768, 3072 and 8192 floats: which reads fastest depends on
     the shape and the machine). Matmul: BLAS."""
-    from rwkv_np import kernels as K
+    from rwkv_np import products as K
 
     rng = np.random.default_rng(1)
     bw = {"blas": 0.0, "numba": 0.0}
@@ -197,8 +196,8 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
 
     res = {}
     t0 = time.perf_counter()
-    import rwkv_np.engine  # noqa: F401  (numpy is imported already; this times numba and the engine)
-    from rwkv_np.threads import short_spin
+    import rwkv_np.rwkv4.engine  # noqa: F401  (numpy is imported already; this times numba and the engine)
+    from rwkv_np.process import short_spin
 
     short_spin()  # as the command line does
 
@@ -235,7 +234,7 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
         res.update(interleaved_ceiling(model, state, rng, bytes_per_token=weight_bytes(
             BYTES_PER_ELEMENT[model.weight_dtype])["per_token"] if version == "4" else res["bytes_per_token"]))
         # the version's plain-NumPy reference (NumPy + BLAS matrix-vector products), for comparison
-        reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
+        reference = model.reference
         s, params = (state.data if version == "4" else (state.data, state.wkv)), model.params
         times = []
         for tok in rng.integers(0, SHAPE["V"], 12):
@@ -249,7 +248,7 @@ def child(path: str, keep_16bit: bool | str, what: str) -> dict:
         res["prompt_par_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="parallel"), 3)
         res["prompt_rec_tok_s"] = 512 / best_time(lambda: model.forward(prompt, mode="recurrent"), 1)
         if model.weight_dtype == "float32":  # the references compute in float32 whatever the weights
-            reference = model.reference if version != "4" else importlib.import_module("rwkv_np.reference")
+            reference = model.reference
             params = model.params
             res["ref_prompt_tok_s"] = 512 / best_time(lambda: reference.forward(params, prompt), 1)
     return res
@@ -264,7 +263,7 @@ def interleaved_ceiling(model, state, rng, bytes_per_token: int, rounds: int = 7
     512 MiB (BLAS, and Numba with each prefetch choice, rows of 768 and 3072 floats: the best of
     them all) and then `steps`
     generation steps; the fraction is taken per round and its median reported."""
-    from rwkv_np import kernels as K
+    from rwkv_np import products as K
 
     buf = np.random.default_rng(1).standard_normal((512 * MiB // 4) // 3072 * 3072, dtype=np.float32)
     shapes = [buf.reshape(-1, cols) for cols in (768, 3072)]
@@ -335,11 +334,10 @@ def run_child(path: Path, keep_16bit: bool | str, what: str, threads: int, quick
 
 def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
     """ns per (token, channel) at T = 1024, C = 768 for each form of eq. 14."""
-    from rwkv_np import kernels as K
-    from rwkv_np.reference import PP_EMPTY
-    from rwkv_np.wkv import wkv_naive
+    from rwkv_np.rwkv4 import kernels as K
+    from rwkv_np.rwkv4.eq14 import wkv_naive
+    from rwkv_np.rwkv4.reference import PP_EMPTY, wkv
     from rwkv_np.training.wkv_grad import wkv_forward
-    from _eq14 import reference_wkv  # tests/_eq14.py: eq. 14 of reference.time_mixing alone
 
     T, C = 1024, 768
     rng = np.random.default_rng(2)
@@ -357,15 +355,14 @@ def wkv_kernels(quick: bool) -> dict[str, tuple[float, str]]:
                                     k[:Tn].astype(np.float64), v[:Tn].astype(np.float64)), 1)
     res["naive (eq. 14 as written, float64)"] = (t * 1e9 / (Tn * C) * T / Tn,
                                                  f"measured at T={Tn}, x{T // Tn} (O(T^2))" if Tn < T else "")
-    res["reference.py's recurrence (NumPy, one step per token)"] = (
-        best_time(lambda: reference_wkv(w, u, k, v, *state()), 2) * per,
-        "inside reference.time_mixing, whose 4 projections (here (T, 2C) x (2C, C)) are included")
+    res["the reference's wkv (NumPy, one step per token)"] = (
+        best_time(lambda: wkv(w, u, k, v, *state()), 2) * per, "rwkv_np/rwkv4/reference.py")
     wkv_forward(w, u, k[:8, None], v[:8, None])
-    res["compiled scan of kernels.wkv_step (training's, with saves)"] = (
+    res["compiled scan of wkv_step (training's, with saves)"] = (
         best_time(lambda: wkv_forward(w, u, k[:, None], v[:, None]), 5) * per, "")
     out = np.empty_like(k)
     K.wkv_gate(w, u, k[:8], v[:8], r[:8], *state(), out[:8])
-    res["scan + gate, fused (kernels.wkv_gate, the engine's)"] = (
+    res["scan + gate, fused (wkv_gate, the engine's)"] = (
         best_time(lambda: K.wkv_gate(w, u, k, v, r, *state(), out), 5) * per, "")
     return res
 
@@ -476,7 +473,7 @@ def report(ceil: dict, ceil_after: dict, runs: dict, wkv: dict) -> None:
           f"bf16 {b16['all'] / MiB:.0f} MiB ({b16['per_token'] / MiB:.0f} MiB per token), "
           f"int8 {b8['per_token'] / MiB:.0f} MiB per token (scales included; its embedding stays bf16)")
     print()
-    print("| figure | rwkv_np | ceiling (same run) | fraction | rwkv_np/reference.py |")
+    print("| figure | rwkv_np | ceiling (same run) | fraction | the reference alone |")
     print("| --- | --- | --- | --- | --- |")
 
     def row(name, value, unit, ceiling, ref=None, digits=1):

@@ -53,7 +53,7 @@ def write_files(folder: Path, quick: bool) -> None:
 
     if quick:
         from rwkv_np.config import RWKVConfig
-        from rwkv_np.schema import random_weights
+        from rwkv_np.rwkv4.params import random_weights
 
         raw = random_weights(RWKVConfig(n_layer=2, n_embd=256, vocab_size=bench.SHAPE["V"], ffn_dim=1024), 0)
     else:
@@ -69,7 +69,7 @@ def write_files(folder: Path, quick: bool) -> None:
 
 def child(row: str, path: str) -> dict:
     import rwkv_np
-    from rwkv_np.threads import short_spin
+    from rwkv_np.process import short_spin
 
     short_spin()  # as the command line does
     model = rwkv_np.load_model(path, lazy_embedding=True, **ROWS[row][1])

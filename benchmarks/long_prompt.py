@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="checkpoint (bf16: kept 16-bit)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    import rwkv_np.engine  # noqa: F401  (the runtime's own memory, before any weight)
+    import rwkv_np.rwkv4.engine  # noqa: F401  (the runtime's own memory, before any weight)
 
     runtime = rss_mib("VmRSS")
     with tempfile.TemporaryDirectory(prefix="rwkv_np_long_") as tmp:

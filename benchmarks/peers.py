@@ -78,7 +78,7 @@ def child(impl: str, path: str, dtype: str, what: str, out_dir: str, threads: in
     res: dict = {}
     t0 = time.perf_counter()
     if impl == "rwkv_np":
-        import rwkv_np.engine  # noqa: F401  (numba)
+        import rwkv_np.rwkv4.engine  # noqa: F401  (numba)
     else:
         import torch  # noqa: F401
     res["import_s"] = time.perf_counter() - t0

@@ -90,7 +90,7 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
     prompt(tokens) -> logits of the last token; facts: a dict of what the loader chose."""
     if impl == "rwkv_np":
         import rwkv_np
-        from rwkv_np.threads import short_spin
+        from rwkv_np.process import short_spin
 
         short_spin()  # as the command line does
         # as the command line loads: 16-bit kept 16-bit, rwkv.cpp's 4- and 5-bit blocks kept as blocks
@@ -108,7 +108,7 @@ def _loader(impl: str, path: str, quantize: str | None, cpp: str, threads: int):
     from rwkv_cpp import rwkv_cpp_model, rwkv_cpp_shared_library
 
     model = rwkv_cpp_model.RWKVModel(rwkv_cpp_shared_library.load_rwkv_shared_library(), path, thread_count=threads)
-    from rwkv_np.formats._common import FileBytes
+    from rwkv_np.formats.base import FileBytes
     from rwkv_np.formats.rwkv_cpp import read_rwkv_cpp
 
     tensors, _ = read_rwkv_cpp(FileBytes(Path(path)))  # the tensors as rwkv.cpp holds them: sizes as stored

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rwkv_np import schema  # noqa: E402
+from rwkv_np.rwkv4 import ARCH  # noqa: E402
 from rwkv_np.errors import ArgumentError  # noqa: E402
 from rwkv_np.training import checkpoint as ckpt  # noqa: E402
 from rwkv_np.training.data import (SHAKESPEARE_CACHE, SHAKESPEARE_SHA256, TRAIN_SHARE, get_batch,  # noqa: E402
@@ -97,7 +97,8 @@ def n_layer_of(name: str, cfg: dict) -> int:
 def count_params(name: str, n_layer: int, n_embd: int) -> int:
     """Parameters the variant's model uses (from the shapes alone: np.empty allocates nothing it
     does not touch)."""
-    params = {k: np.empty(p.dims(n_embd, 4 * n_embd, VOCAB), np.float32) for k, p in schema.params_of(n_layer)}
+    dims = {"C": n_embd, "F": 4 * n_embd, "V": VOCAB}
+    params = {k: np.empty(p.size(dims), np.float32) for k, p, _ in ARCH.params_of(n_layer)}
     return VARIANTS[name][0].n_params(params)[0]
 
 
@@ -242,7 +243,7 @@ def final_params(run_dir: Path, name: str, seed: int, cfg: dict) -> dict | None:
     if not p.exists():
         return None
     n_layer = n_layer_of(name, cfg)
-    shapes = {k: q.dims(cfg["n_embd"], 4 * cfg["n_embd"], VOCAB) for k, q in schema.params_of(n_layer)}
+    shapes = ARCH.shapes({"C": cfg["n_embd"], "F": 4 * cfg["n_embd"], "V": VOCAB, "L": n_layer})
     shaping = {k: cfg[k] for k in ("n_embd", "ctx_len", "batch_size", "steps", "lr", "warmup", "min_lr_ratio",
                                    "grad_clip", "weight_decay", "eval_every", "curve_windows")}
     with open(p, "rb") as f:

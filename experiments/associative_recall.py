@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent))  # rwkv_np from this checkout when run as a
 sys.path.insert(0, str(HERE))
 
 import attention as attn  # noqa: E402
-from rwkv_np import schema  # noqa: E402
+from rwkv_np.rwkv4 import ARCH  # noqa: E402
 from rwkv_np.errors import ArgumentError, TrainingError  # noqa: E402
 from rwkv_np.training import init as rwkv_init  # noqa: E402
 from rwkv_np.training import model as rwkv  # noqa: E402
@@ -134,7 +134,7 @@ class RWKV4:
         d, g["ln0"] = rwkv.layer_norm_backward(d, cache["x0"], **P["ln0"])
         g["emb"] = np.zeros_like(P["emb"])
         np.add.at(g["emb"], cache["tokens"].ravel(), d.reshape(-1, d.shape[-1]))
-        grads = {k: np.asarray(v, dtype=self.params[k].dtype) for k, v in schema.flatten(g).items()}
+        grads = {k: np.asarray(v, dtype=self.params[k].dtype) for k, v in ARCH.flatten(g).items()}
         return loss, acc, grads
 
     @staticmethod

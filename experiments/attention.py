@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rwkv_np.reference import layer_norm
+from rwkv_np.rwkv4.reference import layer_norm
 from rwkv_np.training.init import _rule as rwkv_rule
 from rwkv_np.training.model import layer_norm_backward, linear, linear_backward, mix_backward
 

@@ -16,7 +16,7 @@ Formats:
            rwkv.cpp's own quantizer), read back by rwkv_np, which dequantizes them exactly as ggml does.
 Loss: nats per byte over all consecutive 256-byte windows of the held-out split (the last 10% of
 tiny shakespeare), each read from the initial state: the shipped model's own definition.
-Logits: a model of the 169M shape with random weights (rwkv_np.schema.random_weights), 64 tokens
+Logits: a model of the 169M shape with random weights (rwkv_np.rwkv4.params.random_weights), 64 tokens
 in the parallel form; each format against float32: largest and rms difference, how often the top
 token is the same. Random weights are not a trained model: they say how much the arithmetic moves,
 not how much a trained 169M model's text would change.
@@ -43,7 +43,7 @@ from rwkv_np import perplexity  # noqa: E402
 from rwkv_np.cli import default_model_path  # noqa: E402
 from rwkv_np.config import RWKVConfig  # noqa: E402
 from rwkv_np.quantize import BLOCK, BLOCK_BYTES  # noqa: E402
-from rwkv_np.schema import random_weights  # noqa: E402
+from rwkv_np.rwkv4.params import random_weights  # noqa: E402
 
 GGML = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 FORMATS = ("fp32", "fp16", "bf16", "int8") + GGML
