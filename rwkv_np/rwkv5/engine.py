@@ -43,6 +43,8 @@ class Engine:
         self.config = c = config
         self.ahead = PREFETCH_BYTES  # the rows' prefetch distance; RWKV.choose_prefetch may change it
         L = c.n_layer
+        # 5.2 has a gate (and a bonus per channel); 5.1 neither: told by the weights, not a version string
+        self.gated = "blocks.0.att.gate.weight" in weights
         names = self.matrix_names()
         matrices = ["emb.weight", "head.weight"] + [f"blocks.{i}.{n}" for i in range(L) for n in names.values()]
         dtypes = {np.dtype(weights[n].dtype) for n in matrices}
@@ -66,7 +68,7 @@ class Engine:
 
     def matrix_names(self) -> dict[int, str]:
         names = dict(self.MATRICES)
-        if self.config.version == "5.2":
+        if self.gated:
             names[K.M_G] = "att.gate.weight"
         return names
 
@@ -101,13 +103,13 @@ class Engine:
     def vectors(self, weights) -> None:
         """vc (L, *, C) and va (L, *, A): the rows kernels.py names."""
         c, w = self.config, self.w
-        gate_mix = w(weights, "att.time_mix_g") if c.version == "5.2" else (lambda i: None)
+        gate_mix = w(weights, "att.time_mix_g") if self.gated else (lambda i: None)
         self.vc = self.table(self.lns + [w(weights, "att.time_mix_k"), w(weights, "att.time_mix_v"),
                                          w(weights, "att.time_mix_r"), gate_mix, w(weights, "ffn.time_mix_k"),
                                          w(weights, "ffn.time_mix_r")], c.n_embd)
         # w = exp(-exp(omega)) and u (5.1: exp(time_first)) once, in float64; 5.1's per-head
         # values repeated over the head's N channels
-        bonus = (lambda i: np.exp(w(weights, "att.time_first")(i))) if c.version == "5.1" else w(weights, "att.time_faaaa")
+        bonus = (lambda i: np.exp(w(weights, "att.time_first")(i))) if not self.gated else w(weights, "att.time_faaaa")
         self.va = self.table(self.lnx + [lambda i: np.exp(-np.exp(w(weights, "att.time_decay")(i))), bonus],
                              c.att_dim)
 
@@ -130,7 +132,7 @@ class Engine:
         return out if return_all else out[0]
 
     def step(self, common, shift, wkv, logits, which) -> None:
-        K.step(*common, self.config.version == "5.2", self.ln0, self.vc, self.va, self.ln_out, self.eps,
+        K.step(*common, self.gated, self.ln0, self.vc, self.va, self.ln_out, self.eps,
                self.lnx_eps, shift, wkv, logits, which, self.ahead)
 
     # ---- the parallel form --------------------------------------------------------------------
@@ -195,7 +197,7 @@ class Engine:
         w = np.broadcast_to(q[K.A5_W], r.shape)
         y = self.scan(r, k, vv, w, q[K.A5_U], S)
         o = group_norm(y, q[K.LNX_W], q[K.LNX_B], self.lnx_eps, c.n_head)
-        if c.version == "5.2":
+        if self.gated:
             gg = mm(mix(K.V5_MG), K.M_G, i)
             o = o * (gg * sigmoid(gg))
         return o
