@@ -1,19 +1,24 @@
-"""Shared test helpers: where the reference fixtures live, and skipping when they don't."""
+"""Fixtures shared by several test files. Paths, writers and other helpers are in tests/helpers.py.
 
-from pathlib import Path
+Two tiers (pyproject.toml): `python -m pytest` runs the fast tier, `python -m pytest -m slow` the tests
+marked `slow` (notebooks, benchmark and experiment smoke runs, kill-and-resume, fuzzing, long runs).
+"""
 
+import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TORCH_WRITTEN = SHARED / "fixtures" / "torch_written"
-RWKV_CPP = SHARED / "fixtures" / "rwkv_cpp"
-TOKENIZER_JSON = SHARED / "fixtures" / "tokenizer" / "20B_tokenizer.json"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+import rwkv_np
+
+from helpers import TORCH_WRITTEN, need
 
 
-def need(path: Path) -> Path:
-    """Skip the calling test, naming the file, when a reference fixture is absent."""
-    if not path.exists():
-        pytest.skip(f"reference fixture missing: {path}")
-    return path
+@pytest.fixture(scope="session")
+def small_expected():
+    """The torch-written small model's tokens and independent float64 logits and state."""
+    return np.load(need(TORCH_WRITTEN / "small_expected.npz"))
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The torch-written small RWKV-4 (2 layers, C = 48, vocab 256), float32."""
+    return rwkv_np.load_model(need(TORCH_WRITTEN / "small_fp32.pth"))

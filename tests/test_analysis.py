@@ -6,18 +6,21 @@ import json
 import numpy as np
 import pytest
 
-from rwkv_np import RWKV, RWKVConfig, reference
-from rwkv_np.schema import random_weights
+from rwkv_np import RWKV, RWKVConfig
 from rwkv_np import analysis as A
 from rwkv_np.errors import ArgumentError
-from rwkv_np.reference import layer_norm
-from rwkv_np.wkv import wkv_naive
+from rwkv_np.rwkv4 import reference
+from rwkv_np.rwkv4.eq14 import wkv_naive
+from rwkv_np.rwkv4.params import random_weights
+from rwkv_np.rwkv4.reference import layer_norm
+
+from helpers import empty_state
 
 L, C, V, F = 2, 16, 32, 64
 
 
 def random_model(seed: int = 0) -> RWKV:
-    """A small model with trained-looking weights (rwkv_np.schema.random_weights: decays e^-6..e^2,
+    """A small model with trained-looking weights (rwkv_np.rwkv4.params.random_weights: decays e^-6..e^2,
     mu in (0, 1), non-zero FFN), mu kept away from 0 and 1 so every ablation below changes something."""
     config = RWKVConfig(n_layer=L, n_embd=C, vocab_size=V, ffn_dim=F)
     w = random_weights(config, seed)
@@ -40,7 +43,7 @@ def logits_of(m, tokens=TOKENS):
 
 
 def reference_logits(m, tokens=TOKENS):
-    """rwkv_np.reference.forward: built from the functions the tests patch."""
+    """rwkv_np.rwkv4.reference.forward: built from the functions the tests patch."""
     return reference.forward(m.params, tokens)[0]
 
 
@@ -57,6 +60,25 @@ def test_trace_reproduces_the_models_logits(model):
     np.testing.assert_allclose(logits, logits_of(model), atol=1e-5)
     assert tr[1]["ffn_hidden"].shape == (len(TOKENS), F)
     assert (tr[1]["ffn_hidden"] >= 0).all()
+
+
+def test_trace_keeps_what_each_layer_computes(model):
+    """What reference.forward's `record=` argument used to collect, now from trace: per layer the
+    keys and shapes, w = e^time_decay, and eq. 14 over its k and v leaves the state forward returns."""
+    tr = A.trace(model, TOKENS)
+    _, state = reference.forward(model.params, TOKENS)
+    assert len(tr) == L
+    for i, d in enumerate(tr):
+        a = model.params["blocks"][i]["att"]
+        assert {"x_att", "r", "k", "v", "w", "wkv", "att_out", "x_ffn", "ffn_r", "ffn_k", "ffn_hidden",
+                "ffn_out"} <= set(d)
+        assert d["k"].shape == (len(TOKENS), C) and d["ffn_hidden"].shape == (len(TOKENS), F)
+        np.testing.assert_array_equal(d["w"], np.exp(a["time_decay"]))
+        _, (aa, bb, pp) = reference.wkv(d["w"], a["time_first"], d["k"], d["v"], *empty_state(C, np.float32))
+        np.testing.assert_array_equal(pp, state[i, reference.PP])
+        np.testing.assert_array_equal(bb, state[i, reference.BB])
+        np.testing.assert_array_equal(d["x_att"][-1], state[i, reference.ATT_X])
+        np.testing.assert_array_equal(d["x_ffn"][-1], state[i, reference.FFN_X])
 
 
 def test_trace_wkv_is_eq14_of_its_k_and_v(model):

@@ -6,18 +6,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import rwkv_np
 from rwkv_np import cli
 from rwkv_np.tokenizer import ByteTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TINY = SHARED / "fixtures" / "rwkv_cpp" / "tiny-rwkv-4v0-660K-FP32.bin"
+from helpers import REPO, RWKV_CPP, random_flat, tiny_rwkv_cpp, write_torch_zip
+
+ROOT = REPO
+TINY = RWKV_CPP / "tiny-rwkv-4v0-660K-FP32.bin"
 STATS = re.compile(r"^prompt: \d+ tokens, \d+\.\d tok/s \| generated: \d+ tokens, \d+\.\d tok/s$")
 
 
@@ -312,3 +313,28 @@ def test_subprocess_reader_going_away_is_quiet(tiny):
     finally:
         p.kill() if p.poll() is None else None
     assert p.returncode == 0 and err == "", err
+
+
+# --- later versions ------------------------------------------------------------------------------
+
+def test_cli_generates_text_with_tiny_v7(capsys):
+    code = cli.main(["generate", "--model", str(tiny_rwkv_cpp("7")), '"in', "-n", "12", "-t", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(" the the the")  # the greedy continuation of this checkpoint
+
+
+def test_cli_generates_with_a_world_vocab_v7(tmp_path, capsys):
+    # a vocab-65536 RWKV-7 goes to the World tokenizer (rwkv_np.world_tokenizer)
+    from rwkv_np.world_tokenizer import packaged_vocab_path
+
+    if packaged_vocab_path() is None:
+        pytest.skip("the World vocabulary rwkv_vocab_v20230424.txt is not installed (pip install rwkv)")
+    flat = random_flat("7")
+    flat["emb.weight"] = np.random.default_rng(0).standard_normal((65536, 16)).astype(np.float32)
+    flat["head.weight"] = flat["emb.weight"] * 0.1
+    path = write_torch_zip(tmp_path / "world.pth", flat)
+    assert rwkv_np.load_model(path).config.vocab_size == 65536
+    assert cli.main(["generate", "--model", str(path), "hello", "-n", "4", "-t", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "generated: 4 tokens" in captured.err

@@ -1,6 +1,7 @@
 """rwkv_np.exercises: the teacher's solutions pass every check; each known mistake, written here as a
 deliberately wrong solution, is caught by name with its hint; stubs and crashes get a short message;
-and the exercise notebooks run headless both with their stubs and with the solutions filled in."""
+the exercise notebooks hold a stub and a check for every exercise. (That they run headless, with their
+stubs and with the solutions filled in, is tests/test_notebooks.py, slow tier.)"""
 
 import json
 import warnings
@@ -8,13 +9,14 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO
 from rwkv_np import exercises as E
-from rwkv_np import exercises_solutions as S
-from rwkv_np import reference
 from rwkv_np.errors import ArgumentError
-from rwkv_np.reference import AA, ATT_X, BB, FFN_X, PP, initial_state, layer_norm, sigmoid
-from rwkv_np.wkv import wkv_naive
+from rwkv_np.exercises import solutions as S
+from rwkv_np.rwkv4 import reference
+from rwkv_np.rwkv4.eq14 import wkv_naive
+from rwkv_np.rwkv4.reference import AA, ATT_X, BB, FFN_X, PP, initial_state, layer_norm, sigmoid
+
+from helpers import REPO
 
 CHECKS = {name: getattr(E, "check_" + name) for name in S.__all__}
 NOTEBOOKS = sorted((REPO / "notebooks" / "exercises").glob("[0-9][0-9]_*.ipynb"))
@@ -52,7 +54,7 @@ def test_other_exception_is_one_line_naming_the_case_and_the_line():
 
 
 def test_reference_wkv_is_eq14_as_written():
-    """The checks' eq. 14 (reference.time_mixing run alone) against rwkv_np.wkv's O(T^2) formula."""
+    """The checks' eq. 14 (the reference's own `wkv`) against rwkv_np/rwkv4/eq14.py's O(T^2) formula."""
     rng = np.random.default_rng(0)
     w, u = np.exp(rng.uniform(-3, 1, 5)), rng.uniform(-1, 1, 5)
     k, v = rng.normal(0, 2, (2, 9, 5))
@@ -508,53 +510,6 @@ def test_there_are_nine_exercise_notebooks_each_with_stubs_and_checks():
         assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), \
             f"{path.name}: committed with outputs"
     assert sorted(seen) == sorted(S.__all__)
-
-
-def _run_all():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_all", REPO / "notebooks" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _outputs(path):
-    nb = json.loads(path.read_text())
-    texts = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            assert out["output_type"] != "error", f"{path.name}: {out.get('ename')}: {out.get('evalue')}"
-            data = out.get("text") or out.get("data", {}).get("text/plain", "")
-            texts.append("".join(data))
-    return "\n".join(texts)
-
-
-@pytest.mark.parametrize("variant", ["stubs", "solutions"])
-def test_exercise_notebooks_run(variant, tmp_path):
-    """Every exercise notebook, executed headless: as committed (each check says "not implemented
-    yet", nothing raises) and with the teacher's solutions pasted in (each check passes)."""
-    pytest.importorskip("nbclient")
-    run_all = _run_all()
-    if variant == "solutions":
-        paths = E.write_solutions(tmp_path)
-    else:
-        paths = []
-        for p in NOTEBOOKS:
-            (tmp_path / p.name).write_text(p.read_text())
-            paths.append(tmp_path / p.name)
-    for path in paths:
-        run_all.execute(path, write=True)  # raises CellExecutionError when a cell raises
-        text = _outputs(path)
-        n_checks = sum("check_" in "".join(c["source"]) and c["cell_type"] == "code"
-                       and "import" not in "".join(c["source"])
-                       for c in json.loads(path.read_text())["cells"])
-        if variant == "stubs":
-            assert text.count("not implemented yet") >= n_checks, (path.name, text)
-            assert "✓" not in text and "✗" not in text, (path.name, text)
-        else:
-            assert text.count("✓ check_") == n_checks, (path.name, text)
-            assert "not implemented yet" not in text and "✗" not in text, (path.name, text)
 
 
 # ---------------------------------------------------------------------------------- other answers

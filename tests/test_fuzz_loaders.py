@@ -3,7 +3,8 @@ CheckpointError - never another exception, never the loader's "internal error" s
 
 Each reader (torch zip .pth, safetensors, rwkv.cpp) gets truncations at any offset of a small valid
 file, random byte flips (spread over the file and concentrated on its headers) and random headers.
-`benchmarks/fuzz_campaign.py` runs these same properties with many more examples.
+The properties are a fuzz campaign (slow tier); `benchmarks/fuzz_campaign.py` runs them with many more
+examples. The deterministic attacks are tests/test_hostile_checkpoints.py (fast tier).
 """
 
 import atexit
@@ -19,15 +20,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _writers import (p_global, p_str, rwkv_cpp_bytes, safetensors_bytes, tiny_weights,  # noqa: E402
-                      to_hf_names, torch_zip_members, zip_bytes)
+from rwkv_np.errors import CheckpointError
+from rwkv_np.loading import load_checkpoint
 
-from rwkv_np.errors import CheckpointError  # noqa: E402
-from rwkv_np.loading import load_checkpoint  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/fuzz_campaign.py imports this module by path
+from helpers import (p_global, p_str, rwkv_cpp_bytes, safetensors_bytes, tiny_weights,  # noqa: E402
+                     to_hf_names, torch_zip_members, zip_bytes)
 
 # per property (x3 for the two that cover every reader): 3,000 cases, ~25 s on one core. The
 # campaign raises it.
@@ -111,6 +113,7 @@ def header_span(kind: str, data: bytes) -> int:
 EVERY_READER = settings(FUZZ, max_examples=3 * EXAMPLES)
 
 
+@pytest.mark.slow
 @EVERY_READER
 @given(kind=st.sampled_from(FILES), frac=st.floats(0, 1, exclude_max=True))
 def test_truncated(kind, frac):
@@ -118,6 +121,7 @@ def test_truncated(kind, frac):
     check(reader(kind), data[: int(frac * len(data))])
 
 
+@pytest.mark.slow
 @EVERY_READER
 @given(kind=st.sampled_from(FILES), data=st.data())
 def test_byte_flips(kind, data):
@@ -129,6 +133,7 @@ def test_byte_flips(kind, data):
 
 
 
+@pytest.mark.slow
 @FUZZ
 @given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 2), st.binary(min_size=1, max_size=9)),
                       min_size=1, max_size=5))
@@ -148,6 +153,7 @@ def test_pth_mutated_pickle_in_a_valid_zip(edits):
     check("pth", zip_bytes(members))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(pkl=st.binary(max_size=300), names=st.lists(st.text(max_size=20), max_size=4))
 def test_pth_random_pickle_and_members(pkl, names):
@@ -181,6 +187,7 @@ _OPCODE = st.one_of(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(program=st.lists(st.tuples(_OPCODE, st.integers(1, 3000)), min_size=1, max_size=8))
 def test_pth_opcode_programs(program):
@@ -201,6 +208,7 @@ _ENTRY = st.fixed_dictionaries(
      "data_offsets": st.one_of(st.lists(_INTS, min_size=2, max_size=2), st.lists(_INTS, max_size=3))})
 
 
+@pytest.mark.slow
 @FUZZ
 @given(header=st.dictionaries(_NAMES, st.one_of(_ENTRY, st.integers(), st.text(max_size=5)), max_size=6),
        body=st.binary(max_size=200), lie=st.one_of(st.none(), st.integers(0, 2 ** 64 - 1)))
@@ -215,6 +223,7 @@ def test_safetensors_random_headers(header, body, lie):
 _I32 = st.one_of(st.integers(-3, 20), st.integers(-2 ** 31, 2 ** 31 - 1))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(header=st.tuples(st.just(0x67676D66), st.sampled_from([100, 101, 99]), _I32, _I32, _I32,
                         st.one_of(st.integers(0, 10), _I32)),

@@ -1,6 +1,5 @@
 """generate(): streaming, stop strings, EOS, penalties, seeds, modes, argument checks."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,9 +9,10 @@ from rwkv_np.errors import ArgumentError
 from rwkv_np.generate import MAX_TOKENS_LIMIT, generate
 from rwkv_np.tokenizer import ByteTokenizer, NeoXTokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY = SHARED / "fixtures" / "rwkv_cpp" / "tiny-rwkv-4v0-660K-FP32.bin"
-NEOX_JSON = SHARED / "fixtures" / "tokenizer" / "20B_tokenizer.json"
+from helpers import RWKV_CPP, TOKENIZER_JSON
+
+TINY = RWKV_CPP / "tiny-rwkv-4v0-660K-FP32.bin"
+NEOX_JSON = TOKENIZER_JSON
 
 
 class ScriptedModel:
@@ -176,9 +176,9 @@ def test_token_id_prompt_and_zero_tokens():
 # --- the real network -------------------------------------------------------------------------
 
 def random_byte_model(seed=0, n_layer=2, C=32, V=256):
-    """A small RWKV-4 with random weights shaped like a trained one (rwkv_np.schema.random_weights)."""
+    """A small RWKV-4 with random weights shaped like a trained one (rwkv_np.rwkv4.params.random_weights)."""
     from rwkv_np import RWKV, RWKVConfig
-    from rwkv_np.schema import random_weights
+    from rwkv_np.rwkv4.params import random_weights
 
     return RWKV(random_weights(RWKVConfig(n_layer=n_layer, n_embd=C, vocab_size=V, ffn_dim=4 * C), seed))
 

@@ -1,36 +1,27 @@
-"""Loading every supported checkpoint format, and every way loading can refuse a file."""
+"""Loading every supported checkpoint format (rwkv_np/loading.py and the readers of rwkv_np/formats),
+and every way loading can refuse a file: each error names the file and the problem. rwkv.cpp's own
+files are tests/test_format_rwkv_cpp.py; files crafted to attack the loader, test_hostile_checkpoints.py."""
 
 import json
 import shutil
-import struct
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _writers import (bf16_round, expected_model_weights, p_state_dict, p_tensor, rwkv_cpp_bytes,  # noqa: E402
-                      safetensors_bytes, tiny_weights, to_hf_names, torch_zip_members, write_torch_zip,
-                      write_zip)
+from rwkv_np import registry
+from rwkv_np.errors import CheckpointError
+from rwkv_np.formats import torch_zip
+from rwkv_np.formats.torch_zip import read_torch_zip
+from rwkv_np.loading import load_checkpoint, load_reference
 
-from rwkv_np.errors import CheckpointError  # noqa: E402
-from rwkv_np.formats import read_torch_zip  # noqa: E402
-from rwkv_np.loading import load_checkpoint  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TORCH = SHARED / "fixtures" / "torch_written"
-CPP = SHARED / "fixtures" / "rwkv_cpp"
+from helpers import (FIXTURES, TOKENIZER_JSON, TORCH_WRITTEN, as_pth_vectors, bf16_round, expected_model_weights,
+                     need, p_state_dict, p_tensor, random_flat, rwkv_cpp_bytes, rwkv_cpp_converted_bytes,
+                     safetensors_bytes, tiny_weights, to_hf_names, to_rwkv_cpp, torch_zip_members, write_torch_zip,
+                     write_zip)
 
 
-def fixture(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"reference fixture missing: {path}")
-    return path
-
-
-def raw_pth(path: Path) -> dict[str, np.ndarray]:
+def raw_pth(path):
     """The raw (on-disk names and values) tensors of a .pth, through the reader alone."""
     return {k: t.read() for k, t in read_torch_zip(path.read_bytes()).items()}
 
@@ -50,7 +41,7 @@ TINY = (4, 128, 256, 256)  # rwkv.cpp's tiny-rwkv: FFN is 2 * n_embd (661,504 pa
     ("rwkv_cpp/tiny-rwkv-4v0-660K-FP16.bin", "rwkv.cpp", "float16", TINY),
 ])
 def test_fixture_loads(name, fmt, dtype, sizes):
-    ck = load_checkpoint(fixture(SHARED / "fixtures" / name))
+    ck = load_checkpoint(need(FIXTURES / name))
     c = ck.config
     assert (c.n_layer, c.n_embd, c.vocab_size, c.ffn_dim) == sizes
     assert (ck.format, ck.source_dtype, c.layer_norm_eps) == (fmt, dtype, 1e-5)
@@ -63,17 +54,17 @@ def test_fixture_loads(name, fmt, dtype, sizes):
 
 
 def test_pth_and_hugging_face_formats_are_bit_identical():
-    ref = load_checkpoint(fixture(TORCH / "small_fp32.pth")).weights
+    ref = load_checkpoint(need(TORCH_WRITTEN / "small_fp32.pth")).weights
     for other in ("small_hf_safetensors", "small_hf_bin"):
-        w = load_checkpoint(fixture(TORCH / other)).weights
+        w = load_checkpoint(need(TORCH_WRITTEN / other)).weights
         assert w.keys() == ref.keys()
         for k in ref:
             assert np.array_equal(w[k], ref[k]), (other, k)
 
 
 def test_time_decay_is_kept_as_stored():
-    raw = raw_pth(fixture(TORCH / "small_fp32.pth"))
-    w = load_checkpoint(TORCH / "small_fp32.pth").weights
+    raw = raw_pth(need(TORCH_WRITTEN / "small_fp32.pth"))
+    w = load_checkpoint(TORCH_WRITTEN / "small_fp32.pth").weights
     for i in range(2):
         assert np.array_equal(w[f"blocks.{i}.att.time_decay"], raw[f"blocks.{i}.att.time_decay"].reshape(-1))
         assert np.array_equal(w[f"blocks.{i}.att.time_first"], raw[f"blocks.{i}.att.time_first"])
@@ -84,33 +75,13 @@ def test_time_decay_is_kept_as_stored():
     ("small_fp16.pth", lambda x: x.astype(np.float16).astype(np.float32)),
 ])
 def test_16_bit_pth_equals_fp32_rounded(name, rounding):
-    raw32 = raw_pth(fixture(TORCH / "small_fp32.pth"))
-    raw16 = raw_pth(fixture(TORCH / name))
+    raw32 = raw_pth(need(TORCH_WRITTEN / "small_fp32.pth"))
+    raw16 = raw_pth(need(TORCH_WRITTEN / name))
     for k in raw32:
         assert np.array_equal(raw16[k], rounding(raw32[k])), k
-    w = load_checkpoint(TORCH / name).weights
+    w = load_checkpoint(TORCH_WRITTEN / name).weights
     assert np.array_equal(w["blocks.1.att.time_decay"], rounding(raw32["blocks.1.att.time_decay"]).reshape(-1))
     assert np.array_equal(w["head.weight"], rounding(raw32["head.weight"]))
-
-
-def test_rwkv_cpp_decay_is_log_of_minus_stored_and_fp16_matches_fp32():
-    from rwkv_np.formats import read_rwkv_cpp
-    path = fixture(CPP / "tiny-rwkv-4v0-660K-FP32.bin")
-    stored, header = read_rwkv_cpp(path.read_bytes())
-    assert header == {"n_vocab": 256, "n_embd": 128, "n_layer": 4, "data_type": 0}
-    w32 = load_checkpoint(path).weights
-    for i in range(4):
-        s = stored[f"blocks.{i}.att.time_decay"].read()
-        # the file holds -w; the library keeps ln w, taken in float64 and rounded once
-        assert (s < 0).all()
-        assert np.array_equal(w32[f"blocks.{i}.att.time_decay"], np.log(-s.astype(np.float64)).astype(np.float32))
-        # and w = e^(ln w) returns the stored w to within the rounding of ln w (|ln w| < 16 here)
-        np.testing.assert_allclose(np.exp(w32[f"blocks.{i}.att.time_decay"].astype(np.float64)), -s,
-                                   rtol=16 * np.finfo(np.float32).eps)
-    w16 = load_checkpoint(fixture(CPP / "tiny-rwkv-4v0-660K-FP16.bin")).weights
-    for k, v in w32.items():  # rwkv.cpp's converter keeps 1-D tensors in float32
-        expected = v if v.ndim == 1 else v.astype(np.float16).astype(np.float32)
-        assert np.array_equal(w16[k], expected), k
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -171,7 +142,7 @@ def test_sharded_hf_folder_and_tokenizer_found(tmp_path):
 
 def test_tokenizer_beside_a_pth(tmp_path):
     write_torch_zip(tmp_path / "m.pth", tiny_weights())
-    shutil.copy(fixture(SHARED / "fixtures" / "tokenizer" / "20B_tokenizer.json"), tmp_path)
+    shutil.copy(need(TOKENIZER_JSON), tmp_path)
     assert load_checkpoint(tmp_path / "m.pth").tokenizer_path == tmp_path / "20B_tokenizer.json"
 
 
@@ -230,7 +201,7 @@ def test_broken_config_json(tmp_path):
 
 @pytest.mark.parametrize("cut", [10, 1000, -100])
 def test_truncated_pth(tmp_path, cut):
-    data = fixture(TORCH / "small_fp32.pth").read_bytes()
+    data = need(TORCH_WRITTEN / "small_fp32.pth").read_bytes()
     (tmp_path / "t.pth").write_bytes(data[:cut])
     check_error(tmp_path / "t.pth", "not a readable zip archive")
 
@@ -249,22 +220,6 @@ def test_truncated_safetensors_and_rwkv_cpp(tmp_path):
 def test_legacy_torch_format(tmp_path):
     (tmp_path / "old.pth").write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")
     check_error(tmp_path / "old.pth", r"legacy \(pre-1.6, non-zip\) torch.save format, which is not supported")
-
-
-@pytest.mark.parametrize("data_type, name", [(2, "Q4_0"), (3, "Q4_1"), (7, "Q5_0"), (8, "Q5_1"), (9, "Q8_0")])
-def test_quantized_rwkv_cpp_version_100(tmp_path, data_type, name):
-    # quantized files are read from version 101 on (tests/test_quantize.py); version 100's blocks
-    # had ggml's older layout
-    data = bytearray(rwkv_cpp_bytes(tiny_weights()))
-    data[20:24] = struct.pack("<i", data_type)
-    (tmp_path / "q.bin").write_bytes(bytes(data))
-    check_error(tmp_path / "q.bin", rf"data type {data_type} \({name}\) in a file of version 100, whose quantized "
-                                    "blocks use ggml's layout from before May 2023")
-
-
-def test_rwkv_cpp_header_disagrees(tmp_path):
-    (tmp_path / "h.bin").write_bytes(rwkv_cpp_bytes(tiny_weights(), header=(0x67676D66, 100, 16, 8, 3, 0)))
-    check_error(tmp_path / "h.bin", "the rwkv.cpp header says n_layer=3 but the weights have n_layer=1")
 
 
 def write_pth(tmp_path, raw, name="m.pth"):
@@ -305,21 +260,154 @@ def test_block_indices_with_gap(tmp_path):
 
 def test_not_rwkv_at_all(tmp_path):
     check_error(write_pth(tmp_path, {"fc.weight": np.zeros((2, 2), np.float32)}),
-                r"no emb.weight .* tensor, so not an RWKV-4 checkpoint \(found: fc.weight\)")
+                r"m.pth: no emb.weight tensor, so not an RWKV-4 checkpoint \(found: fc.weight\)$")
+
+
+NEWER = r" \(tensors of a newer architecture than rwkv_np runs, such as RWKV-8\?\)$"
+SIZES_4 = "n_layer=1, n_embd=8, vocab_size=16, ffn_dim=32"
 
 
 @pytest.mark.parametrize("key, match", [
     # a marker of a later version: read as that version, whose other tensors are then missing
-    ("blocks.0.att.ln_x.weight", r"not an RWKV-5\.1 checkpoint: missing tensors \['blocks.0.att.ln_x.bias'"),
-    ("blocks.0.att.gate.weight", r"missing tensor blocks.0.att.time_faaaa \(RWKV-5\.2\)"),
-    ("blocks.0.att.time_maa_x", r"missing tensor blocks.0.att.time_faaaa \(RWKV-6\)"),
-    # a later version's tensor without the marker of any version rwkv_np runs
-    ("blocks.0.att.time_faaaa", "has tensors like 'blocks.0.att.time_faaaa', which RWKV-4 does not have"),
-    ("blocks.0.att.w0", "an unknown or newer RWKV that rwkv_np cannot run")])
+    ("blocks.0.att.ln_x.weight", rf"m.pth: not a valid RWKV-5\.1 checkpoint for {SIZES_4}, n_head=8, head_size=1: "
+                                 r"missing tensor blocks.0.att.ln_x.bias \(expected shape \(8,\)\)$"),
+    ("blocks.0.att.gate.weight", r"m.pth: missing tensor blocks.0.att.time_faaaa \(RWKV-5\.2\)$"),
+    ("blocks.0.att.time_maa_x", r"m.pth: missing tensor blocks.0.att.time_faaaa \(RWKV-6\)$"),
+    # a later version's tensor without the marker of any version rwkv_np runs: one message for all
+    ("blocks.0.att.time_faaaa", rf"m.pth: not a valid RWKV-4 checkpoint for {SIZES_4}: unexpected tensor "
+                                r"blocks.0.att.time_faaaa of shape \(8,\)" + NEWER),
+    ("blocks.0.att.w0", rf"m.pth: not a valid RWKV-4 checkpoint for {SIZES_4}: unexpected tensor blocks.0.att.w0 "
+                        r"of shape \(8,\)" + NEWER)])
 def test_newer_rwkv_versions(tmp_path, key, match):
     raw = tiny_weights()
     raw[key] = np.zeros(8, np.float32)
     check_error(write_pth(tmp_path, raw), match)
+
+
+def test_the_newer_hint_only_when_every_problem_is_an_unexpected_tensor(tmp_path):
+    raw = tiny_weights()
+    raw["blocks.0.att.time_faaaa"] = np.zeros(8, np.float32)
+    raw["blocks.0.att.w0"] = np.zeros(8, np.float32)
+    check_error(write_pth(tmp_path, raw), rf"m.pth: not a valid RWKV-4 checkpoint for {SIZES_4}: unexpected tensor "
+                                          r"blocks.0.att.time_faaaa of shape \(8,\); unexpected tensor "
+                                          r"blocks.0.att.w0 of shape \(8,\)" + NEWER)
+    del raw["blocks.0.ln2.bias"]
+    msg = check_error(write_pth(tmp_path, raw), r"m.pth: not a valid RWKV-4 checkpoint for .*: missing tensor "
+                                                r"blocks.0.ln2.bias \(expected shape \(8,\)\); unexpected tensor")
+    assert "RWKV-8" not in msg
+
+
+def test_more_than_five_problems_are_counted(tmp_path):
+    raw = tiny_weights()
+    for name in ("att.time_first", "att.time_decay", "ln1.bias", "ln2.bias", "att.key.weight", "att.value.weight",
+                 "ffn.time_mix_k"):
+        del raw["blocks.0." + name]
+    msg = check_error(write_pth(tmp_path, raw), r"\(and 2 more problems\)$")
+    assert msg.count("missing tensor") == 5
+
+
+# ---- the later versions' tables: the same one check, one message ------------------------------------
+
+SIZES_52 = "n_layer=3, n_embd=16, vocab_size=40, ffn_dim=24, n_head=2, head_size=8"
+SIZES_7 = SIZES_52 + ", Dw=4, Da=3, Dv=2, Dg=5"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.pop("blocks.1.att.time_decay"),
+     rf"not a valid RWKV-5.2 checkpoint for {SIZES_52}: missing tensor blocks.1.att.time_decay "
+     r"\(expected shape \(2, 8\)\)$"),
+    (lambda f: f.update({"blocks.0.att.bogus": np.zeros(3, np.float32)}),
+     rf"not a valid RWKV-5.2 checkpoint for {SIZES_52}: unexpected tensor blocks.0.att.bogus of shape \(3,\)" + NEWER),
+    (lambda f: f.update({"blocks.2.ffn.key.weight": np.zeros((24, 17), np.float32)}),
+     rf"not a valid RWKV-5.2 checkpoint for {SIZES_52}: tensor blocks.2.ffn.key.weight has shape \(24, 17\), "
+     r"expected \(24, 16\)$"),
+    (lambda f: f.update({"blocks.0.att.time_faaaa": np.zeros((3, 8), np.float32)}),
+     r"cannot split the attention width 16 into heads \(head count 3 read from blocks.0.att.time_faaaa of "
+     r"shape \(3, 8\)\)$"),
+    (lambda f: f.update({"blocks.7.ln1.weight": np.ones(16, np.float32)}),
+     r"block indices must run 0..7 without gaps; blocks \[3, 4, 5, 6\] are missing$"),
+])
+def test_malformed_weights_of_a_later_version_are_named(tmp_path, change, message):
+    flat = random_flat("5.2")
+    change(flat)
+    (tmp_path / "model.safetensors").write_bytes(safetensors_bytes(flat))
+    check_error(tmp_path / "model.safetensors", "model.safetensors: " + message)
+
+
+def test_a_weight_that_is_not_a_float_is_named(tmp_path):
+    data = safetensors_bytes(random_flat("5.2")).replace(
+        b'"blocks.0.att.gate.weight":{"dtype":"F32"', b'"blocks.0.att.gate.weight":{"dtype":"I32"')
+    (tmp_path / "model.safetensors").write_bytes(data)
+    check_error(tmp_path / "model.safetensors", r"model.safetensors: tensor 'blocks.0.att.gate.weight' has dtype "
+                                                "'I32'; only F32, F16 and BF16 are supported")
+
+
+def test_missing_head_tensor_is_named(tmp_path):
+    flat = random_flat("7")
+    del flat["blocks.0.att.r_k"]
+    check_error(write_torch_zip(tmp_path / "m.pth", as_pth_vectors(flat)),
+                r"m.pth: missing tensor blocks.0.att.r_k \(RWKV-7\)$")
+
+
+def test_zero_sizes_are_refused(tmp_path):
+    flat = random_flat("6")
+    for i in range(3):  # the token-shift LoRA's rank read as 4 // 5 = 0
+        flat[f"blocks.{i}.att.time_maa_w1"] = flat[f"blocks.{i}.att.time_maa_w1"][:, :4].copy()
+    check_error(write_torch_zip(tmp_path / "m.pth", as_pth_vectors(flat)),
+                r"m.pth: sizes read off the tensors are zero: Dm=0; not a usable RWKV-6 checkpoint$")
+
+
+def test_later_checkpoint_refusals(tmp_path):
+    flat = random_flat("7")
+    extra = dict(flat, **{"blocks.0.ffn.s_emb.weight": np.zeros((40, 16), np.float32)})
+    check_error(write_torch_zip(tmp_path / "v8.pth", as_pth_vectors(extra)),
+                rf"v8.pth: not a valid RWKV-7 checkpoint for {SIZES_7}: unexpected tensor blocks.0.ffn.s_emb.weight "
+                r"of shape \(40, 16\)" + NEWER)
+    bad = dict(flat)
+    bad["blocks.1.att.w2"] = bad["blocks.1.att.w2"].copy()
+    bad["blocks.1.att.w2"][0, 0] = np.nan
+    check_error(write_torch_zip(tmp_path / "nan.pth", bad), r"nan.pth: tensor blocks.1.att.w2 has 1 non-finite values")
+    short = {k: v for k, v in flat.items() if k != "blocks.2.att.k_a"}
+    check_error(write_torch_zip(tmp_path / "short.pth", short),
+                rf"short.pth: not a valid RWKV-7 checkpoint for {SIZES_7}: missing tensor blocks.2.att.k_a "
+                r"\(expected shape \(16,\)\)$")
+    hf = {"rwkv." + k.replace(".att.", ".attention."): v for k, v in random_flat("5.2").items()}
+    check_error(write_torch_zip(tmp_path / "hf.pth", hf), "hf.pth: Hugging Face names on an RWKV-5.2 checkpoint")
+
+
+# ---- two tensors of the file for one parameter --------------------------------------------------------
+
+def test_two_names_for_one_tensor_are_refused(tmp_path):
+    hf = to_hf_names(tiny_weights())
+    hf["emb.weight"] = hf["rwkv.embeddings.weight"]  # BlinkDL's name beside Hugging Face's
+    (tmp_path / "two.safetensors").write_bytes(safetensors_bytes(hf))
+    check_error(tmp_path / "two.safetensors", r"two.safetensors: tensors 'rwkv.embeddings.weight' and 'emb.weight' "
+                                              r"are both 'emb.weight'; refusing the file$")
+
+
+def test_a_concatenated_tensor_and_its_part_are_refused(tmp_path):
+    converted = to_rwkv_cpp(random_flat("7"), "7")
+    converted["blocks.1.att.x_k"] = converted["blocks.1.att.x_rwkvag"][2, 0].copy()
+    (tmp_path / "two.bin").write_bytes(rwkv_cpp_converted_bytes(converted))
+    check_error(tmp_path / "two.bin", r"two.bin: tensors 'blocks.1.att.x_rwkvag' and 'blocks.1.att.x_k' both hold "
+                                      r"'blocks.1.att.x_k'; refusing the file$")
+
+
+# ---- a reference without a model -----------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["4", "5.1", "5.2", "6", "7"])
+def test_load_reference_gives_the_reference_its_params_and_options(tmp_path, version):
+    flat = random_flat(version) if version != "4" else expected_model_weights(tiny_weights(n_layer=2))
+    path = write_torch_zip(tmp_path / "m.pth", as_pth_vectors(flat))
+    ref, params, options = load_reference(path)
+    arch = registry.get(version)
+    assert ref is registry.reference(arch) and options == load_checkpoint(path).config.reference_options()
+    assert options == ({"eps": 1e-5} if version == "4" else {"eps": 1e-5, "ln_x_eps": 64e-5})
+    for name, a in arch.flatten(params).items():
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a.reshape(flat[name].shape), flat[name])
+    logits, _ = ref.forward(params, [1, 2, 3], **options)
+    assert logits.shape == (3, arch.shapes(load_checkpoint(path).config.dims)["emb.weight"][0])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -341,6 +429,20 @@ def test_non_finite_count_is_exact_across_blocks(tmp_path, dtype, keep_16bit, la
     path = write_torch_zip(tmp_path / "m.pth", raw, dtype)
     with pytest.raises(CheckpointError, match=r"m.pth: tensor emb.weight has 5 non-finite values"):
         load_checkpoint(path, keep_16bit=keep_16bit, lazy_embedding=lazy)
+
+
+@pytest.mark.parametrize("dtype, bad_bits", [("bfloat16", 0x7F80), ("bfloat16", 0xFFC1), ("float16", 0x7C00)])
+def test_keep_16bit_still_refuses_non_finite_weights(tmp_path, dtype, bad_bits):
+    raw = tiny_weights(n_layer=1, C=8, V=16, F=32, seed=5)
+    members = torch_zip_members(raw, dtype)
+    index = list(raw).index("blocks.0.att.key.weight")
+    name, data = members[3 + index]
+    data = bytearray(data)
+    data[10:12] = int(bad_bits).to_bytes(2, "little")
+    members[3 + index] = (name, bytes(data))
+    path = write_zip(tmp_path / "bad.pth", members)
+    with pytest.raises(CheckpointError, match=r"blocks.0.att.key.weight has 1 non-finite values"):
+        load_checkpoint(path, keep_16bit=True, lazy_embedding=True)
 
 
 def test_decay_overflow(tmp_path):
@@ -380,12 +482,10 @@ def test_unsupported_safetensors_dtype(tmp_path):
 
 
 def test_unexpected_reader_bug_still_names_the_file(tmp_path, monkeypatch):
-    import rwkv_np.loading as loading
-
     def broken(buf):
         raise KeyError("oops")
 
-    monkeypatch.setattr(loading, "read_torch_zip", broken)
+    monkeypatch.setattr(torch_zip, "read_torch_zip", broken)
     path = write_torch_zip(tmp_path / "m.pth", tiny_weights())
     with pytest.raises(CheckpointError, match=r"m.pth: internal error while reading \(KeyError: 'oops'\)"):
         load_checkpoint(path)

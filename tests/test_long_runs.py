@@ -2,17 +2,18 @@
 
 The state keeps aa and bb scaled by e^-pp, so they stay bounded by the number of tokens that still
 count (about 1 / w for decay w) whatever the keys do; pp itself follows the keys and falls by w per
-step. Both forms of the network then still give the same logits.
+step. Both forms of the network then still give the same logits. (Slow tier.)
 """
 
 import numpy as np
 import pytest
 
 from rwkv_np import RWKV
-from rwkv_np.state import BB, PP
+from rwkv_np.rwkv4.reference import BB, PP
 
-from _writers import expected_model_weights, tiny_weights
+from helpers import expected_model_weights, tiny_weights
 
+pytestmark = pytest.mark.slow
 STEPS = 100_000
 
 

@@ -4,13 +4,15 @@ import re
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE, TORCH_WRITTEN, need
 
 import rwkv_np
 from rwkv_np import perplexity as P
-from rwkv_np import reference
 from rwkv_np.cli import ASSETS, main
 from rwkv_np.errors import ArgumentError
+from rwkv_np.rwkv4 import reference
+from rwkv_np.tokenizer import NeoXTokenizer
+
+from helpers import SHAKESPEARE, TOKENIZER_JSON, TORCH_WRITTEN, need, tiny_weights, write_torch_zip
 
 
 def _scored(calls):
@@ -41,15 +43,15 @@ def test_plan_errors_name_the_argument(args, message):
 
 
 def _reference_losses(params, tokens):
-    """-ln p of tokens[1:] given the tokens before, by rwkv_np.reference in float32 + a float64 softmax."""
+    """-ln p of tokens[1:] given the tokens before, by RWKV-4's reference in float32 + a float64 softmax."""
     logits = reference.forward(params, tokens)[0].astype(np.float64)
     z = logits[:-1] - logits[:-1].max(1, keepdims=True)
     return -(z[np.arange(len(z)), tokens[1:]] - np.log(np.exp(z).sum(1)))
 
 
 @pytest.fixture(scope="module")
-def small():
-    return rwkv_np.load_model(need(TORCH_WRITTEN / "small_fp32.pth"))
+def small(small_model):
+    return small_model
 
 
 def test_windows_and_carried_state_against_the_reference(small):
@@ -150,11 +152,6 @@ def test_shipped_model_held_out_definition():
 def test_bpe_text_counts_bytes_per_token(capsys, tmp_path):
     """A vocab-50277 model reads the text through the GPT-NeoX tokenizer; the per-byte loss divides
     by the bytes of the scored tokens: all of the text but its first token."""
-    from conftest import TOKENIZER_JSON
-
-    from _writers import write_torch_zip, tiny_weights
-    from rwkv_np.tokenizer import NeoXTokenizer
-
     tok = NeoXTokenizer(need(TOKENIZER_JSON))
     write_torch_zip(tmp_path / "m.pth", tiny_weights(C=8, V=50277, F=32))
     text = "The quick brown fox jumps over the lazy dog.\n" * 6

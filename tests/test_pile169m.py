@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NEOX_JSON = SHARED / "fixtures" / "tokenizer" / "20B_tokenizer.json"
+from helpers import TOKENIZER_JSON as NEOX_JSON
 
 
 def _checkpoint() -> Path:

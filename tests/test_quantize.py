@@ -1,20 +1,20 @@
-"""Quantized weights: ggml's block formats (rwkv.cpp's quantized files) and the int8 mode."""
+"""Quantized weights (rwkv_np/quantize.py): ggml's block formats (rwkv.cpp's quantized files, read
+dequantized or kept in their blocks) and the int8 mode; their compiled products (rwkv_np/products.py).
+What quantization costs, measured on the shipped model: tests/test_experiment_quantization.py."""
 
+import argparse
 import struct
 
 import numpy as np
 import pytest
-from conftest import RWKV_CPP, TORCH_WRITTEN, need
-
-from _writers import (GGML_TYPE_IDS, ggml_quantize, rwkv_cpp_bytes, rwkv_cpp_quantized_bytes,
-                      tiny_weights)
 
 import rwkv_np
-from rwkv_np import kernels as K
+from rwkv_np import cli, products
 from rwkv_np.errors import ArgumentError, CheckpointError
 from rwkv_np.quantize import BLOCK_BYTES, LAYOUT, BlockMatrix, Int8Matrix, dequantize_blocks
 
-PROMPT = [34, 105, 110]  # '"in', the prompt of rwkv.cpp's test
+from helpers import (GGML_TYPE_IDS, PROMPT, RWKV_CPP, TORCH_WRITTEN, ggml_quantize, need, rwkv_cpp_bytes,
+                     rwkv_cpp_quantized_bytes, tiny_weights)
 
 
 # ---- ggml's block formats, on blocks built by hand ---------------------------------------------
@@ -109,7 +109,7 @@ def _random_blocks(fmt, rows, cols, seed):
 
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_blocks_matvec_kernel(fmt):
-    """kernels._dot_blocks (through row_dot) on rows of 3 blocks: the dequantized weights' dot
+    """products._dot_blocks (through row_dot) on rows of 3 blocks: the dequantized weights' dot
     product to float32 rounding. Per block it sums (q - zero) x_k and m x_k separately (each
     product one rounding, n = 96 terms in float32), scales by d and m once, and the reference's
     weights w = d (q - zero) + m are themselves rounded once: at most (n + 3) roundings of
@@ -121,7 +121,7 @@ def test_blocks_matvec_kernel(fmt):
         np.ascontiguousarray(raw.reshape(40, 3, -1)[:, :, m_at:m_at + 2]).view("<f2")[..., 0], 32, axis=1)
     x = np.random.default_rng(6).normal(size=96).astype(np.float32)
     out = np.empty(40, np.float32)
-    K.matvec(raw, x, out)
+    products.matvec(raw, x, out)
     exact = w.astype(np.float64) @ x
     bound = (96 + 3) * 2.0 ** -24 * (np.abs(w - m) @ np.abs(x) + np.abs(m) @ np.abs(x))
     assert np.all(np.abs(out - exact) <= bound), np.max(np.abs(out - exact) / bound)
@@ -129,10 +129,10 @@ def test_blocks_matvec_kernel(fmt):
 
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_blocks_dequantize_kernel(fmt):
-    """kernels.dequantize_blocks_into (the parallel form's) is ggml's arithmetic, bit for bit."""
+    """products.dequantize_blocks_into (the parallel form's) is ggml's arithmetic, bit for bit."""
     raw, w = _random_blocks(fmt, 40, 96, seed=7)
     out = np.full((40, 96), np.nan, np.float32)
-    K.dequantize_blocks_into(raw, K.block_layout(fmt), out)
+    products.dequantize_blocks_into(raw, products.block_layout(fmt), out)
     np.testing.assert_array_equal(out, w)
 
 
@@ -280,17 +280,6 @@ def test_int8_error_is_at_most_half_a_step():
     assert np.all(np.abs(np.asarray(m) - w) <= step / 2 * (1 + 1e-6))
 
 
-def test_int8_matvec_kernel():
-    rng = np.random.default_rng(2)
-    m = Int8Matrix.quantize(rng.normal(size=(50, 72)).astype(np.float32))  # 72 = 2 blocks + 8
-    x = rng.normal(size=72).astype(np.float32)
-    out = np.empty(50, np.float32)
-    K.matvec(m.q, x, out, m.scales)
-    exact = np.asarray(m).astype(np.float64) @ x
-    # float32 sums of 72 terms: each rounding at most 2^-24 relative of a partial sum
-    np.testing.assert_allclose(out, exact, rtol=0, atol=72 * 2.0 ** -24 * (np.abs(np.asarray(m)) @ np.abs(x)).max())
-
-
 def test_bad_quantize_values_name_the_argument(tmp_path):
     path = need(TORCH_WRITTEN / "small_fp32.pth")
     for bad in ("int4", "INT8", 8, True):
@@ -361,39 +350,9 @@ def test_int8_is_refused_for_later_versions():
         rwkv_np.load_model(path, quantize="int8")
 
 
-def test_quantization_experiment_tiny(tmp_path):
-    """experiments/quantization.py end to end on 4 KB of held-out text and a small random shape.
-    The shipped weights are stored fp16, so fp16 changes nothing; coarser steps move the logits
-    more: fp16 (11 significant bits) < bf16 (8) < int8, and Q8_0 < Q5_1 < Q4_1 (steps of 1/127,
-    1/31 and 1/15 of a block's range)."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import REPO, SHAKESPEARE
-
-    need(SHAKESPEARE)
-    out = tmp_path / "q.json"
-    subprocess.run([sys.executable, str(REPO / "experiments" / "quantization.py"), "--tiny", "--out", str(out)],
-                   check=True, capture_output=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
-                                                         "OPENBLAS_NUM_THREADS": "1"})
-    r = json.loads(out.read_text())
-    loss, move = r["loss"], r["logits"]
-    assert list(loss) == ["fp32", "fp16", "bf16", "int8", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
-    assert loss["fp16"] == loss["fp32"] and 1.0 < loss["fp32"] < 2.0
-    assert all(abs(v - loss["fp32"]) < 0.05 for v in loss.values())
-    assert r["bytes_per_weight"]["int8"] == 1.125 and r["bytes_per_weight"]["Q8_0"] == 34 / 32
-    assert move["fp16"]["max_abs"] < move["bf16"]["max_abs"] < move["int8"]["max_abs"]
-    assert move["Q8_0"]["max_abs"] < move["Q5_1"]["max_abs"] < move["Q4_1"]["max_abs"]
-
-
 def test_command_line_keeps_blocks():
     """`generate` and `perplexity` load rwkv.cpp's 4- and 5-bit files with their blocks kept, as
     they keep 16-bit weights 16-bit; --quantize int8 then quantizes the rest (the head)."""
-    import argparse
-
-    from rwkv_np import cli
-
     path = str(need(RWKV_CPP / "tiny-rwkv-4v0-660K-Q5_1.bin"))
     model, _ = cli._load(argparse.Namespace(model=path, tokenizer=None, quantize=None))
     assert model.weight_dtype == "Q5_1"

@@ -1,4 +1,5 @@
-"""The recurrent state: immutable, copyable, saved and loaded exactly, validated."""
+"""The recurrent state (rwkv_np/state.py): immutable, copyable, saved and loaded exactly, validated; for
+RWKV-4 (one (L, 5, C) array) and for the later versions (with the (L, H, N, N) matrices)."""
 
 import io
 import os
@@ -10,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_np import ArgumentError, State
-from rwkv_np.state import PP
-from rwkv_np.reference import PP_EMPTY
+from rwkv_np import ArgumentError, RWKVConfig, State
+from rwkv_np.rwkv4.reference import PP, PP_EMPTY
 
 
 def test_initial_state_is_zero_with_an_empty_running_maximum():
-    s = State.initial(3, 8)
+    s = State.initial(RWKVConfig(n_layer=3, n_embd=8, vocab_size=16, ffn_dim=32))
     assert s.data.shape == (3, 5, 8) and s.data.dtype == np.float32
     assert np.all(s.data[:, PP] == np.float32(PP_EMPTY))
     assert np.count_nonzero(s.data) == 3 * 8
@@ -212,3 +212,49 @@ def test_every_truncation_and_data_corruption_is_our_error(tmp_path):
 def test_state_constructor_refuses_what_is_not_a_real_state(value, message):
     with pytest.raises(ArgumentError, match=r"state: " + message):
         State(value)
+
+
+# --- the later versions' state: a pair of arrays ---------------------------------------------------
+
+def test_initial_state_of_a_later_version_is_zero():
+    s = State.initial(RWKVConfig(n_layer=3, n_embd=16, vocab_size=40, ffn_dim=24, version="7", n_head=2,
+                                 head_size=8))
+    assert s.data.shape == (3, 2, 16) and s.wkv.shape == (3, 2, 8, 8)
+    assert s.data.dtype == s.wkv.dtype == np.float32 and not s.data.any() and not s.wkv.any()
+    assert not s.data.flags.writeable and not s.wkv.flags.writeable
+
+
+def test_later_state_arrays_are_checked():
+    with pytest.raises(ArgumentError, match=r"state wkv: expected an array of shape \(3, H, N, N\)"):
+        State(np.zeros((3, 2, 16)), np.zeros((2, 2, 8, 8)))
+    with pytest.raises(ArgumentError, match=r"state wkv: expected an array of shape \(3, H, N, N\)"):
+        State(np.zeros((3, 2, 16)), np.zeros((3, 2, 8, 4)))  # the matrices are square
+    with pytest.raises(ArgumentError, match="state wkv: contains NaN"):
+        State(np.zeros((3, 2, 16)), np.full((3, 2, 8, 8), np.nan))
+    with pytest.raises(ArgumentError, match=r"state: expected an array of shape \(n_layer, 2, C\)"):
+        State(np.zeros((3, 5, 16)), np.zeros((3, 2, 8, 8)))
+
+
+def test_state_file_of_a_later_version_is_checked(tmp_path):
+    good = State(np.ones((3, 2, 16)), np.full((3, 2, 8, 8), 0.5))
+    good.save(tmp_path / "s.npz")
+    back = State.load(tmp_path / "s.npz")
+    assert back == good and back.wkv.dtype == np.float32 and not back.wkv.flags.writeable
+    assert back != State(np.ones((3, 2, 16)), np.zeros((3, 2, 8, 8)))
+    assert back != State(np.ones((3, 5, 16)))  # an RWKV-4 state is another kind of state
+    # the matrices of another layer count
+    np.savez(tmp_path / "l.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+             rwkv_np_wkv=np.zeros((2, 2, 8, 8), np.float32))
+    with pytest.raises(ArgumentError, match=r"l.npz: not a valid state file: its array has shape \(2, 2, 8, 8\), "
+                                            r"expected \(3, H, N, N\)"):
+        State.load(tmp_path / "l.npz")
+    # compressed members could expand to any size: refused before reading
+    np.savez_compressed(tmp_path / "c.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+                        rwkv_np_wkv=np.zeros((3, 2, 8, 8), np.float32))
+    with pytest.raises(ArgumentError, match="c.npz: not an rwkv_np state file: its 'rwkv_np_state' array is compressed"):
+        State.load(tmp_path / "c.npz")
+    # a float64 wkv member is refused, not converted
+    np.savez(tmp_path / "d.npz", rwkv_np_state=np.zeros((3, 2, 16), np.float32),
+             rwkv_np_wkv=np.zeros((3, 2, 8, 8)))
+    with pytest.raises(ArgumentError, match="d.npz: not a valid state file: its array has dtype float64"):
+        State.load(tmp_path / "d.npz")

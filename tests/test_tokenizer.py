@@ -1,7 +1,6 @@
 """Byte and GPT-NeoX-20B tokenizers, streaming UTF-8, and how the tokenizer file is found."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -9,8 +8,7 @@ from rwkv_np import download
 from rwkv_np.errors import ArgumentError, DownloadError
 from rwkv_np.tokenizer import ByteTokenizer, NeoXTokenizer, Utf8Stream, get_tokenizer, text_to_utf8
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NEOX_JSON = SHARED / "fixtures" / "tokenizer" / "20B_tokenizer.json"
+from helpers import TOKENIZER_JSON as NEOX_JSON
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from rwkv_np.errors import ArgumentError
 from rwkv_np.tokenizer import NeoXTokenizer, get_tokenizer
 from rwkv_np.tokenizer_json import ENCODE_BUDGET_BYTES, GPT2_PATTERN, MAX_TOKENIZER_BYTES
 
-from conftest import TOKENIZER_JSON, need
+from helpers import TOKENIZER_JSON, need
 
 TEXT = "Hello my name is Jasmine. 日本語 ünïcödé 🎉\n\n    x = f(y) + 12345;\t'll 'd  \r\n" * 3
 

@@ -1,6 +1,5 @@
 """The NumPy trainer: init, loss against the inference model, optimiser, checkpoints, resume, CLI."""
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,23 +12,12 @@ from rwkv_np.training import checkpoint as ckpt
 from rwkv_np.training import data as D
 from rwkv_np.training import init, model, optim, run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+from helpers import ASSET, SHAKESPEARE, need
+from helpers import train_args as _args
 
 
 def _shakespeare() -> Path:
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"reference data missing: {SHAKESPEARE}")
-    return SHAKESPEARE
-
-
-def _args(**kw) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    run.add_train_arguments(parser)
-    argv = []
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
-    return parser.parse_args(argv)
+    return need(SHAKESPEARE)
 
 
 def test_init_follows_the_official_recipe():
@@ -174,9 +162,6 @@ def test_default_data_offline_raises_download_error_naming_the_path(tmp_path, mo
     target.parent.mkdir(parents=True)
     target.write_bytes(b"cached")
     assert D.default_data_path() == target
-
-
-ASSET = Path(run.__file__).resolve().parents[1] / "assets" / "rwkv4-shakespeare.safetensors"
 
 
 def test_shipped_model_is_small_float16_and_trained():

@@ -1,7 +1,11 @@
-"""Training survives SIGKILL at any moment: resumed to the end, it equals a run that was never killed.
+"""Training survives SIGKILL at any moment: resumed to the end, it equals a run that was never killed
+(slow tier: real processes, real SIGKILLs).
 
-Real processes, real SIGKILLs: at random moments, and at moments chosen while a checkpoint is being
-written (its .partial file exists), so that several kills land inside the write.
+Half of the kills land at random moments. The other half land inside a checkpoint write, provably: the
+test waits until a write is under way (its .partial file exists), stops the process (SIGSTOP, and waits
+until it is stopped), and only if the .partial file is still there then kills it; a write that finished
+in between lets the process go on (SIGCONT) to the next write. A run saves at every step, so the next
+write comes within a step; no kill moment is left to chance landing inside a write or not.
 """
 
 import json
@@ -14,16 +18,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rwkv_np.training.checkpoint import checkpoint_path, partial_path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+
 STEPS = 80
+KILLS = ("write", "random") * 4  # 4 kills inside checkpoint writes, 4 at random moments, alternating
 
 
 def _cmd(data: Path, out: Path, resume: bool) -> list[str]:
-    # a tiny model saved at every step: a step takes about as long as its checkpoint write, so
-    # random kills fall inside and outside the writes alike
+    # a tiny model saved at every step: a step takes about as long as its checkpoint write
     return [sys.executable, "-m", "rwkv_np", "train", "--data", str(data), "--out", str(out),
             "--n-layer", "1", "--n-embd", "8", "--ctx-len", "8", "--batch-size", "2", "--steps", str(STEPS),
             "--lr", "3e-3", "--warmup", "5", "--save-every", "1", "--eval-every", "1000", "--eval-windows", "2",
@@ -31,11 +39,35 @@ def _cmd(data: Path, out: Path, resume: bool) -> list[str]:
 
 
 def _start(data, out, resume):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen(_cmd(data, out, resume), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    line = p.stdout.readline()  # "training ..." once set up: the steps start now
+    # "training ..." once set up: the steps start now, and the .partial files of an earlier kill are gone
+    # (the trainer's write probes remove them before it prints this line)
+    line = p.stdout.readline()
     assert line.startswith(b"training"), (line, p.stderr.read() if p.poll() is not None else b"")
     return p
+
+
+def _kill_inside_a_write(p: subprocess.Popen, writing: tuple[Path, ...], seconds: float = 60) -> list[str]:
+    """SIGKILL p while it is writing a checkpoint (one of `writing` exists and p is stopped); returns the
+    names of the files being written then, or [] if p finished first."""
+    deadline = time.monotonic() + seconds
+    while p.poll() is None and time.monotonic() < deadline:
+        if not any(f.exists() for f in writing):
+            time.sleep(0.0001)
+            continue
+        os.kill(p.pid, signal.SIGSTOP)
+        _, status = os.waitpid(p.pid, os.WUNTRACED)  # returns once p is stopped (or gone)
+        if not os.WIFSTOPPED(status):  # it ended meanwhile (only a kill from outside could do that)
+            p.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            return []
+        landed = [f.name for f in writing if f.exists()]
+        if landed:  # frozen between the .partial file's creation and its rename: inside the write
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=60)
+            return landed
+        os.kill(p.pid, signal.SIGCONT)  # the write finished just before the stop: wait for the next one
+    return []
 
 
 def _tensors(path: Path) -> dict:
@@ -49,39 +81,35 @@ def _losses(out: Path) -> list:
     return [(r["step"], r["loss"]) for r in recs if "loss" in r]
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_inside_writes_and_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     data = tmp_path / "text.txt"
     data.write_bytes(bytes(np.random.default_rng(0).choice(np.frombuffer(b"the cat sat\n", np.uint8), 20000)))
     ref = tmp_path / "ref.safetensors"
     p = _start(data, ref, resume=False)
-    assert p.wait(timeout=60) == 0, p.stderr.read()
+    assert p.wait(timeout=120) == 0, p.stderr.read()
 
     out = tmp_path / "run.safetensors"
     ckpt = checkpoint_path(out)
     writing = (partial_path(ckpt), partial_path(out))
-    kills, inside = [], 0
-    while True:
+    kills = []
+    for kind in KILLS:
         p = _start(data, out, resume=ckpt.exists())
-        if len(kills) < 10 and (inside < 3 or len(kills) < 5):
-            if len(kills) % 2:  # wait until a checkpoint write is under way, then kill within it
-                deadline = time.monotonic() + 5
-                while not any(f.exists() for f in writing) and time.monotonic() < deadline:
-                    time.sleep(0.0002)
-                time.sleep(rng.uniform(0, 0.0005))
-            else:
-                time.sleep(rng.uniform(0, 0.25))
+        if kind == "write":
+            landed = _kill_inside_a_write(p, writing)
+        else:
+            time.sleep(rng.uniform(0, 0.25))
             p.send_signal(signal.SIGKILL)
             p.wait(timeout=60)
             landed = [f.name for f in writing if f.exists()]
-            inside += bool(landed)
-            kills.append((p.returncode, landed))
-            continue
-        assert p.wait(timeout=60) == 0, p.stderr.read()
-        break
-    note = f"random seed {seed}, kills (return code, files being written): {kills}"
-    assert inside >= 3 and sum(code == -signal.SIGKILL for code, _ in kills) >= 5, note
+        kills.append((kind, p.returncode, landed))
+    note = f"random seed {seed}, kills (where, return code, files being written): {kills}"
+    inside = [k for k in kills if k[0] == "write"]
+    assert all(code == -signal.SIGKILL and landed for _, code, landed in inside), note
+    assert sum(code == -signal.SIGKILL for _, code, _ in kills) >= 7, note  # a random kill may come after the end
+    p = _start(data, out, resume=ckpt.exists())
+    assert p.wait(timeout=120) == 0, p.stderr.read()
     # the model file, the weights and both Adam moments, and every step's loss: all equal
     a, b = _tensors(ref), _tensors(out)
     assert a.keys() == b.keys(), note

@@ -1,5 +1,7 @@
 """experiments/ablations.py, the retrained ablations of issue 11: the tiny campaign end to end, resume,
-the variants' constraints holding through training, and the baseline being `rwkv_np train` itself."""
+the variants' constraints holding through training, and the baseline being `rwkv_np train` itself
+(smoke runs of the script: slow tier); the variants' arguments, the gradient norm of a tied vector and
+the unigram floor (fast)."""
 
 import importlib.util
 import json
@@ -10,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, SHAKESPEARE
 from rwkv_np.errors import ArgumentError
 from rwkv_np.training import checkpoint as ckpt
 from rwkv_np.training import run
@@ -18,7 +19,9 @@ from rwkv_np.training.init import init_params
 from rwkv_np.training.optim import clip_grads
 from rwkv_np.training.variant import Variant
 
-SCRIPT = REPO / "experiments" / "ablations.py"
+from helpers import EXPERIMENTS, REPO, SHAKESPEARE
+
+SCRIPT = EXPERIMENTS / "ablations.py"
 
 
 def _ablations():
@@ -43,6 +46,7 @@ def text(tmp_path_factory):
     return p
 
 
+@pytest.mark.slow
 def test_tiny_campaign_end_to_end_and_skips_finished_runs(tmp_path, text):
     out, runs = tmp_path / "ablations.json", tmp_path / "runs"
     cmd = [sys.executable, str(SCRIPT), "--tiny", "--data", str(text), "--out", str(out), "--runs", str(runs)]
@@ -84,6 +88,7 @@ def _final_params(run_dir, n_layer, C):
                                                       manifest["data_sha256"]}, shapes)[0]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, text):
     A = _ablations()
     whole = A.train_run("tied_decay", 0, A.TINY, text, tmp_path / "whole", "cmd")
@@ -99,6 +104,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, text):
         A.train_run("tied_decay", 0, dict(A.TINY, steps=9), text, tmp_path / "cut", "cmd")
 
 
+@pytest.mark.slow
 def test_the_variants_constraints_hold_after_training(tmp_path, text):
     A = _ablations()
     C, init = 16, init_params(2, 16, 0)
@@ -121,6 +127,7 @@ def test_the_variants_constraints_hold_after_training(tmp_path, text):
                 assert not p[b + "ffn.value.weight"].any() and np.array_equal(p[b + "ln2.weight"], init[b + "ln2.weight"])
 
 
+@pytest.mark.slow
 def test_the_baseline_is_rwkv_np_train_bit_for_bit(tmp_path, text):
     A = _ablations()
     cfg = dict(A.TINY, steps=4, eval_every=2)

@@ -1,23 +1,23 @@
 """experiments/associative_recall.py and its attention model (experiments/attention.py): the task, the
 masked loss, the attention model's hand-written backward against finite differences, RWKV-4's masked
-backward against the training package's, and the script end to end in its --tiny mode."""
+backward against the training package's, the committed results (fast), and the script end to end in its
+--tiny mode (a smoke run: slow tier)."""
 
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
+from rwkv_np.errors import ArgumentError
+from rwkv_np.training import model as rwkv
 
+from helpers import EXPERIMENTS, central_difference
+
+sys.path.insert(0, str(EXPERIMENTS))  # the experiments are scripts, importable from their folder
 import associative_recall as ar  # noqa: E402
 import attention as attn  # noqa: E402
-from rwkv_np.errors import ArgumentError  # noqa: E402
-from rwkv_np.training import model as rwkv  # noqa: E402
-from test_gradcheck import _central_difference  # noqa: E402
 
 
 def test_batch_is_pairs_then_every_key_queried_with_its_value_as_target():
@@ -73,7 +73,7 @@ def test_attention_backward_matches_finite_differences():
         candidates = [i for i in np.ndindex(arr.shape) if name != "emb" or i[0] in used]
         picked = {candidates[j] for j in rng.choice(len(candidates), min(64, len(candidates)), replace=False)}
         only = picked.__contains__
-        num = _central_difference(lambda: ar.masked_loss(attn.forward(p, tokens)[0], targets, mask)[0], arr, 1e-5, only)
+        num = central_difference(lambda: ar.masked_loss(attn.forward(p, tokens)[0], targets, mask)[0], arr, 1e-5, only)
         assert np.abs(num).max() > 1e-6, name  # must not pass on all-zero gradients
         checked = np.zeros(arr.shape, bool)
         checked[tuple(np.array(sorted(picked)).T)] = True
@@ -106,6 +106,7 @@ def test_rwkv_masked_backward_is_the_packages_backward_when_every_position_count
         np.testing.assert_allclose(grads[k], ref[k], rtol=1e-9, atol=1e-13, err_msg=k)
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end_resumes_and_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "ar.json"
     assert ar.main(["--tiny", "--out", str(out)]) == 0

@@ -8,11 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from rwkv_np import cli, schema
+from rwkv_np import cli
 from rwkv_np.errors import ArgumentError, CheckpointError, TrainingError
+from rwkv_np.rwkv4 import ARCH
 from rwkv_np.training import checkpoint as ckpt
 from rwkv_np.training import run
-from test_train import _args
+
+from helpers import train_args as _args
 
 TINY = dict(n_layer=1, n_embd=8, ctx_len=8, batch_size=2, warmup=1, eval_every=1000, eval_windows=2)
 
@@ -91,7 +93,8 @@ def test_sizes_beyond_memory_are_refused_with_the_estimate(tmp_path, text):
     args = _args()
     parts = run.memory_estimate(args, 1_000_000)
     assert parts["parameters, gradients, AdamW moments and checkpoint"] == 32 * run.n_params(4, 128)
-    assert run.n_params(4, 128) == 923_648 == sum(int(np.prod(p.dims(128, 512, 256))) for _, p in schema.params_of(4))
+    assert run.n_params(4, 128) == 923_648 == sum(int(np.prod(p.size({"C": 128, "F": 512, "V": 256})))
+                                                  for _, p, _ in ARCH.params_of(4))
     assert 120e6 < parts["activations"] < 200e6 and parts["data"] == 1_000_000
     run.check_memory(args, 1_000_000, available=250_000_000)
     with pytest.raises(ArgumentError, match=r"--batch-size 16 --ctx-len 128: .*more than the 100.0 MB available"):

@@ -1,27 +1,15 @@
-"""The hand-written backward pass against central finite differences, in float64."""
+"""The trainer's hand-written backward pass (rwkv_np/training) against central finite differences, in
+float64: every parameter, eq. 14's own backward, and the variants of the ablations."""
 
 import numpy as np
 import pytest
 
 from rwkv_np.training.init import init_params
 from rwkv_np.training.model import forward, loss_and_grads
+from rwkv_np.training.variant import Variant
 from rwkv_np.training.wkv_grad import wkv_backward, wkv_forward
 
-
-def _central_difference(f, arr: np.ndarray, h: float, only=None) -> np.ndarray:
-    """d f / d arr by (f(a+h) - f(a-h)) / 2h, entry by entry (arr is perturbed in place and restored)."""
-    out = np.zeros_like(arr)
-    for i in np.ndindex(arr.shape):
-        if only is not None and not only(i):
-            continue
-        old = arr[i]
-        arr[i] = old + h
-        fp = f()
-        arr[i] = old - h
-        fm = f()
-        arr[i] = old
-        out[i] = (fp - fm) / (2 * h)
-    return out
+from helpers import central_difference as _central_difference
 
 
 def _rel_err(num: np.ndarray, ana: np.ndarray) -> float:
@@ -111,8 +99,6 @@ def test_wkv_backward_matches_finite_differences(key_scale, u_scale):
 
 
 # ------------------------------------------------------------------ the variants of the ablations
-
-from rwkv_np.training.variant import Variant  # noqa: E402
 
 _MU = ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k", "ffn.time_mix_r")
 VARIANTS = {

@@ -1,13 +1,15 @@
-"""The trainer's forward against rwkv_np.reference, its initialisation against schema's table and the
-trainer it replaced, and its memory estimate against what it allocates."""
+"""The trainer's forward (rwkv_np/training/model.py) against RWKV-4's reference, its initialisation
+against the parameter table (rwkv_np/rwkv4/params.py) and the trainer it replaced, and its memory
+estimate against what it allocates."""
 
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from rwkv_np import reference, schema
 from rwkv_np.config import RWKVConfig
+from rwkv_np.rwkv4 import reference
+from rwkv_np.rwkv4.params import ARCH, BLOCK, EMBED, OUT, random_weights
 from rwkv_np.training import init, model
 
 F32_EPS = np.finfo(np.float32).eps
@@ -16,14 +18,14 @@ F32_EPS = np.finfo(np.float32).eps
 @pytest.mark.parametrize("seed", [0, 1])
 def test_training_forward_is_the_reference_forward_on_every_row(seed):
     cfg = RWKVConfig(n_layer=3, n_embd=24, vocab_size=256, ffn_dim=96)
-    weights = schema.random_weights(cfg, seed)
+    weights = random_weights(cfg, seed)
     idx = np.random.default_rng(seed).integers(0, 256, (3, 13))
     for dtype in (np.float64, np.float32):
         params = {k: v.astype(dtype) for k, v in weights.items()}
         logits, loss, _ = model.forward(params, idx)
         assert logits.shape == (3, 13, 256) and logits.dtype == dtype and loss is None
-        nested = schema.nest(params, cfg.n_layer, model.EPS)
-        expected = np.stack([reference.forward(nested, row)[0] for row in idx])  # each from the initial state
+        nested = ARCH.nest(params, cfg.n_layer, dtype=None)  # in the params' own dtype
+        expected = np.stack([reference.forward(nested, row, eps=model.EPS)[0] for row in idx])  # each from the initial state
         scale = np.abs(expected).max()
         if dtype == np.float64:
             # the same operations; only eq. 14's scan (compiled, float64 either way) and the products'
@@ -37,7 +39,7 @@ def test_training_forward_is_the_reference_forward_on_every_row(seed):
 
 
 def test_the_loss_is_the_mean_cross_entropy_of_the_logits():
-    params = {k: v.astype(np.float64) for k, v in schema.random_weights(RWKVConfig(2, 16, 256, 64), 3).items()}
+    params = {k: v.astype(np.float64) for k, v in random_weights(RWKVConfig(2, 16, 256, 64), 3).items()}
     rng = np.random.default_rng(3)
     idx, targets = rng.integers(0, 256, (2, 9)), rng.integers(0, 256, (2, 9))
     logits, loss, _ = model.forward(params, idx, targets)
@@ -72,16 +74,16 @@ def test_init_draws_the_same_numbers_as_the_previous_trainer():
         np.testing.assert_allclose(p[name][-1, -2:], last, rtol=0, atol=atol, err_msg=name)
 
 
-def test_init_follows_the_schema_table():
+def test_init_follows_the_parameter_table():
     L, C = 2, 8
     p = init.init_params(L, C, seed=1)
-    table = dict(schema.params_of(L))
+    table = {name: param for name, param, _ in ARCH.params_of(L)}
     assert list(p) == list(table)  # every parameter, in the table's order
     for name, param in table.items():
-        assert p[name].shape == param.dims(C, 4 * C, 256) and p[name].dtype == np.float32, name
+        assert p[name].shape == param.size({"C": C, "F": 4 * C, "V": 256}) and p[name].dtype == np.float32, name
         if param.init in ("ones", "zeros"):
             assert (p[name] == float(param.init == "ones")).all(), name
-    assert {q.init for q in schema.TOP + schema.BLOCK} <= {
+    assert {q.init for q in EMBED + OUT + BLOCK} <= {
         "ones", "zeros", "embedding", "head", "mix_k", "mix_v", "mix_r", "decay", "bonus", "orthogonal",
         "orthogonal_0.1"}
     # ffn.key (F, C): orthonormal columns times sqrt(F/C) = 2

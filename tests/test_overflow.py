@@ -1,5 +1,6 @@
-"""Numbers at the edge: weights that are finite but too large for float32 arithmetic are reported
-as a problem of the weights (naming the checkpoint and where), never blamed on a state nobody passed."""
+"""Overflow in the forward pass: weights that are finite but too large for float32 arithmetic are
+reported as a rwkv_np.ModelError, a problem of the weights (naming the checkpoint and where), never
+blamed on a state nobody passed; for RWKV-4 and for every later version."""
 
 import re
 
@@ -10,7 +11,7 @@ import rwkv_np
 from rwkv_np.errors import ModelError
 from rwkv_np.state import State
 
-from _writers import safetensors_bytes, tiny_weights
+from helpers import LATER, random_flat, safetensors_bytes, tiny_weights
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # NumPy warns about the overflows these weights cause; what is tested is the error that follows
@@ -88,3 +89,44 @@ def test_in_memory_weights_without_a_file(tmp_path):
     bad = rwkv_np.RWKV({k: (np.full_like(v, FLOAT32_MAX) if k == key else v) for k, v in model.weights.items()})
     with pytest.raises(ModelError, match=r"^the model's weights produce non-finite values .* layer 0"):
         bad.forward([0, 1, 2])
+
+
+# ---- the later versions: the one model class reports them the same way ------------------------------
+
+LATER_CASES = [("blocks.0.att.value.weight", r"first in the state of layer 0 \(of 3\)"),
+               ("blocks.1.ffn.value.weight", r"first in the state of layer 2 \(of 3\)"),
+               ("head.weight", r"in the logits \(ln_out and head\)")]
+
+
+def _later_model(tmp_path, version, key=None):
+    flat = random_flat(version, seed=1)
+    if key is not None:
+        flat[key] = (flat[key].astype(np.float64) * 3e38).clip(-FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
+    path = tmp_path / f"v{version}.safetensors"
+    path.write_bytes(safetensors_bytes(flat))
+    return rwkv_np.load_model(path), path
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent"])
+@pytest.mark.parametrize("key, where", LATER_CASES, ids=[c[0] for c in LATER_CASES])
+@pytest.mark.parametrize("version", LATER)
+def test_a_later_versions_huge_weights_are_the_checkpoints_problem(tmp_path, version, key, where, mode):
+    model, path = _later_model(tmp_path, version, key)
+    with pytest.raises(ModelError) as e:
+        model.forward([3, 1, 4, 1, 5], mode=mode)  # no state given
+    message = str(e.value)
+    assert message.startswith(f"the weights of {path} produce non-finite values (inf or NaN) ")
+    assert re.search(where, message), message
+    assert "given state" not in message and "that state" not in message
+
+
+@pytest.mark.parametrize("version", LATER)
+def test_a_given_matrix_state_shares_the_blame(tmp_path, version):
+    model, path = _later_model(tmp_path, version)
+    start = model.init_state()
+    wkv = start.wkv.copy()
+    wkv[1] = FLOAT32_MAX  # finite, so State accepts it; the next token's products overflow
+    with pytest.raises(ModelError, match=rf"the weights of {re.escape(str(path))}, starting from the given state, "
+                                         r"produce non-finite values .*the weights or that state"):
+        model.forward([1, 2], State(start.data, wkv), mode="recurrent")
+    assert np.isfinite(model.forward([1, 2], mode="recurrent")[0]).all()

@@ -1,10 +1,15 @@
-"""benchmarks/blocks.py --quick end to end: every row loads its file as it says and is measured."""
+"""The benchmark scripts' smoke runs (slow tier): benchmarks/blocks.py --quick end to end, every row
+loading its file as it says and measured."""
 
 import re
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_blocks_benchmark_quick():

@@ -1,14 +1,15 @@
-"""Eq. 14: the formula (wkv.py, the oracle), the reference's recurrence, and the compiled step that the
-engine and the trainer share all give the same numbers, and the stable ones never overflow."""
+"""Eq. 14 of RWKV-4: the formula as the paper writes it (rwkv_np/rwkv4/eq14.py, the oracle), the
+reference's recurrence (reference.wkv), and the compiled step that the engine and the trainer share
+(kernels.wkv_step) all give the same numbers, and the stable ones never overflow."""
 
 import numpy as np
 import pytest
 
-from rwkv_np import kernels as K
-from rwkv_np.wkv import exponents, implied_attention, wkv_naive
+from rwkv_np.rwkv4 import kernels as K
+from rwkv_np.rwkv4.eq14 import exponents, implied_attention, wkv_naive
 from rwkv_np.training.wkv_grad import wkv_forward
 
-from _eq14 import empty_state, reference_wkv
+from helpers import empty_state, reference_wkv
 
 F32_EPS = np.finfo(np.float32).eps
 
