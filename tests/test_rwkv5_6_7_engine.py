@@ -22,7 +22,15 @@ from helpers import (DIMS, LATER, PROMPT, SHAKESPEARE, STEM, SUM_TOL, as_pth_vec
 close = assert_close_in_float32  # the engine sums in another order than NumPy: helpers.close_in_float32
 
 
-@pytest.fixture(scope="module", params=[(v, d) for v in STEM for d in ("FP32", "FP16")],
+def cold(*values, version):
+    """pytest.param(*values), in the slow tier unless version is "7": each version's engine compiled for
+    another stored dtype costs ~10 s of Numba on a fresh clone, so the fast tier keeps 16-bit weights
+    kept as stored for RWKV-7 only (and RWKV-4's, tests/test_rwkv4_engine.py); the slow tier, the rest."""
+    return pytest.param(*values, marks=() if version == "7" else pytest.mark.slow)
+
+
+@pytest.fixture(scope="module", params=[(v, "FP32") if d == "FP32" else cold((v, d), version=v)
+                                        for v in STEM for d in ("FP32", "FP16")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny(request):
     version, dtype = request.param
@@ -43,6 +51,18 @@ def test_rwkv_cpp_expected_logits_both_modes(tiny):
         assert abs((logits - expected).sum()) <= SUM_TOL[version, dtype]
         if dtype == "FP32":  # measured: at most 2.1e-6
             assert np.abs(logits - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("version", list(STEM))
+def test_rwkv_cpp_fp16_files_widened_meet_rwkv_cpps_tolerance(version):
+    """The FP16 files with their matrices widened to float32 on loading (the kernels of the FP32 files:
+    in the fast tier for every version, where the kept-16-bit kernels are compiled for RWKV-7 only)."""
+    model = rwkv_np.load_model(tiny_rwkv_cpp(version, "FP16"))
+    assert model.weight_dtype == "float32" and model.source_dtype == "float16"
+    expected = expected_rwkv_cpp(STEM[version])
+    for mode in ("parallel", "recurrent"):
+        logits, _ = model.forward(PROMPT, mode=mode)
+        assert abs((logits - expected).sum()) <= SUM_TOL[version, "FP16"]
 
 
 @pytest.mark.parametrize("version", list(STEM))
@@ -71,7 +91,7 @@ def test_engine_equals_reference_at_every_position(version, tmp_path):
     assert np.abs(model.forward(tokens[100:101], mid)[0] - model.forward(tokens[100:101])[0]).max() > 0.1
 
 
-@pytest.mark.parametrize("version", list(STEM))
+@pytest.mark.parametrize("version", [cold(v, version=v) for v in STEM])
 def test_fp16_kept_as_stored_equals_widened(version):
     path = tiny_rwkv_cpp(version, "FP16")
     kept, wide = rwkv_np.load_model(path, keep_16bit=True), rwkv_np.load_model(path)
@@ -83,9 +103,10 @@ def test_fp16_kept_as_stored_equals_widened(version):
 
 # ---- random models of every version, written as BlinkDL .pth files ----
 
-# bfloat16 for one version only: each stored dtype is another compilation of the kernels
+# bfloat16 for one version only: each stored dtype is another compilation of the kernels (slow tier:
+# the fast tier compiles bfloat16 for RWKV-4, float16 for RWKV-7)
 @pytest.mark.parametrize("version, dtype", [("5.1", "float32"), ("5.2", "float32"), ("6", "float32"),
-                                            ("7", "float32"), ("7", "bfloat16")])
+                                            ("7", "float32"), pytest.param("7", "bfloat16", marks=pytest.mark.slow)])
 def test_random_pth_of_every_version(tmp_path, version, dtype):
     flat = random_flat(version, seed=3)
     path = write_torch_zip(tmp_path / "m.pth", as_pth_vectors(flat), dtype=dtype)
