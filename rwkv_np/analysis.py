@@ -3,6 +3,9 @@
 Every ablation returns a *new* model built from a copy of the weights; the original is untouched.
 Nothing here redefines the network: `trace` calls the reference's functions (rwkv_np/rwkv4/reference.py)
 layer by layer and keeps what they return, and a test checks that it reproduces the model's logits.
+`time_mixing_parts` and `trace_time_mixing` (any version) repeat only the lines of a reference's
+time_mixing that name its intermediates, call its own token_shift, mix/lerp and wkv, advance the
+residual stream with its own `block`, and check each layer's scan state against the block's.
 """
 
 from __future__ import annotations
@@ -296,12 +299,9 @@ def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.
     for p, s in zip(params["blocks"], state):
         att, ffn = p["att"], p["ffn"]
         d = {"x_att": R.layer_norm(x, **p["ln1"], eps=eps)}
-        xx = R.token_shift(d["x_att"], s[R.ATT_X])
-        # eqs. 11-13 as time_mixing computes them, kept; then eq. 14 and the sublayer itself
-        for name, mu, W in (("r", "time_mix_r", "receptance"), ("k", "time_mix_k", "key"), ("v", "time_mix_v", "value")):
-            d[name] = R.mix(d["x_att"], xx, att[mu]) @ att[W].T
-        d["w"] = np.exp(att["time_decay"])
-        d["wkv"], _ = R.wkv(d["w"], att["time_first"], d["k"], d["v"], s[R.AA], s[R.BB], s[R.PP])
+        # eqs. 11-14 as time_mixing computes them, kept; then the sublayer itself
+        parts = time_mixing_parts(R, d["x_att"], (s[R.ATT_X], s[R.AA], s[R.BB], s[R.PP]), att)
+        d.update((key, parts[key]) for key in ("r", "k", "v", "w", "wkv"))
         d["att_out"], _ = R.time_mixing(d["x_att"], s[R.ATT_X], s[R.AA], s[R.BB], s[R.PP], **att)
         x = x + d["att_out"]
         d["x_ffn"] = R.layer_norm(x, **p["ln2"], eps=eps)
@@ -312,6 +312,149 @@ def trace(model: RWKV, tokens: Sequence[int] | np.ndarray) -> list[dict[str, np.
         d["ffn_out"], _ = R.channel_mixing(d["x_ffn"], s[R.FFN_X], **ffn)
         x = x + d["ffn_out"]
         out.append(d)
+    return out
+
+
+def eq14_empty_state(n_embd: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state (aa, bb, pp) of eq. 14 before any token, (C,) each in `dtype`: a = b = 0, and pp the
+    reference's PP_EMPTY. For the reference's eq. 14 from an empty past:
+    `rwkv_np.rwkv4.reference.wkv(w, u, k, v, *eq14_empty_state(C))` -> (wkv (T, C), (aa, bb, pp))."""
+    return np.zeros(n_embd, dtype), np.zeros(n_embd, dtype), np.full(n_embd, R.PP_EMPTY, dtype)
+
+
+def _version_of(reference) -> str:
+    """"4", "5", "6" or "7": which of rwkv_np's references the module `reference` is."""
+    folder = getattr(reference, "__name__", "").rpartition(".reference")[0].rpartition(".")[2]
+    if folder not in ("rwkv4", "rwkv5", "rwkv6", "rwkv7"):
+        raise ArgumentError(f"expected one of rwkv_np's reference modules (rwkv_np.rwkv4.reference ... "
+                            f"rwkv_np.rwkv7.reference), got {getattr(reference, '__name__', reference)!r}")
+    return folder[4:]
+
+
+def time_mixing_parts(reference, x: np.ndarray, state: tuple, att: dict,
+                      v_first: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """What `reference.time_mixing` computes on its way to its output, for one layer: the token shift,
+    the projections and the inputs and output of its scan `reference.wkv`, from the reference's own
+    functions (token_shift, mix or lerp, sigmoid, wkv) and its lines for the projections, decays and keys.
+
+    reference: the reference module (rwkv_np.rwkv4.reference ... rwkv7.reference: `model.reference`, or
+    the first item of `rwkv_np.loading.load_reference`); x (T, C): the LayerNorm output time mixing
+    takes; state: the layer's state as time_mixing takes it after x, (x_prev, aa, bb, pp) for RWKV-4,
+    (x_prev, S) later; att: the layer's "att" params; v_first: RWKV-7's first-layer values (None in
+    the first layer).
+
+    Keys, as the reference names them: x_shift (T, C); r, k, v; w; the scan's output, "wkv" (T, C) for
+    RWKV-4 (eq. 14), "y" (T, H, N) later; "state": the state after the last token, as time_mixing
+    returns it. RWKV-4: r, k, v (T, C), w = e^time_decay and u (C,). RWKV-5: r, k, v (T, H, N), w and
+    u (H, 1 or N, 1). RWKV-6: w (T, H, N) this token's decay, u (H, N, 1). RWKV-7: k is k~ (the
+    replacement key), w, a (the in-context rate) and kappa_hat (the removal key) (T, H, N), and
+    "v_first" for the next layers.
+    """
+    version = _version_of(reference)
+    ref = reference
+    T = len(x)
+    x_prev, *scan_state = state
+    xx = ref.token_shift(x, x_prev)  # (T, C)
+    out = {"x_shift": xx}
+    if version == "4":
+        aa, bb, pp = scan_state
+        for name, mu, W in (("r", "time_mix_r", "receptance"), ("k", "time_mix_k", "key"), ("v", "time_mix_v", "value")):
+            out[name] = ref.mix(x, xx, att[mu]) @ att[W].T  # eqs. 11-13
+        w, u = np.exp(att["time_decay"]), att["time_first"]
+        out["wkv"], (aa, bb, pp) = ref.wkv(w, u, out["k"], out["v"], aa, bb, pp)  # eq. 14
+        out.update(w=w, u=u, state=(x[-1], aa, bb, pp))
+        return out
+    (S,) = scan_state
+    if version == "5":
+        H = S.shape[0]
+        N = att["key"].shape[0] // H
+        r, k, v = ((ref.mix(x, xx, att[mu]) @ att[W].T).reshape(T, H, N)
+                   for mu, W in (("time_mix_r", "receptance"), ("time_mix_k", "key"), ("time_mix_v", "value")))
+        w = np.exp(-np.exp(att["time_decay"])).reshape(H, -1, 1)  # (H, 1 or N, 1)
+        u = (np.exp(att["time_first"]) if att.get("time_faaaa") is None else att["time_faaaa"]).reshape(H, -1, 1)
+        y, S = ref.wkv(r, k, v, w, u, S)
+    elif version == "6":
+        H, N = att["time_faaaa"].shape
+        lora_in = np.tanh(ref.lerp(x, xx, att["time_maa_x"]) @ att["time_maa_w1"])  # (T, 5 D)
+        m = np.einsum("tcd,cde->cte", lora_in.reshape(T, 5, -1), att["time_maa_w2"])  # (5, T, C)
+        lambdas = (att[f"time_maa_{c}"] for c in "wkvrg")
+        xw, xk, xv, xr, xg = (ref.lerp(x, xx, lam + mc) for lam, mc in zip(lambdas, m))
+        r, k, v = ((z @ att[W].T).reshape(T, H, N) for z, W in ((xr, "receptance"), (xk, "key"), (xv, "value")))
+        d = att["time_decay"] + np.tanh(xw @ att["time_decay_w1"]) @ att["time_decay_w2"]  # (T, A)
+        w4 = np.exp(-np.exp(d)).reshape(T, H, N, 1)
+        u = att["time_faaaa"][:, :, None]  # (H, N, 1)
+        y, S = ref.wkv(r, k, v, w4, u, S)
+        w = w4[..., 0]  # (T, H, N)
+    else:
+        H, N = att["r_k"].shape
+        xr, xw, xk, xv, xa = (ref.lerp(x, xx, att[mu]) for mu in ("x_r", "x_w", "x_k", "x_v", "x_a"))
+        r, k, v = xr @ att["receptance"].T, xk @ att["key"].T, xv @ att["value"].T  # (T, A)
+        w = np.exp(-np.exp(np.float32(-0.5)) * ref.sigmoid(att["w0"] + np.tanh(xw @ att["w1"]) @ att["w2"]))
+        a = ref.sigmoid(att["a0"] + (xa @ att["a1"]) @ att["a2"])  # (T, A)
+        kappa = (k * att["k_k"]).reshape(T, H, N)
+        kappa_hat = kappa / np.maximum(np.linalg.norm(kappa, axis=-1, keepdims=True), 1e-12)  # (T, H, N)
+        k = k * (1 + (a - 1) * att["k_a"])  # k~
+        if v_first is None:
+            v_first = v
+        else:
+            v = ref.lerp(v, v_first, ref.sigmoid(att["v0"] + (xv @ att["v1"]) @ att["v2"]))
+        r, w, k, v, a = (z.reshape(T, H, N) for z in (r, w, k, v, a))
+        y, S = ref.wkv(r, w, k, v, kappa_hat, a, S)
+        out.update(a=a, kappa_hat=kappa_hat, v_first=v_first)
+    out.update(r=r, k=k, v=v, w=w, y=y, state=(x[-1], S))
+    if version != "7":
+        out["u"] = u
+    return out
+
+
+def trace_time_mixing(reference, params: dict, tokens: Sequence[int] | np.ndarray, state=None,
+                      **options) -> list[dict[str, np.ndarray]]:
+    """`time_mixing_parts` of every layer, for a parallel pass of `tokens` from `state` (None: the
+    initial state): the embedding and ln0, then per layer ln1 and the parts of its time mixing, the
+    residual stream advanced by the reference's own `block`. Any version, for the reference module
+    and nested params of `rwkv_np.loading.load_reference` (or a model's `reference` and `params`);
+    options: the reference's epsilons (`eps`, `ln_x_eps`), as forward takes them.
+
+    Returns a list, one dict per layer (keys: see `time_mixing_parts`). Each layer's scan state after
+    the last token is checked to equal the one `block` computed, bit for bit: the parts are what the
+    reference's time mixing computed."""
+    version = _version_of(reference)
+    ref = reference
+    eps = options.get("eps", 1e-5)
+    blocks = params["blocks"]
+    tokens = np.asarray(tokens)
+    if state is None:
+        att, C = blocks[0]["att"], params["emb"].shape[1]
+        if version == "4":
+            state = ref.initial_state(len(blocks), C)
+        else:  # heads and head size, read off the params as the reference's forward reads them
+            if version == "5":
+                H = att["time_decay"].shape[0]
+                N = att["key"].shape[0] // H
+            else:
+                H, N = (att["time_faaaa"] if version == "6" else att["r_k"]).shape
+            state = ref.initial_state(len(blocks), C, H, N)
+    x = ref.layer_norm(params["emb"][tokens], **params["ln0"], eps=eps)  # (T, C)
+    out, v_first = [], None
+    for i, p in enumerate(blocks):
+        x_att = ref.layer_norm(x, **p["ln1"], eps=eps)
+        if version == "4":
+            s = state[i]
+            parts = time_mixing_parts(ref, x_att, (s[ref.ATT_X], s[ref.AA], s[ref.BB], s[ref.PP]), p["att"])
+            x, new = ref.block(x, s, **p, eps=eps)
+            same = all(np.array_equal(a, new[row]) for a, row in zip(parts["state"][1:], (ref.AA, ref.BB, ref.PP)))
+        else:
+            shift, S = state[0][i], state[1][i]
+            parts = time_mixing_parts(ref, x_att, (shift[ref.ATT_X], S), p["att"], v_first)
+            if version == "7":
+                x, _, new_S, v_first = ref.block(x, shift, S, v_first, **p, **options)
+            else:
+                x, _, new_S = ref.block(x, shift, S, **p, **options)
+            same = np.array_equal(parts["state"][1], new_S)
+        if not same:
+            raise AssertionError(f"trace_time_mixing: layer {i}'s scan state differs from the reference's "
+                                 f"({ref.__name__}): time_mixing_parts no longer follows its time_mixing")
+        out.append(parts)
     return out
 
 
