@@ -22,14 +22,14 @@ from helpers import (DIMS, LATER, PROMPT, SHAKESPEARE, STEM, SUM_TOL, as_pth_vec
 close = assert_close_in_float32  # the engine sums in another order than NumPy: helpers.close_in_float32
 
 
-def cold(*values, version):
-    """pytest.param(*values), in the slow tier unless version is "7": each version's engine compiled for
-    another stored dtype costs ~10 s of Numba on a fresh clone, so the fast tier keeps 16-bit weights
-    kept as stored for RWKV-7 only (and RWKV-4's, tests/test_rwkv4_engine.py); the slow tier, the rest."""
-    return pytest.param(*values, marks=() if version == "7" else pytest.mark.slow)
+def kept_16bit(*values):
+    """pytest.param(*values) in the slow tier: each version's engine compiled for another stored dtype
+    costs 10-16 s of Numba on a fresh clone, so the fast tier runs the later versions' engines on float32
+    (and 16-bit weights kept as stored on RWKV-4: tests/test_rwkv4_engine.py); the slow tier, on 16-bit."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 
 
-@pytest.fixture(scope="module", params=[(v, "FP32") if d == "FP32" else cold((v, d), version=v)
+@pytest.fixture(scope="module", params=[(v, "FP32") if d == "FP32" else kept_16bit((v, d))
                                         for v in STEM for d in ("FP32", "FP16")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny(request):
@@ -56,7 +56,7 @@ def test_rwkv_cpp_expected_logits_both_modes(tiny):
 @pytest.mark.parametrize("version", list(STEM))
 def test_rwkv_cpp_fp16_files_widened_meet_rwkv_cpps_tolerance(version):
     """The FP16 files with their matrices widened to float32 on loading (the kernels of the FP32 files:
-    in the fast tier for every version, where the kept-16-bit kernels are compiled for RWKV-7 only)."""
+    in the fast tier, where the kernels reading 16-bit weights are not compiled for the later versions)."""
     model = rwkv_np.load_model(tiny_rwkv_cpp(version, "FP16"))
     assert model.weight_dtype == "float32" and model.source_dtype == "float16"
     expected = expected_rwkv_cpp(STEM[version])
@@ -91,7 +91,7 @@ def test_engine_equals_reference_at_every_position(version, tmp_path):
     assert np.abs(model.forward(tokens[100:101], mid)[0] - model.forward(tokens[100:101])[0]).max() > 0.1
 
 
-@pytest.mark.parametrize("version", [cold(v, version=v) for v in STEM])
+@pytest.mark.parametrize("version", [kept_16bit(v) for v in STEM])
 def test_fp16_kept_as_stored_equals_widened(version):
     path = tiny_rwkv_cpp(version, "FP16")
     kept, wide = rwkv_np.load_model(path, keep_16bit=True), rwkv_np.load_model(path)
@@ -103,10 +103,9 @@ def test_fp16_kept_as_stored_equals_widened(version):
 
 # ---- random models of every version, written as BlinkDL .pth files ----
 
-# bfloat16 for one version only: each stored dtype is another compilation of the kernels (slow tier:
-# the fast tier compiles bfloat16 for RWKV-4, float16 for RWKV-7)
+# bfloat16 for one version only: each stored dtype is another compilation of the kernels (slow tier)
 @pytest.mark.parametrize("version, dtype", [("5.1", "float32"), ("5.2", "float32"), ("6", "float32"),
-                                            ("7", "float32"), pytest.param("7", "bfloat16", marks=pytest.mark.slow)])
+                                            ("7", "float32"), kept_16bit("7", "bfloat16")])
 def test_random_pth_of_every_version(tmp_path, version, dtype):
     flat = random_flat(version, seed=3)
     path = write_torch_zip(tmp_path / "m.pth", as_pth_vectors(flat), dtype=dtype)
@@ -124,14 +123,15 @@ def test_random_pth_of_every_version(tmp_path, version, dtype):
         close(model.forward(tokens, mode=mode, return_all=True)[0], want)
 
 
-def test_bare_safetensors_fp16_kept_and_lazy_embedding(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", kept_16bit("float16")])
+def test_bare_safetensors_kept_as_stored_and_lazy_embedding(tmp_path, dtype):
     flat = random_flat("7", seed=5)
     path = tmp_path / "m.safetensors"
-    path.write_bytes(safetensors_bytes(flat, dtype="float16"))
+    path.write_bytes(safetensors_bytes(flat, dtype=dtype))
     model = rwkv_np.load_model(path, keep_16bit=True, lazy_embedding=True)
     assert model.config.version == "7" and model.checkpoint_format == "safetensors"
-    assert model.weight_dtype == "float16" and isinstance(model.weights["emb.weight"], FileRows)
-    widened = {k: v.astype(np.float16).astype(np.float32) for k, v in flat.items()}
+    assert model.weight_dtype == dtype and isinstance(model.weights["emb.weight"], FileRows)
+    widened = {k: v.astype(dtype).astype(np.float32) for k, v in flat.items()}
     tokens = [3, 1, 4, 1, 5, 9, 2, 6]
     want, _ = model.reference.forward(registry.get("7").nest(widened), tokens, **model.reference_options())
     for mode in ("parallel", "recurrent"):
