@@ -48,9 +48,9 @@ def linear_backward(dy, x, W):
     return (dy2 @ W).reshape(x.shape), dy2.T @ x.reshape(-1, x.shape[-1])
 
 
-# forward: reference.layer_norm(x, weight, bias, eps)
+# forward: reference.layer_norm(x, weight, bias, eps=1e-5)
 
-def layer_norm_backward(dy, x, weight, bias, eps):
+def layer_norm_backward(dy, x, weight, bias, eps=EPS):
     """x is the LayerNorm's input. x_hat and 1/sigma are recomputed from it (the reference's
     layer_norm returns only its output; recomputing costs a few passes over x, the products C each)."""
     xc = x - x.mean(-1, keepdims=True)
