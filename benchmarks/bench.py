@@ -79,7 +79,7 @@ def write_aligned_torch_zip(path: Path, tensors: dict[str, np.ndarray], dtype: s
     import struct
     import zipfile
 
-    from _writers import torch_zip_members  # tests/_writers.py: torch.save's members, no torch
+    from helpers import torch_zip_members  # tests/helpers.py: torch.save's members, no torch
 
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in torch_zip_members(tensors, dtype):
@@ -301,7 +301,7 @@ def load(path: str, keep_16bit: bool | str):
 def warm_kernel_cache(folder: Path, versions=("4",)) -> None:
     """Compile every kernel signature the children use (on a tiny model saved the same way), so
     that their load times are those of any run but the first: Numba caches compiled code on disk."""
-    from _writers import tiny_weights
+    from helpers import tiny_weights
 
     path = folder / "tiny.pth"
     for version in versions:

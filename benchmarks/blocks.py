@@ -4,7 +4,7 @@
 
 Writes bench.py's random weights of the 169M shape (12 x 768, vocab 50277) to a temporary folder: a
 bf16 .pth, and rwkv.cpp files in Q8_0, Q5_1, Q5_0, Q4_1 and Q4_0 as rwkv.cpp's quantize.py writes
-them from its FP16 file (tests/_writers' ggml quantizer, whose blocks are byte-identical to
+them from its FP16 file (tests/helpers.py's ggml quantizer, whose blocks are byte-identical to
 rwkv.cpp's for Q8_0, Q5_1 and Q4_1; the embedding and head stay fp16). Then, round after round, every
 row in a fresh process: load as the row says, 8 warm-up steps, then bench.interleaved_ceiling: seven
 times a 512 MiB matrix-vector product (the read bandwidth now) and 16 generation steps, the
@@ -49,7 +49,7 @@ ROWS = {
 
 
 def write_files(folder: Path, quick: bool) -> None:
-    from _writers import GGML_TYPE_IDS, encode, ggml_quantize, rwkv_cpp_bytes
+    from helpers import GGML_TYPE_IDS, encode, ggml_quantize, rwkv_cpp_bytes
 
     if quick:
         from rwkv_np.config import RWKVConfig

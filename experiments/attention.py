@@ -12,7 +12,7 @@ against the dot product), its time mixing is RWKV-4's with eq. 14 swapped for so
   a block has RWKV-4's 13C^2 matrix entries; embedding and head of the same shapes (no ln0).
 
 Arrays are batch-major here, (B, T, C). Parameters are a flat dict of float arrays (plus "n_head");
-`backward` returns gradients under the same names. tests/test_associative_recall.py checks them
+`backward` returns gradients under the same names. tests/test_experiment_associative_recall.py checks them
 against central finite differences (every array, up to 64 sampled entries each).
 """
 

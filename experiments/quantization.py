@@ -11,9 +11,9 @@ Formats:
     int8   rwkv_np's int8 mode (`load_model(path, quantize="int8")`, rwkv_np/quantize.py): every matrix
            but the embedding (one row of it is read per token)
     Q8_0, Q5_1, Q5_0, Q4_1, Q4_0   rwkv.cpp files as its quantizer writes them, every matrix but the
-           embedding and the head (tests/_writers.py:
-           ggml's reference quantization; the closing note of issue 13 compares its bytes with
-           rwkv.cpp's own quantizer), read back by rwkv_np, which dequantizes them exactly as ggml does.
+           embedding and the head (tests/helpers.py: ggml's reference quantization, whose blocks
+           docs/performance.md compares with rwkv.cpp's own quantizer's), read back by rwkv_np, which
+           dequantizes them exactly as ggml does.
 Loss: nats per byte over all consecutive 256-byte windows of the held-out split (the last 10% of
 tiny shakespeare), each read from the initial state: the shipped model's own definition.
 Logits: a model of the 169M shape with random weights (rwkv_np.rwkv4.params.random_weights), 64 tokens
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent))  # rwkv_np from this checkout when run as a
 sys.path.insert(0, str(HERE.parent / "tests"))  # the rwkv.cpp writer (ggml's quantization)
 
 import rwkv_np  # noqa: E402
-from _writers import bf16_round, rwkv_cpp_quantized_bytes  # noqa: E402
+from helpers import bf16_round, rwkv_cpp_quantized_bytes  # noqa: E402
 from rwkv_np import perplexity  # noqa: E402
 from rwkv_np.cli import default_model_path  # noqa: E402
 from rwkv_np.config import RWKVConfig  # noqa: E402
