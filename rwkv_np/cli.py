@@ -160,7 +160,7 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rwkv-np", description="RWKV-4 language models in NumPy.")
+    parser = argparse.ArgumentParser(prog="rwkv-np", description="RWKV language models (RWKV-4, 5, 6 and 7) in NumPy.")
     sub = parser.add_subparsers(dest="command", metavar="{generate,perplexity,download,train}")
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
                          description="Continue PROMPT with an RWKV-4 model, streaming text to stdout. At the "
