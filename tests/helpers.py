@@ -106,12 +106,13 @@ DIMS = {"V": 40, "C": 16, "L": 3, "A": 16, "F": 24, "H": 2, "N": 8, "Dm": 3, "Dd
 LATER = ("5.1", "5.2", "6", "7")
 
 
-def random_flat(version: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """A flat {BlinkDL name: raw parameter} dict of an architecture's table at DIMS, values in the
-    ranges real checkpoints have (LayerNorm weights near 1, mixes in (0, 1), decays of both kinds)."""
+def random_flat(version: str, seed: int = 0, dims: dict | None = None) -> dict[str, np.ndarray]:
+    """A flat {BlinkDL name: raw parameter} dict of an architecture's table at DIMS (updated by dims),
+    values in the ranges real checkpoints have (LayerNorm weights near 1, mixes in (0, 1), decays of
+    both kinds)."""
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, shape in registry.get(version).shapes(DIMS).items():
+    for name, shape in registry.get(version).shapes(dict(DIMS, **(dims or {}))).items():
         end = name.rsplit(".", 1)[-1]
         if name.endswith(("ln0.weight", "ln1.weight", "ln2.weight", "ln_out.weight", "ln_x.weight")):
             a = 1 + 0.2 * rng.standard_normal(shape)
@@ -336,13 +337,17 @@ def to_rwkv_cpp(flat: dict[str, np.ndarray], version: str, H: int = DIMS["H"]) -
     return {k: (np.stack(v) if isinstance(v, list) else v).astype(np.float32) for k, v in out.items()}
 
 
-def rwkv_cpp_converted_bytes(converted: dict[str, np.ndarray], version: int = 101) -> bytes:
-    """An FP32 rwkv.cpp file holding tensors as given (already converted: `to_rwkv_cpp`)."""
+def rwkv_cpp_converted_bytes(converted: dict[str, np.ndarray], version: int = 101, data_type: int = 0,
+                             store=None) -> bytes:
+    """An rwkv.cpp file holding tensors as given (already converted: `to_rwkv_cpp`), FP32 unless
+    store(name, x) -> (type id, payload bytes) writes a tensor otherwise (None: float32); data_type
+    is the header's."""
     V, C = converted["emb.weight"].shape
     n_layer = len({k.split(".")[1] for k in converted if k.startswith("blocks.")})
-    out = [struct.pack("<6i", RWKV_CPP_MAGIC, version, V, C, n_layer, 0)]
+    out = [struct.pack("<6i", RWKV_CPP_MAGIC, version, V, C, n_layer, data_type)]
     for name, x in converted.items():
-        out.append(rwkv_cpp_record(name, x, 0, encode(x, "float32")))
+        t, payload = (store(name, x) if store is not None else None) or (0, encode(x, "float32"))
+        out.append(rwkv_cpp_record(name, x, t, payload))
     return b"".join(out)
 
 

@@ -8,17 +8,19 @@ import struct
 import numpy as np
 import pytest
 
+import rwkv_np
 from rwkv_np import registry
 from rwkv_np.errors import CheckpointError
 from rwkv_np.formats import rwkv_cpp
+from rwkv_np.formats.base import FileRows
 from rwkv_np.formats.rwkv_cpp import read_rwkv_cpp
 from rwkv_np.loading import load_checkpoint, load_reference
 from rwkv_np.rwkv4 import reference as reference_v4
 from rwkv_np.rwkv5 import reference as reference_v5
 
-from helpers import (DIMS, PROMPT, RWKV_CPP, as_pth_vectors, expected_model_weights, expected_rwkv_cpp, need,
-                     random_flat, rwkv_cpp_bytes, rwkv_cpp_converted_bytes, tiny_rwkv_cpp, tiny_weights,
-                     to_rwkv_cpp, write_torch_zip)
+from helpers import (DIMS, GGML_TYPE_IDS, PROMPT, RWKV_CPP, as_pth_vectors, assert_close_in_float32,
+                     expected_model_weights, expected_rwkv_cpp, ggml_quantize, need, random_flat, rwkv_cpp_bytes,
+                     rwkv_cpp_converted_bytes, tiny_rwkv_cpp, tiny_weights, to_rwkv_cpp, write_torch_zip)
 
 
 def check_error(path, match):
@@ -184,3 +186,70 @@ def test_model_ready_weights_of_a_written_file(tmp_path):
     for name, a in ck.weights.items():
         if a.ndim == 2:  # the matrices stored as FP16, the vectors float32
             np.testing.assert_array_equal(a, want[name].astype(np.float16).astype(np.float32))
+
+
+# ---- a quantized embedding is never left in the file ---------------------------------------------------
+
+# sizes whose rows are whole blocks of 32 weights, so that every matrix can be quantized
+BLOCK_DIMS = dict(C=32, A=32, N=16, H=2, F=64, V=64)
+
+
+def _quantized_file(path, version: str, fmt: str, emb: str):
+    """An rwkv.cpp file of version 101 (what rwkv.cpp's quantizer writes) of a random model of
+    `version`: the projections in fmt, the embedding stored as `emb` ("Q8_0", "Q4_1", "FP16", ...),
+    the head float32 and the rest as the converter writes them."""
+    def store(name, x):
+        kind = emb if name == "emb.weight" else fmt if x.ndim == 2 and name.endswith(".weight") \
+            and name != "head.weight" else None
+        if kind == "FP16":
+            return 1, x.astype("<f2").tobytes()
+        if kind is not None:
+            return GGML_TYPE_IDS[kind], ggml_quantize(x, kind)
+        return None if version != "4" else (0, x.astype("<f4").tobytes())
+
+    if version == "4":
+        raw = tiny_weights(n_layer=2, C=32, V=64, F=64, seed=4)
+        data = rwkv_cpp_bytes(raw, GGML_TYPE_IDS[fmt], version=101, store=store)
+    else:
+        converted = to_rwkv_cpp(random_flat(version, seed=4, dims=BLOCK_DIMS), version)
+        data = rwkv_cpp_converted_bytes(converted, data_type=GGML_TYPE_IDS[fmt], store=store)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("fmt, emb", [("Q8_0", "Q8_0"), ("Q5_1", "Q8_0"), ("Q4_1", "Q4_1"), ("Q8_0", "Q5_0")])
+@pytest.mark.parametrize("version", ["4", "5.1", "5.2", "6", "7"])
+def test_a_quantized_embedding_loaded_as_the_command_line_loads_it(tmp_path, version, fmt, emb):
+    """The command line asks for the embedding to be left in the file (lazy_embedding); rows of ggml
+    blocks are not rows of float32, so a quantized embedding is dequantized into memory, for every
+    version, and the logits are those of the dequantized weights (the issue's RWKV-6 and RWKV-7
+    Q8_0 files were off by about 3)."""
+    path = _quantized_file(tmp_path / "q.bin", version, fmt, emb)
+    options = dict(keep_16bit=True, keep_blocks=True, lazy_embedding=True)
+    lazy = load_checkpoint(path, **options)
+    plain = load_checkpoint(path)
+    assert (lazy.config.version, lazy.source_dtype) == (version, fmt)
+    e = lazy.weights["emb.weight"]
+    assert type(e) is np.ndarray and e.dtype == np.float32 and e.shape == (64, 32)
+    np.testing.assert_array_equal(e, plain.weights["emb.weight"])
+    # what ggml's dequantization gives (a Q8_0 block: its int8 values times its fp16 scale)
+    stored = read_rwkv_cpp(path.read_bytes())[0]["emb.weight"]
+    np.testing.assert_array_equal(e, stored.read())
+    model = rwkv_np.load_model(path, **options)
+    ref, params, ref_options = load_reference(path)
+    tokens = [1, 17, 63, 0, 42, 5]
+    want, _ = ref.forward(params, tokens, **ref_options)
+    for mode in ("parallel", "recurrent"):
+        assert_close_in_float32(model.forward(tokens, mode=mode, return_all=True)[0], want)
+
+
+@pytest.mark.parametrize("version", ["4", "6", "7"])
+def test_a_16_bit_embedding_of_the_same_file_stays_in_it(tmp_path, version):
+    """The control: an FP16 embedding beside quantized matrices is left in the file with keep_16bit
+    (its rows are elements, contiguous and untransformed), and gives the same logits."""
+    path = _quantized_file(tmp_path / "f16emb.bin", version, "Q8_0", "FP16")
+    lazy = rwkv_np.load_model(path, keep_16bit=True, keep_blocks=True, lazy_embedding=True)
+    assert isinstance(lazy.weights["emb.weight"], FileRows)
+    plain = rwkv_np.load_model(path, keep_16bit=True)
+    tokens = [3, 1, 4, 1, 5, 9]
+    np.testing.assert_array_equal(lazy.forward(tokens, return_all=True)[0], plain.forward(tokens, return_all=True)[0])

@@ -393,6 +393,135 @@ def test_a_concatenated_tensor_and_its_part_are_refused(tmp_path):
                                       r"'blocks.1.att.x_k'; refusing the file$")
 
 
+
+def _hf_twin(name: str) -> tuple[str, str]:
+    """(Hugging Face name, BlinkDL name) of a tensor given by its Hugging Face name."""
+    blink = name.replace("rwkv.embeddings.", "emb.").replace("rwkv.", "").replace(".pre_ln.", ".ln0.")
+    blink = blink.replace(".attention.", ".att.").replace(".feed_forward.", ".ffn.")
+    return name, blink.replace("time_mix_key", "time_mix_k").replace("time_mix_receptance", "time_mix_r")
+
+
+@pytest.mark.parametrize("hf_name", ["rwkv.blocks.1.attention.time_mix_key", "rwkv.blocks.0.pre_ln.weight",
+                                     "rwkv.blocks.1.feed_forward.value.weight", "rwkv.ln_out.bias",
+                                     "rwkv.blocks.0.attention.time_mix_receptance"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_a_hugging_face_name_and_its_blinkdl_twin_are_refused(tmp_path, fmt, hf_name):
+    hf = to_hf_names(tiny_weights(n_layer=2))
+    hf_name, blink = _hf_twin(hf_name)
+    hf[blink] = hf[hf_name] + 1  # another value: keeping either one would be a silent choice
+    path = tmp_path / f"twins.{fmt}"
+    write_torch_zip(path, hf) if fmt == "pth" else path.write_bytes(safetensors_bytes(hf))
+    first, second = sorted([hf_name, blink], key=list(hf).index)
+    check_error(path, rf"twins.{fmt}: tensors '{first}' and '{second}' are both '{blink}'; refusing the file$")
+
+
+def test_two_hugging_face_spellings_and_twins_across_shards_are_refused(tmp_path):
+    hf = to_hf_names(tiny_weights())
+    hf["rwkv.blocks.0.attention.time_mix_k"] = hf["rwkv.blocks.0.attention.time_mix_key"]  # both rename to one
+    (tmp_path / "two.safetensors").write_bytes(safetensors_bytes(hf))
+    check_error(tmp_path / "two.safetensors", r"two.safetensors: tensors 'rwkv.blocks.0.attention.time_mix_key' "
+                r"and 'rwkv.blocks.0.attention.time_mix_k' are both 'blocks.0.att.time_mix_k'; refusing the file$")
+    # a sharded folder whose second shard holds the BlinkDL name of a tensor of the first
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    hf = to_hf_names(tiny_weights())
+    (folder / "a.safetensors").write_bytes(safetensors_bytes(hf))
+    (folder / "b.safetensors").write_bytes(safetensors_bytes({"head.weight": hf["head.weight"],
+                                                              "emb.weight": hf["rwkv.embeddings.weight"]}))
+    weight_map = dict({k: "a.safetensors" for k in hf}, **{"emb.weight": "b.safetensors"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "rwkv"}))
+    with pytest.raises(CheckpointError, match=r"tensor 'head.weight' appears in two shards"):
+        load_checkpoint(folder)
+    (folder / "b.safetensors").write_bytes(safetensors_bytes({"emb.weight": hf["rwkv.embeddings.weight"]}))
+    check_error(folder, r"hf: tensors 'rwkv.embeddings.weight' and 'emb.weight' are both 'emb.weight'; "
+                        r"refusing the file$")
+
+
+@pytest.mark.parametrize("part", "rwkvag")
+def test_each_of_rwkv7s_concatenated_vectors_beside_its_own_tensor_is_refused(tmp_path, part):
+    """rwkv.cpp's x_rwkvag holds x_r, x_w, x_k, x_v, x_a and x_g: a file that also has one of them
+    (the issue's example: att.x_r) is refused whichever it is, naming both tensors."""
+    converted = to_rwkv_cpp(random_flat("7"), "7")
+    converted[f"blocks.2.att.x_{part}"] = converted["blocks.2.att.x_rwkvag"]["rwkvag".index(part), 0] * 0.5
+    (tmp_path / "two.bin").write_bytes(rwkv_cpp_converted_bytes(converted))
+    check_error(tmp_path / "two.bin", rf"two.bin: tensors 'blocks.2.att.x_rwkvag' and 'blocks.2.att.x_{part}' "
+                                      rf"both hold 'blocks.2.att.x_{part}'; refusing the file$")
+
+
+def test_a_collision_made_by_an_architectures_own_rename_is_refused(tmp_path):
+    """The architecture's rename (here RWKV-4 registered with its blocks called `layers.N.`) is a
+    renaming step too: `layers.0.x` beside `blocks.0.x` is refused."""
+    import dataclasses
+
+    from rwkv_np import rwkv4
+    from rwkv_np.architecture import blocks_prefix
+
+    arch = dataclasses.replace(rwkv4.ARCH, name="4-layers", title="RWKV-4 (layers.)", priority=100,
+                               marker="layers.0.att.time_first", rename=blocks_prefix("layers."))
+    raw = {k.replace("blocks.", "layers."): v for k, v in tiny_weights().items()}
+    raw["blocks.0.att.key.weight"] = raw["layers.0.att.key.weight"]
+    registry.register(arch)
+    try:
+        check_error(write_torch_zip(tmp_path / "l.pth", raw), r"l.pth: tensors 'layers.0.att.key.weight' and "
+                                                              r"'blocks.0.att.key.weight' are both "
+                                                              r"'blocks.0.att.key.weight'; refusing the file$")
+    finally:
+        registry.unregister("4-layers")
+
+
+# ---- sizes that are zero ----------------------------------------------------------------------------
+
+# (version, sizes given to the writer, the message): every size read off the tensors is checked at load
+ZERO_SIZES = [
+    ("5.1", dict(A=0, N=0), "sizes read off the tensors are zero: A=0, N=0; not a usable RWKV-5.1 checkpoint$"),
+    ("5.2", dict(A=0, N=0), "sizes read off the tensors are zero: A=0, N=0; not a usable RWKV-5.2 checkpoint$"),
+    ("6", dict(A=0, N=0), "sizes read off the tensors are zero: A=0, N=0; not a usable RWKV-6 checkpoint$"),
+    ("7", dict(A=0, N=0), "sizes read off the tensors are zero: A=0, N=0; not a usable RWKV-7 checkpoint$"),
+    ("6", dict(Dd=0), "sizes read off the tensors are zero: Dd=0; not a usable RWKV-6 checkpoint$"),
+    ("7", dict(Dw=0), "sizes read off the tensors are zero: Dw=0; not a usable RWKV-7 checkpoint$"),
+    ("7", dict(Da=0), "sizes read off the tensors are zero: Da=0; not a usable RWKV-7 checkpoint$"),
+    ("7", dict(Dv=0), "sizes read off the tensors are zero: Dv=0; not a usable RWKV-7 checkpoint$"),
+    ("7", dict(Dg=0), "sizes read off the tensors are zero: Dg=0; not a usable RWKV-7 checkpoint$"),
+    ("4", dict(F=0), r"tensor blocks.0.ffn.key.weight has shape \(0, 16\), expected \(ffn_dim, 16\)$"),
+    ("5.2", dict(F=0), r"tensor blocks.0.ffn.key.weight has shape \(0, 16\), expected \(ffn_dim, 16\)$"),
+    ("7", dict(F=0), r"tensor blocks.0.ffn.key.weight has shape \(0, 16\), expected \(ffn_dim, 16\)$"),
+    ("4", dict(V=0), r"tensor emb.weight has shape \(0, 16\), expected \(vocab_size, n_embd\)$"),
+    ("6", dict(V=0), r"tensor emb.weight has shape \(0, 16\), expected \(vocab_size, n_embd\)$"),
+    ("7", dict(V=0), r"tensor emb.weight has shape \(0, 16\), expected \(vocab_size, n_embd\)$"),
+    ("5.1", dict(C=0), r"tensor emb.weight has shape \(40, 0\), expected \(vocab_size, n_embd\)$"),
+    ("7", dict(H=0, A=16, N=8), r"cannot split the attention width 16 into heads \(head count 0 read from "
+                                r"blocks.0.att.r_k of shape \(0, 8\)\)$"),
+    ("5.2", dict(H=0, A=16, N=8), r"cannot split the attention width 16 into heads \(head count 0 read from "
+                                  r"blocks.0.att.time_faaaa of shape \(0, 8\)\)$"),
+]
+
+
+# rwkv.cpp's converter cannot reshape a tensor into zero heads: those files are BlinkDL's only
+ZERO_CASES = [(fmt, *case) for case in ZERO_SIZES for fmt in ("safetensors", "rwkv.cpp")
+              if fmt == "safetensors" or case[1].get("H") != 0]
+
+
+@pytest.mark.parametrize("fmt, version, dims, message", ZERO_CASES,
+                         ids=[f"{f}-{v}-{','.join(d)}" for f, v, d, _ in ZERO_CASES])
+def test_a_size_that_is_zero_is_refused_at_load(tmp_path, fmt, version, dims, message):
+    """The issue's example (a 5.2 or 7 model with head size 0 loaded, then failed in its first forward
+    with "state wkv: expected ... got (2, 2, 0, 0)"), and every other size that can be zero: heads,
+    head size, attention width, the LoRA ranks, FFN width, vocabulary, channels. Each is refused at
+    load, naming the file, in the BlinkDL names and in rwkv.cpp's."""
+    flat = random_flat(version, dims=dims)
+    if fmt == "safetensors":
+        path = tmp_path / "zero.safetensors"
+        path.write_bytes(safetensors_bytes(as_pth_vectors(flat) if version == "4" else flat))
+    elif version == "4":
+        path = tmp_path / "zero.bin"
+        path.write_bytes(rwkv_cpp_bytes({k: v.reshape(1, 1, -1) if ".time_mix" in k else v for k, v in flat.items()},
+                                        version=101))
+    else:
+        path = tmp_path / "zero.bin"
+        path.write_bytes(rwkv_cpp_converted_bytes(to_rwkv_cpp(flat, version)))
+    check_error(path, rf"{path.name}: {message}")
+
 # ---- a reference without a model -----------------------------------------------------------------
 
 @pytest.mark.parametrize("version", ["4", "5.1", "5.2", "6", "7"])

@@ -11,7 +11,7 @@ import rwkv_np
 from rwkv_np.errors import ModelError
 from rwkv_np.state import State
 
-from helpers import LATER, random_flat, safetensors_bytes, tiny_weights
+from helpers import LATER, random_flat, rwkv_cpp_converted_bytes, safetensors_bytes, tiny_weights, to_rwkv_cpp
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # NumPy warns about the overflows these weights cause; what is tested is the error that follows
@@ -130,3 +130,23 @@ def test_a_given_matrix_state_shares_the_blame(tmp_path, version):
                                          r"produce non-finite values .*the weights or that state"):
         model.forward([1, 2], State(start.data, wkv), mode="recurrent")
     assert np.isfinite(model.forward([1, 2], mode="recurrent")[0]).all()
+
+
+
+@pytest.mark.parametrize("version", LATER)
+def test_a_later_versions_rwkv_cpp_file_loaded_as_the_command_line_loads_it(tmp_path, version):
+    """Another format and the command line's load options (embedding left in the file, 16-bit and
+    blocks kept): huge weights, no state given, are blamed on the weights alone."""
+    flat = random_flat(version, seed=3)
+    key = "blocks.1.att.value.weight"
+    flat[key] = (flat[key].astype(np.float64) * 3e38).clip(-FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
+    path = tmp_path / f"v{version}.bin"
+    path.write_bytes(rwkv_cpp_converted_bytes(to_rwkv_cpp(flat, version)))
+    model = rwkv_np.load_model(path, keep_16bit=True, lazy_embedding=True, keep_blocks=True)
+    for mode in ("parallel", "recurrent"):
+        with pytest.raises(ModelError) as e:
+            model.forward([2, 7, 1, 8], mode=mode)
+        message = str(e.value)
+        assert message.startswith(f"the weights of {path} produce non-finite values (inf or NaN) first in the "
+                                  "state of layer 1 (of 3): some weights are too large for float32 arithmetic"), message
+        assert "given state" not in message and "that state" not in message
