@@ -298,28 +298,6 @@ def _read_data(path_text: str, start_fraction: float) -> bytes:
     return data[int(start_fraction * len(data)):]
 
 
-def _tokenize(tokenizer, data: bytes):
-    """(token ids, bytes per token id) of the text."""
-    import numpy as np
-
-    from .tokenizer import ByteTokenizer
-
-    if isinstance(tokenizer, ByteTokenizer):
-        return np.frombuffer(data, np.uint8).astype(np.int64), np.ones(256, np.int64)
-    # a BPE tokenizer takes a bounded text at once: pieces of ~64 KB cut after a newline (a token
-    # never spans one there, as the pre-tokenizer splits at whitespace runs ending in a newline)
-    ids, a = [], 0
-    while a < len(data):
-        b = min(len(data), a + (64 << 10))
-        if b < len(data):
-            cut = data.rfind(b"\n", a, b)
-            b = cut + 1 if cut > a else b
-        ids += tokenizer.encode(data[a:b].decode("utf-8", errors="surrogateescape"))
-        a = b
-    lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)], np.int64)
-    return np.array(ids, np.int64), lengths
-
-
 def run_perplexity(args) -> int:
     import numpy as np
 
@@ -332,15 +310,15 @@ def run_perplexity(args) -> int:
     data = _read_data(args.data, args.start_fraction)
     with np.errstate(all="ignore"):  # non-finite logits are reported as a ModelError naming the checkpoint
         model, tokenizer = _load(args)
-        tokens, token_bytes = _tokenize(tokenizer, data)
+        tokens, text_bytes = P.tokenize(tokenizer, data)  # and the bytes of the file each token stands for
         if args.max_tokens is not None:
             if args.max_tokens < 2:
                 raise ArgumentError(f"--max-tokens: at least 2, got {args.max_tokens}")
-            tokens = tokens[:args.max_tokens]
+            tokens, text_bytes = tokens[:args.max_tokens], text_bytes[:args.max_tokens]
         P.plan(len(tokens), args.ctx, args.stride, args.carry_state)  # bad options fail before any work
         bar = P.ProgressBar(sys.stderr, len(tokens)) if sys.stderr is not None else None
-        r = P.evaluate(model, tokens, token_bytes, ctx=args.ctx, stride=args.stride, carry_state=args.carry_state,
-                       mode=args.mode, progress=bar)
+        r = P.evaluate(model, tokens, ctx=args.ctx, stride=args.stride, carry_state=args.carry_state,
+                       mode=args.mode, progress=bar, text_bytes=text_bytes)
     name = args.model if args.model is not None else default_model_path().name
     if args.carry_state:
         how = f"one sequence, state carried across ({args.ctx} tokens per call)"
