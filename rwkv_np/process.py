@@ -4,7 +4,10 @@ compiler's code pages. Nothing here runs at import; the command line, the benchm
 """
 
 import os
+import time
 from contextlib import contextmanager
+
+import numpy as np
 
 
 @contextmanager
@@ -72,3 +75,116 @@ def release_compiler_pages() -> int:
             if madvise(start, stop - start, _MADV_PAGEOUT) == 0:
                 advised += stop - start
     return advised
+
+# ---- how many threads, chosen as the machine's load changes --------------------------------------
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _proc_stat_busy() -> float | None:
+    """Seconds of CPU time the whole machine has spent busy (not idle, not waiting for I/O; a virtual
+    machine's stolen time counts as busy) since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != b"cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuUse:
+    """How many cores other processes keep busy, measured between two calls of `others()`: the machine's
+    busy time (/proc/stat) less this process's own CPU time (all its threads), over the wall time.
+    Linux; elsewhere `others()` is None. clock, busy and own are injectable for tests."""
+
+    def __init__(self, clock=time.monotonic, busy=_proc_stat_busy, own=time.process_time):
+        self.clock, self.busy, self.own = clock, busy, own
+        self._last = None
+
+    def others(self) -> float | None:
+        now, busy, own = self.clock(), self.busy(), self.own()
+        last, self._last = self._last, (now, busy, own)
+        if busy is None or last is None or now <= last[0]:
+            return None
+        return max(0.0, ((busy - last[1]) - (own - last[2])) / (now - last[0]))
+
+
+class Threads:
+    """How many threads one kind of parallel work gets (Numba's loops, or BLAS), chosen as the load
+    of the machine changes, so that a loop never waits at its barrier for a thread that has no core.
+
+    Every parallel loop ends when its slowest thread does. With both cores asked for and another
+    program busy on one of them, each of a token's ~50 loops waits for the thread that is not
+    running, and generation falls from tens of tokens per second to a few (benchmarks/busy.py). So,
+    at most every `window` seconds, the cores other processes used since the last look are measured
+    (CpuUse) and the work gets the cores left free: round(cpus - others), at least 1, at most `most`.
+    Where that rule is unsure (others between 0.3 and 0.7 cores beyond a whole number), both counts
+    next to it are timed, per token, under the same load, and the faster is kept. Results do not
+    depend on the count: each output is computed by one thread in the same order whatever the count.
+
+    Use: `with threads.use(n_tokens) as n: work on n threads` (the caller applies n, e.g. with
+    `numba_threads(n)`); the block is timed and counted per token.
+    """
+
+    def __init__(self, most: int, use: CpuUse | None = None, clock=time.monotonic, window: float = 0.2,
+                 cpus: int | None = None):
+        self.most, self.clock, self.window = max(1, int(most)), clock, window
+        self.cpus = cpus or cpu_count()
+        self.cpu_use = use or CpuUse(clock=clock)
+        self.count = self.most
+        self.others = 0.0
+        self._looked = None  # when the load was last measured
+        self._times: dict[tuple[int, int], list[float]] = {}  # (count, load bucket) -> seconds per token
+        self.cpu_use.others()  # the first look only starts the clock
+
+    def _bucket(self) -> int:
+        return int(round(self.others * 4))  # quarters of a core
+
+    def choose(self) -> int:
+        """The count for the next piece of work (the load measured again if `window` has passed)."""
+        now = self.clock()
+        if self._looked is None or now - self._looked >= self.window:
+            others = self.cpu_use.others()
+            if others is not None:
+                self.others = others
+            self._looked = now
+            free = self.cpus - self.others
+            rule = int(min(self.most, max(1, round(free))))
+            unsure = abs(free - round(free)) > 0.3 and self.most > 1
+            self.count = self._timed_choice(rule) if unsure else rule
+        return self.count
+
+    def _timed_choice(self, rule: int) -> int:
+        """Between the two counts around the free cores, the one timed faster under this load; a count
+        not timed yet under this load is tried first."""
+        free = self.cpus - self.others
+        candidates = sorted({int(min(self.most, max(1, c))) for c in (int(free), int(free) + 1)})
+        bucket = self._bucket()
+        untried = [c for c in candidates if len(self._times.get((c, bucket), ())) < 2]
+        if untried:
+            return rule if rule in untried else untried[0]
+        return min(candidates, key=lambda c: float(np.median(self._times[(c, bucket)])))
+
+    def record(self, count: int, seconds: float, tokens: int) -> None:
+        """What a piece of work of `tokens` tokens took with `count` threads (the last 5 are kept)."""
+        if tokens > 0 and seconds > 0:
+            times = self._times.setdefault((count, self._bucket()), [])
+            times.append(seconds / tokens)
+            del times[:-5]
+
+    @contextmanager
+    def use(self, tokens: int = 1):
+        """Choose the count for the block (it is yielded: apply it), and time the block."""
+        n = self.choose()
+        start = self.clock()
+        yield n
+        self.record(n, self.clock() - start, tokens)
