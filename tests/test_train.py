@@ -180,3 +180,69 @@ def test_shipped_model_is_small_float16_and_trained():
     # about +-0.15, so 1.8 separates a trained model from an untrained one (5.5) with room to spare
     _, held = D.load_bytes(_shakespeare())
     assert model.evaluate(ckpt.load_params(ASSET), held, 256, max_windows=8) < 1.8
+
+
+# ---- the evaluation at the end of a run: bounded, with progress ------------------------------------------
+
+def _final_record(out: Path) -> dict:
+    log = [json.loads(line) for line in Path(str(out) + ".log.jsonl").read_text().splitlines()]
+    return [r for r in log if "loss" in r][-1]
+
+
+def test_the_final_evaluation_is_bounded_and_shows_progress(tmp_path, capsys):
+    """The issue's `train --steps 1` on a 600 MB corpus spent minutes evaluating the whole held-out
+    split with nothing shown: --final-eval-windows bounds it (0: the whole split), a progress bar
+    goes to stderr as perplexity's does, and the log says how many windows the loss is over."""
+    data = tmp_path / "text.txt"
+    data.write_bytes(_shakespeare().read_bytes()[:40000])  # held out: 4000 bytes, 499 windows of 8
+    common = dict(data=data, n_layer=1, n_embd=8, ctx_len=8, batch_size=2, steps=1, warmup=1, eval_windows=2)
+    out = tmp_path / "bounded.safetensors"
+    assert run.run_train(_args(out=out, final_eval_windows=40, **common)) == 0
+    err = capsys.readouterr().err
+    rec = _final_record(out)
+    assert (rec["val_windows"], rec["val_final"], rec["val_full"]) == (40, True, False)
+    _, held = D.load_bytes(data)
+    params = ckpt.load_params(out)
+    assert rec["val_loss"] == model.evaluate(params, held, 8, 40)  # the first 40 windows, bit for bit
+    assert "held-out evaluation: 40 of the 499 windows of 8 bytes (--final-eval-windows; 0 for all)" in err
+    assert "] 2/2 " in err and "loss so far" in err  # 40 windows: two batches of 32, the bar on stderr
+    # 0: the whole split, as before
+    whole = tmp_path / "whole.safetensors"
+    assert run.run_train(_args(out=whole, final_eval_windows=0, **common)) == 0
+    rec = _final_record(whole)
+    assert (rec["val_windows"], rec["val_full"]) == (499, True)
+    assert rec["val_loss"] == model.evaluate(ckpt.load_params(whole), held, 8)
+    assert "held-out evaluation: 499 of the 499 windows of 8 bytes\n" in capsys.readouterr().err
+
+
+def test_the_default_bound_keeps_the_shipped_models_evaluation_whole():
+    """The shipped model's recorded held-out loss (rwkv_np/assets/*.json, held_out_loss_float32) is over
+    the whole held-out split of tiny shakespeare at its --ctx-len: its command, which does not name
+    --final-eval-windows, evaluates all of it under the default, as it does at the default --ctx-len;
+    --help states the default."""
+    meta = json.loads(ASSET.with_suffix(".json").read_text())
+    size = meta["training_data"]["bytes"]
+    held = size - int(D.TRAIN_SHARE * size)
+    assert "--final-eval-windows" not in meta["command"]
+    args = _args()
+    for ctx in (meta["ctx_len"], args.ctx_len):
+        assert (held - 1) // ctx <= args.final_eval_windows == run.FINAL_EVAL_WINDOWS
+    parser = run.argparse.ArgumentParser()
+    run.add_train_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "--final-eval-windows FINAL_EVAL_WINDOWS" in text and "0: the whole held-out split" in text
+    assert f"(default: {run.FINAL_EVAL_WINDOWS}," in text
+
+
+def test_export_asset_needs_a_final_evaluation_over_the_whole_split(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_bytes(_shakespeare().read_bytes()[:20000])
+    common = dict(data=data, n_layer=1, n_embd=8, ctx_len=8, batch_size=2, steps=1, warmup=1, eval_windows=2)
+    out = tmp_path / "m.safetensors"
+    assert run.run_train(_args(out=out, final_eval_windows=3, fp16_out=tmp_path / "h.safetensors", **common)) == 0
+    with pytest.raises(ArgumentError, match=r"the run's final evaluation read 3 windows, not the whole held-out split"):
+        run.export_asset(str(out) + ".log.jsonl", tmp_path / "h.safetensors", tmp_path / "asset", "cmd")
+    assert run.run_train(_args(out=out, final_eval_windows=0, fp16_out=tmp_path / "h.safetensors", **common)) == 0
+    meta = run.export_asset(str(out) + ".log.jsonl", tmp_path / "h.safetensors", tmp_path / "asset", "cmd")
+    assert meta["curve"]["val_first_windows"] == [] and meta["training_data"]["bytes"] == 20000
+    assert meta["held_out_loss_float32"] == round(_final_record(out)["val_loss"], 4)

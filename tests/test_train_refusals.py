@@ -1,17 +1,22 @@
 """Every bad training option is refused up front with an ArgumentError naming it; a damaged or
 mismatched training checkpoint is refused on --resume; a diverging run stops naming the step."""
 
+import contextlib
 import json
 import os
+import re
+import signal
+import stat
 import time
 
 import numpy as np
 import pytest
 
-from rwkv_np import cli
+from rwkv_np import cli, files
 from rwkv_np.errors import ArgumentError, CheckpointError, TrainingError
 from rwkv_np.rwkv4 import ARCH
 from rwkv_np.training import checkpoint as ckpt
+from rwkv_np.training import data as D
 from rwkv_np.training import run
 
 from helpers import train_args as _args
@@ -31,7 +36,7 @@ def text(tmp_path):
     ("n_layer", 0), ("n_embd", -1), ("ctx_len", 0), ("batch_size", 0), ("warmup", -1), ("seed", -2),
     ("threads", 0), ("lr", "inf"), ("lr", "nan"), ("lr", 0), ("lr", -1e-3), ("min_lr_ratio", 1.5),
     ("min_lr_ratio", "nan"), ("weight_decay", -0.1), ("weight_decay", "inf"), ("weight_decay", 1000),
-    ("grad_clip", "nan"), ("grad_clip", -1), ("time_budget", 0), ("time_budget", "inf"),
+    ("grad_clip", "nan"), ("grad_clip", -1), ("time_budget", 0), ("time_budget", "inf"), ("final_eval_windows", -1),
 ])
 def test_bad_values_are_refused_before_anything_is_written(tmp_path, text, option, value):
     out = tmp_path / "m.safetensors"
@@ -190,3 +195,117 @@ def test_resume_refuses_a_changed_manifest(finished):
     path.write_bytes(raw.replace(b'\\"step\\": 3,', b'\\"step\\": 2,'))
     with pytest.raises(CheckpointError, match="the manifest does not match its sha256"):
         run.run_train(_args(resume=True, **kw))
+
+
+# ---- FIFOs and other special files: every path a run names is checked before it is opened -----------
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 20):
+    """Fail (instead of blocking the test run forever) if the body takes longer than `seconds`: an open
+    of a FIFO nobody reads or writes would never return."""
+    def expired(*_):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _special(tmp_path, kind: str, name: str):
+    """A FIFO, a folder or a character device at tmp_path/name (the device: /dev/null, by a link)."""
+    path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/null")
+    return path
+
+
+KINDS = {"fifo": r"not a regular file \(a FIFO \(named pipe\)\)", "folder": r"not a regular file \(a folder\)",
+         "device": r"not a regular file \(a character device\)"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("role", ["out", "log", "fp16_out", "resume_ckpt", "resume_log", "out_partial",
+                                  "ckpt_partial", "log_partial"])
+def test_a_special_file_for_any_path_is_refused_naming_the_option(tmp_path, text, role, kind):
+    """The issue's `train --log <fifo>` and `--resume` with <out>.ckpt a FIFO never returned: now every
+    path a run reads or writes, named or derived (<out>.ckpt, the .partial file beside each output), is
+    a regular file or a new one, checked before anything is opened, and the error names the option
+    and the path. Nothing is written."""
+    out = tmp_path / "m.safetensors"
+    kw = dict(data=text, out=out, steps=2, **TINY)
+    if role.startswith("resume"):
+        assert run.run_train(_args(**kw)) == 0  # a finished run to resume
+        kw["resume"] = True
+    target = {"out": ("--out", "m2.safetensors"), "log": ("--log", "log.jsonl"), "fp16_out": ("--fp16-out", "h.st"),
+              "resume_ckpt": ("--resume", "m.safetensors.ckpt"), "resume_log": ("--log", "m.safetensors.log.jsonl"),
+              "out_partial": ("--out", "m2.safetensors.partial"), "ckpt_partial": ("--out", "m2.safetensors.ckpt.partial"),
+              "log_partial": ("--log", "log.jsonl.partial")}[role]
+    option, name = target
+    if role in ("resume_ckpt", "resume_log"):
+        (tmp_path / name).unlink()
+    if role in ("out", "out_partial", "ckpt_partial"):
+        kw["out"] = out = tmp_path / "m2.safetensors"
+    if role in ("log", "log_partial"):
+        kw["log"] = tmp_path / "log.jsonl"
+    if role == "fp16_out":
+        kw["fp16_out"] = tmp_path / "h.st"
+    path = _special(tmp_path, kind, name)
+    shown = out.with_suffix(".safetensors.ckpt") if role == "ckpt_partial" else \
+        tmp_path / "log.jsonl" if role == "log_partial" else out if role == "out_partial" else path
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file() and not p.is_symlink()}
+    with _no_hang(), pytest.raises(ArgumentError) as e:
+        run.run_train(_args(**kw))
+    message = str(e.value)
+    assert message.startswith(f"{option} {shown}: "), message
+    assert re.search(KINDS[kind], message), message
+    if role.endswith("partial"):
+        assert f"its temporary file {path}" in message
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file() and not p.is_symlink()}
+    assert after == before  # nothing written, nothing truncated
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_the_files_module_never_waits_on_a_fifo(tmp_path):
+    """rwkv_np.files, the one reader and writer of the paths a user names: each way in refuses a FIFO
+    without blocking, and so a path swapped for one after the checks (a log becoming a FIFO during a
+    run) is refused, not waited on."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with _no_hang():
+        for call in (lambda: files.open_regular(fifo, f"--x {fifo}"),
+                     lambda: files.read_regular(fifo, f"--x {fifo}", 10, "may have"),
+                     lambda: files.open_writable(fifo, f"--x {fifo}"),
+                     lambda: files.open_writable(fifo, f"--x {fifo}", append=True),
+                     lambda: files.check_writable(fifo, f"--x {fifo}"),
+                     lambda: files.write_atomic(fifo, b"data", f"--x {fifo}")):
+            with pytest.raises(ArgumentError, match=rf"^--x {re.escape(str(fifo))}: not a regular file \(a FIFO"):
+                call()
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # left as it was
+        # a FIFO as the temporary file of an atomic write
+        os.mkfifo(tmp_path / "m.partial")
+        with pytest.raises(ArgumentError, match=r"^--x m: its temporary file .*m.partial: not a regular file \(a FIFO"):
+            files.write_atomic(tmp_path / "m", b"data", "--x m")
+        assert not (tmp_path / "m").exists()
+        # regular files: written, appended to, replaced whole
+        log = tmp_path / "log"
+        with files.open_writable(log, "--log") as f:
+            f.write(b"a\n")
+        with files.open_writable(log, "--log", append=True) as f:
+            f.write(b"b\n")
+        assert log.read_bytes() == b"a\nb\n"
+        files.write_atomic(log, b"c\n")
+        assert log.read_bytes() == b"c\n" and not files.partial_path(log).exists()
+        # the training checkpoint's reader and the data's, through the same opener
+        with pytest.raises(ArgumentError, match=rf"^--resume {re.escape(str(fifo))}: not a regular file"):
+            ckpt.load_training(fifo, {}, {}, f"--resume {fifo}")
+        with pytest.raises(ArgumentError, match=rf"^--data {re.escape(str(fifo))}: not a regular file"):
+            D.read_data(fifo)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArgumentError, CheckpointError
+from ..files import check_writable, open_regular, partial_path, write_atomic
 
 FORMAT = "rwkv_np training checkpoint"
 VERSION = 1
@@ -41,30 +42,10 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".ckpt")
 
 
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where `atomic_write` writes before the rename."""
-    return Path(str(path) + ".partial")
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace path by data so that any reader, at any moment, sees the old or the new file whole."""
-    path = Path(path)
-    tmp = partial_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (not possible on every platform; a kill needs only the rename)
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def atomic_write(path: str | os.PathLike, data: bytes, what: str | None = None) -> None:
+    """Replace path by data so that any reader, at any moment, sees the old or the new file whole
+    (rwkv_np.files.write_atomic: a FIFO or folder at either path is refused, naming `what`)."""
+    write_atomic(path, data, what)
 
 
 def _digest(tensors: dict[str, np.ndarray]) -> str:
@@ -87,9 +68,10 @@ def run_record(args, data_sha256: str) -> dict:
     return {"args": {k: getattr(args, k) for k in MUST_MATCH}, "data_sha256": data_sha256}
 
 
-def save_training(path: str | os.PathLike, params: dict, opt, progress: dict, run: dict) -> None:
+def save_training(path: str | os.PathLike, params: dict, opt, progress: dict, run: dict,
+                  what: str | None = None) -> None:
     """Write the checkpoint: params, opt's moments and step count, progress (step, tokens, elapsed, ...),
-    run (from run_record)."""
+    run (from run_record); `what` names it in errors (default: the path)."""
     from safetensors.numpy import save
 
     parts = {"weights": params, "adam.m": opt.m, "adam.v": opt.v}
@@ -99,7 +81,7 @@ def save_training(path: str | os.PathLike, params: dict, opt, progress: dict, ru
     tensors = dict(params)
     for part in ("adam.m", "adam.v"):
         tensors.update({f"{part}.{k}": v for k, v in parts[part].items()})
-    atomic_write(path, save(tensors, metadata={"manifest": json.dumps(manifest)}))
+    atomic_write(path, save(tensors, metadata={"manifest": json.dumps(manifest)}), what)
 
 
 def _read_header(f, path, size: int) -> dict:
@@ -148,15 +130,16 @@ def _amount(v) -> bool:
     return type(v) in (int, float) and math.isfinite(v) and v >= 0
 
 
-def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[int, ...]]):
+def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[int, ...]], what: str | None = None):
     """Read and verify a checkpoint written by save_training for a run described by run (run_record)
-    whose parameters have these shapes. Returns (params, m, v, manifest); arrays float32, writable."""
+    whose parameters have these shapes. Returns (params, m, v, manifest); arrays float32, writable.
+    It must be a regular file (rwkv_np.files.open_regular; `what` names it in that error)."""
     from safetensors.numpy import load
 
     path = Path(path)
+    f, size = open_regular(path, what or str(path))
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with f:
             manifest = _read_header(f, path, size)
             _check_run(manifest, run, path)
             # three float32 copies of the parameters plus the header: refuse anything larger before
@@ -165,7 +148,9 @@ def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[in
             if size > limit:
                 raise CheckpointError(f"{path}: {size} bytes, more than a checkpoint of these sizes can be")
             f.seek(0)
-            raw = f.read()
+            raw = f.read(limit + 1)
+            if len(raw) > limit:  # it grew while being read
+                raise CheckpointError(f"{path}: more than {limit} bytes, more than a checkpoint of these sizes can be")
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
     try:
@@ -200,13 +185,15 @@ def load_training(path: str | os.PathLike, run: dict, shapes: dict[str, tuple[in
 
 # ------------------------------------------------------------------------------ the model file (--out)
 
-def save_model(path: str | os.PathLike, params: dict, dtype=np.float32, metadata: dict | None = None) -> None:
-    """Safetensors with the checkpoint names (what rwkv_np.load_model reads), written atomically."""
+def save_model(path: str | os.PathLike, params: dict, dtype=np.float32, metadata: dict | None = None,
+               what: str | None = None) -> None:
+    """Safetensors with the checkpoint names (what rwkv_np.load_model reads), written atomically;
+    `what` names it in errors (default: the path)."""
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v.astype(dtype)) for k, v in params.items()},
                 metadata={k: str(v) for k, v in (metadata or {}).items()})
-    atomic_write(path, data)
+    atomic_write(path, data, what)
 
 
 def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -230,20 +217,7 @@ def model_ready(params: dict) -> dict[str, np.ndarray]:
 
 
 def ensure_writable(option: str, path: str | os.PathLike) -> Path:
-    """Check up front that a file can be written at path (creating its folder), so that a run does
-    not fail only at its end. Returns the path."""
-    path = Path(path)
-    if path.is_dir():
-        raise ArgumentError(f"{option} {path}: is a folder; give a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArgumentError(f"{option} {path}: cannot create the folder {path.parent} ({e.strerror or e})") from None
-    probe = partial_path(path)
-    try:
-        with open(probe, "ab"):
-            pass
-        probe.unlink()
-    except OSError as e:
-        raise ArgumentError(f"{option} {path}: cannot write in {path.parent} ({e.strerror or e})") from None
-    return path
+    """Check up front that a file can be written at path (a regular file, or a new file in a folder
+    that takes files, created if missing: rwkv_np.files.check_writable), so that a run does not fail
+    or hang only at its end. Errors start "<option> <path>:". Returns the path."""
+    return check_writable(path, f"{option} {path}")

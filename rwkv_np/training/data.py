@@ -2,7 +2,8 @@
 
 The bytes stay uint8 in memory (a 600 MB corpus takes 600 MB, not the 4.7 GB of int64 ids); batches
 index into them. The file is read into memory rather than memory-mapped, so that a file changed or
-truncated during training cannot pull pages from under the run (SIGBUS).
+truncated during training cannot pull pages from under the run (SIGBUS). It is opened as every path a
+user names is (rwkv_np.files): a FIFO, device or folder is refused, never waited on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArgumentError, DownloadError
+from ..files import open_regular, write_atomic
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -39,10 +41,11 @@ def default_data_path() -> Path:
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHAKESPEARE_SHA256:
         raise DownloadError(f"downloaded {SHAKESPEARE_URL} has sha256 {digest}, expected {SHAKESPEARE_SHA256}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(raw)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create {path.parent} for tiny shakespeare ({e.strerror or e}); pass --data FILE") from None
+    write_atomic(path, raw, f"the tiny shakespeare cache {path}")
     return path
 
 
@@ -60,24 +63,40 @@ def data_size(path: str | os.PathLike) -> int:
     return st.st_size
 
 
-def load_bytes(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """The file's bytes as token ids (uint8), split into the first 90% (train) and the last 10%
-    (held out); both are views of one array."""
-    size = data_size(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8, count=size)
-    except OSError as e:
-        raise ArgumentError(f"--data {path}: cannot read it ({e})") from None
-    if len(data) < size:  # shrunk between stat and read
-        raise ArgumentError(f"--data {path}: changed while being read ({len(data)} of {size} bytes)")
+def read_data(path: str | os.PathLike) -> np.ndarray:
+    """The whole --data file as uint8, read from a regular file (refused otherwise, naming it)."""
+    what = f"--data {path}"
+    f, size = open_regular(path, what)
+    with f:
+        if size < MIN_BYTES:
+            raise ArgumentError(f"{what}: only {size} bytes, need at least {MIN_BYTES}")
+        data = np.empty(size, np.uint8)
+        try:
+            got = f.readinto(memoryview(data))
+        except OSError as e:
+            raise ArgumentError(f"{what}: cannot read it ({e.strerror or e})") from None
+    if got < size:  # shrunk between stat and read
+        raise ArgumentError(f"{what}: changed while being read ({got} of {size} bytes)")
+    return data
+
+
+def split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first 90% (train) and the last 10% (held out) of the bytes: views of data."""
     n = int(TRAIN_SHARE * len(data))
     return data[:n], data[n:]
 
 
+def load_bytes(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The file's bytes as token ids (uint8), split into the first 90% (train) and the last 10%
+    (held out); both are views of one array."""
+    return split(read_data(path))
+
+
 def sha256_of(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MB pieces."""
+    """sha256 of a regular file, read in 1 MB pieces."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    f, _ = open_regular(path, str(path))
+    with f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()

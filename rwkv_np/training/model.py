@@ -263,19 +263,23 @@ def loss_and_grads(params: dict, idx: np.ndarray, targets: np.ndarray,
 
 
 def evaluate(params: dict, data: np.ndarray, ctx: int, max_windows: int | None = None, batch: int = 32,
-             variant: Variant = DEFAULT) -> float:
+             variant: Variant = DEFAULT, progress=None) -> float:
     """Mean cross-entropy (nats/byte) over consecutive non-overlapping ctx-windows of data, each from
-    the initial state (all windows, or the first max_windows)."""
+    the initial state (all windows, or the first max_windows). progress(done batches, all batches,
+    loss so far) after each batch of windows, if given (rwkv_np.perplexity.ProgressBar shows it)."""
     n = (len(data) - 1) // ctx
     if max_windows is not None:
         n = min(n, max_windows)
     total, count = 0.0, 0
+    batches = -(-n // batch)
     for s in range(0, n, batch):
         rows = np.arange(s, min(n, s + batch))
         idx = rows[:, None] * ctx + np.arange(ctx)[None, :]
         _, loss, _ = forward(params, data[idx], data[idx + 1], variant=variant)
         total += loss * idx.size
         count += idx.size
+        if progress is not None:
+            progress(s // batch + 1, batches, total / count)
     return total / count
 
 

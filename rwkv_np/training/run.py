@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -23,11 +24,19 @@ import numpy as np
 
 from ..rwkv4 import params as table
 from ..errors import ArgumentError, TrainingError
+from ..files import open_writable, read_regular
 from . import checkpoint as ckpt
-from .data import SHAKESPEARE_CACHE, SHAKESPEARE_URL, data_size, default_data_path, get_batch, load_bytes, sha256_of
+from .data import SHAKESPEARE_CACHE, SHAKESPEARE_URL, data_size, default_data_path, get_batch, read_data, split
 from .init import VOCAB, init_params
 from .model import activation_bytes, evaluate, loss_and_grads
 from .optim import AdamW, clip_grads, lr_at
+
+#: held-out windows in the evaluation at the end of a run (--final-eval-windows): the whole split of
+#: tiny shakespeare at any --ctx-len of 128 or more (111,540 bytes: 872 windows of 128, 435 of 256,
+#: the shipped model's recorded loss), and a bounded time on a corpus of any size
+FINAL_EVAL_WINDOWS = 1024
+#: the most a --log file may hold when a run resumes and rewrites it (a record is ~150 bytes a step)
+MAX_LOG_BYTES = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -52,7 +61,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
     a("--seed", type=int, default=0, help="seeds the init and the batches")
     a("--eval-every", type=int, default=100, help="steps between held-out evaluations")
-    a("--eval-windows", type=int, default=64, help="held-out windows per interval evaluation (full split at the end)")
+    a("--eval-windows", type=int, default=64, help="held-out windows per interval evaluation")
+    a("--final-eval-windows", type=int, default=FINAL_EVAL_WINDOWS,
+      help="held-out windows of --ctx-len bytes in the evaluation at the end, with a progress bar on stderr; "
+           "0: the whole held-out split, however large (default: %(default)s, the whole split of a corpus up "
+           "to about %(default)s x ctx-len x 10 bytes: all of tiny shakespeare's)"),
     a("--save-every", type=int, default=200, help="steps between checkpoints")
     a("--log", default=None, help="JSONL training log (default: <out>.log.jsonl)")
     a("--resume", action="store_true",
@@ -75,7 +88,7 @@ def check_args(args) -> None:
     for name in ("n_layer", "n_embd", "ctx_len", "batch_size", "steps", "eval_every", "eval_windows", "save_every"):
         if getattr(args, name) < 1:
             raise ArgumentError(f"{_opt(name)} must be >= 1, got {getattr(args, name)}")
-    for name in ("warmup", "seed"):
+    for name in ("warmup", "seed", "final_eval_windows"):
         if getattr(args, name) < 0:
             raise ArgumentError(f"{_opt(name)} must be >= 0, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -150,13 +163,14 @@ def check_memory(args, data_bytes: int, available: int | None) -> None:
                             f"more than the {_size(available)} available; choose smaller sizes")
 
 
-def _trim_log(log_path: Path, step: int) -> None:
+def _trim_log(log_path: Path, step: int, what: str) -> None:
     """Keep the records of the steps up to the checkpoint: the steps after it (done before a kill, not
     saved) are done again, and a record cut by a kill is dropped."""
     if not log_path.exists():
         return
     kept = []
-    for line in log_path.read_text(errors="replace").splitlines():
+    text = read_regular(log_path, what, MAX_LOG_BYTES, "a training log may have").decode("utf-8", "replace")
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
@@ -165,7 +179,28 @@ def _trim_log(log_path: Path, step: int) -> None:
             continue
         if rec.get("event") or (isinstance(rec.get("step"), int) and rec["step"] <= step):
             kept.append(line + "\n")
-    ckpt.atomic_write(log_path, "".join(kept).encode())
+    ckpt.atomic_write(log_path, "".join(kept).encode(), what)
+
+
+def _append(log_path: Path, record: dict, what: str) -> None:
+    """One JSON line added to the log (opened as every path a user names is: rwkv_np.files)."""
+    with open_writable(log_path, what, append=True) as f:
+        f.write((json.dumps(record) + "\n").encode())
+
+
+def _final_evaluation(params, held: np.ndarray, ctx: int, max_windows: int | None) -> tuple[float, int, int]:
+    """(mean loss, windows evaluated, windows in the split) of the evaluation at the end of a run, over
+    the first max_windows windows (None: all), a progress bar on stderr as `perplexity` shows one."""
+    from ..perplexity import ProgressBar
+
+    total = (len(held) - 1) // ctx
+    n = total if max_windows is None else min(total, max_windows)
+    bar = ProgressBar(sys.stderr, n * ctx) if sys.stderr is not None else None
+    if bar is not None:
+        print(f"held-out evaluation: {n} of the {total} windows of {ctx} bytes"
+              + ("" if n == total else " (--final-eval-windows; 0 for all)"), file=sys.stderr, flush=True)
+    loss = evaluate(params, held, ctx, n, progress=bar)
+    return loss, n, total
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -173,11 +208,16 @@ def run_train(args: argparse.Namespace) -> int:
     check_args(args)
     data_path = Path(args.data) if args.data else default_data_path()
     check_memory(args, data_size(data_path), available_memory())
+    # every path the run reads or writes, checked before anything is opened (rwkv_np.files): a regular
+    # file, or a new file in a folder that takes files; never a FIFO, device or folder
     out = ckpt.ensure_writable("--out", args.out)
-    ckpt_path = ckpt.ensure_writable("--out", ckpt.checkpoint_path(out))
+    ckpt_option = "--resume" if args.resume else "--out"  # <out>.ckpt: read to resume, written by every run
+    ckpt_path = ckpt.ensure_writable(ckpt_option, ckpt.checkpoint_path(out))
     log_path = ckpt.ensure_writable("--log", args.log if args.log else str(out) + ".log.jsonl")
     if args.fp16_out:
         ckpt.ensure_writable("--fp16-out", args.fp16_out)
+    names = {"out": f"--out {out}", "ckpt": f"{ckpt_option} {ckpt_path}", "log": f"--log {log_path}",
+             "fp16": f"--fp16-out {args.fp16_out}"}
     if args.resume and not ckpt_path.exists():
         old = Path(str(out) + ".optim.npz")
         hint = (f" ({old} is from an older rwkv_np whose checkpoints were not one atomic unit; it cannot be "
@@ -185,30 +225,31 @@ def run_train(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--resume: no training checkpoint {ckpt_path}{hint}")
     if args.threads:
         set_blas_threads(args.threads)
-    train, held = load_bytes(data_path)
+    data = read_data(data_path)
+    train, held = split(data)
     if len(held) < args.ctx_len + 2 or len(train) < args.ctx_len + 2:
         raise ArgumentError(f"--data {data_path}: too short for --ctx-len {args.ctx_len}")
-    sha = sha256_of(data_path)
+    sha = hashlib.sha256(data).hexdigest()  # of the bytes read, not of the file read again
     run = ckpt.run_record(args, sha)
     shapes = table.ARCH.shapes({"C": args.n_embd, "F": 4 * args.n_embd, "V": VOCAB, "L": args.n_layer})
     step, tokens, elapsed, smooth, finished = 0, 0, 0.0, None, False
     if args.resume:
-        params, m, v, manifest = ckpt.load_training(ckpt_path, run, shapes)
+        params, m, v, manifest = ckpt.load_training(ckpt_path, run, shapes, names["ckpt"])
         opt = AdamW(params, weight_decay=args.weight_decay)
         opt.m, opt.v, opt.t = m, v, manifest["adam_t"]
         step, tokens, elapsed = manifest["step"], manifest["tokens"], float(manifest["elapsed"])
         smooth, finished = manifest.get("smooth"), bool(manifest.get("finished"))
-        _trim_log(log_path, step)
+        _trim_log(log_path, step, names["log"])
     else:  # a new run: its log starts empty, and no checkpoint of an earlier run may be resumed into it
         params = init_params(args.n_layer, args.n_embd, args.seed)
         opt = AdamW(params, weight_decay=args.weight_decay)
-        log_path.write_text("")
+        with open_writable(log_path, names["log"]):
+            pass
         ckpt_path.unlink(missing_ok=True)
     n_par = sum(v.size for v in params.values())
     header = {"event": "start", "data": str(data_path), "sha256": sha, "n_params": int(n_par),
               "args": {k: v for k, v in vars(args).items() if not callable(v)}, "step": step}
-    with open(log_path, "a") as f:
-        f.write(json.dumps(header) + "\n")
+    _append(log_path, header, names["log"])
     print(f"training {n_par:,} parameters on {data_path} ({len(train):,} train / {len(held):,} held-out bytes)",
           flush=True)
     tok_per_step = args.batch_size * args.ctx_len
@@ -225,8 +266,8 @@ def run_train(args: argparse.Namespace) -> int:
         if not all(np.isfinite(v).all() for v in params.values()):
             raise stopped(step, "the weights are no longer finite")
         progress = {"step": step, "tokens": tokens, "elapsed": elapsed, "smooth": smooth, "finished": final}
-        ckpt.save_training(ckpt_path, params, opt, progress, run)
-        ckpt.save_model(out, params, metadata={"step": step})
+        ckpt.save_training(ckpt_path, params, opt, progress, run, names["ckpt"])
+        ckpt.save_model(out, params, metadata={"step": step}, what=names["out"])
         saved_step = model_step = step
 
     t_last = time.time()
@@ -252,18 +293,21 @@ def run_train(args: argparse.Namespace) -> int:
         finished = step == args.steps or timed_out
         if step % args.eval_every == 0 or finished:
             with np.errstate(over="ignore", invalid="ignore"):
-                rec["val_loss"] = evaluate(params, held, args.ctx_len, None if finished else args.eval_windows)
+                if finished:
+                    rec["val_loss"], rec["val_windows"], total = _final_evaluation(
+                        params, held, args.ctx_len, args.final_eval_windows or None)
+                    rec["val_final"] = True
+                    rec["val_full"] = rec["val_windows"] == total  # the whole held-out split
+                else:
+                    rec["val_loss"] = evaluate(params, held, args.ctx_len, args.eval_windows)
             if not math.isfinite(rec["val_loss"]):
                 raise stopped(step, f"the held-out loss is {rec['val_loss']}")
-            if finished:
-                rec["val_full"] = True
             if timed_out and step < args.steps:
                 rec["stopped_early"] = f"--time-budget {args.time_budget} min used"
                 print(f"stopping at step {step}: --time-budget {args.time_budget} min used", flush=True)
             t_last = time.time()
             elapsed += t_last - now
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        _append(log_path, rec, names["log"])
         if step % 10 == 0 or "val_loss" in rec or step == 1:
             tps = tokens / max(elapsed, 1e-9)
             eta = (args.steps - step) * elapsed / step
@@ -275,9 +319,9 @@ def run_train(args: argparse.Namespace) -> int:
         if step % args.save_every == 0 or finished:
             save(finished)
     if model_step != step:  # resumed at the end: a kill may have come between <out>.ckpt and --out
-        ckpt.save_model(out, params, metadata={"step": step})
+        ckpt.save_model(out, params, metadata={"step": step}, what=names["out"])
     if args.fp16_out:
-        ckpt.save_model(args.fp16_out, params, dtype=np.float16)
+        ckpt.save_model(args.fp16_out, params, dtype=np.float16, what=names["fp16"])
     print(f"done: {step} steps, {tokens:,} tokens, {elapsed / 60:.1f} min; wrote {out}", flush=True)
     return 0
 
@@ -310,19 +354,23 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
     data (with sha256), steps, tokens, held-out loss of the float16 weights, wall time, the command, and
     the curve points (train loss averaged over 20 steps; the interval held-out evaluations on the first
     --eval-windows windows; full_curve: [tokens, loss] on the whole held-out split, if measured)."""
-    import shutil
-
-    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    text = read_regular(log_path, f"training log {log_path}", MAX_LOG_BYTES, "a training log may have")
+    recs = [json.loads(line) for line in text.decode("utf-8").splitlines() if line.strip()]
     start = [r for r in recs if r.get("event") == "start"][0]
     steps = [r for r in recs if "loss" in r]
     last = steps[-1]
+    if last.get("val_final") and not last.get("val_full"):
+        raise ArgumentError(f"training log {log_path}: the run's final evaluation read {last.get('val_windows')} "
+                            "windows, not the whole held-out split that held_out_loss_float32 is defined on; "
+                            "train with --final-eval-windows 0 (or more windows than the split has)")
     a = start["args"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / f"{name}.safetensors"
-    shutil.copyfile(fp16_ckpt, dst)
+    ckpt.atomic_write(dst, read_regular(fp16_ckpt, f"float16 weights {fp16_ckpt}", 1 << 34, "a model file may have"))
     params = ckpt.load_params(dst)  # float16 on disk, evaluated in float32
-    _, held = load_bytes(start["data"])
+    data = read_data(start["data"])
+    _, held = split(data)
     fp16_loss = evaluate(params, held, a["ctx_len"])
     # the same split read as one stream by the inference model, the state carried across (RNN use)
     from ..model import RWKV
@@ -342,7 +390,7 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
         "vocab_size": VOCAB, "n_layer": a["n_layer"], "n_embd": a["n_embd"], "ffn_dim": 4 * a["n_embd"],
         "n_params": start["n_params"], "dtype_on_disk": "float16", "file_bytes": dst.stat().st_size,
         "training_data": {"name": "tiny shakespeare", "url": SHAKESPEARE_URL, "sha256": start["sha256"],
-                          "bytes": len(Path(start["data"]).read_bytes()),
+                          "bytes": len(data),
                           "split": "first 90% of the bytes for training, last 10% held out"},
         "ctx_len": a["ctx_len"], "batch_size": a["batch_size"], "steps": last["step"], "tokens": last["tokens"],
         "lr": a["lr"], "warmup": a["warmup"], "min_lr_ratio": a["min_lr_ratio"], "seed": a["seed"],
@@ -361,7 +409,7 @@ def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_
         "command": command,
         "curve": {"train": train_curve, "eval_windows": a["eval_windows"],
                   "val_first_windows": [[r["tokens"], round(r["val_loss"], 4)] for r in steps
-                                        if "val_loss" in r and not r.get("val_full")],
+                                        if "val_loss" in r and not r.get("val_full") and not r.get("val_final")],
                   "val_first_windows_note": f"held-out loss on the first {a['eval_windows']} windows of "
                                             f"{a['ctx_len']} bytes only (an easier stretch than the whole split)",
                   "val_full": full_curve or [[last["tokens"], round(last["val_loss"], 4)]]},
