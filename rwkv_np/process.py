@@ -26,6 +26,64 @@ def numba_threads(n: int | None):
         numba.set_num_threads(before)
 
 
+_BLAS = []  # [(set_num_threads, get_num_threads)] of the loaded OpenBLAS, once found
+
+
+def _openblas():
+    """(set, get) of the OpenBLAS that NumPy loaded, or None (another BLAS, or not found)."""
+    if not _BLAS:
+        import ctypes
+        import glob
+        import sys
+
+        found = None
+        for mod in ("scipy_openblas64", "scipy_openblas32", "numpy.libs", "numpy/.libs"):
+            for base in sys.path:
+                for lib in glob.glob(os.path.join(base, mod, "**", "*openblas*.so*"), recursive=True):
+                    try:
+                        dll = ctypes.CDLL(lib)
+                    except OSError:
+                        continue
+                    for suffix in ("64_", ""):
+                        for prefix in ("scipy_openblas", "openblas"):
+                            setter = getattr(dll, f"{prefix}_set_num_threads{suffix}", None)
+                            getter = getattr(dll, f"{prefix}_get_num_threads{suffix}", None)
+                            if setter is not None and getter is not None and found is None:
+                                found = (setter, getter)
+        _BLAS.append(found)
+    return _BLAS[0]
+
+
+def blas_max_threads() -> int:
+    """The threads NumPy's OpenBLAS uses now (1 where it cannot be told)."""
+    blas = _openblas()
+    return int(blas[1]()) if blas else 1
+
+
+@contextmanager
+def blas_threads(n: int | None):
+    """Run the block with NumPy's OpenBLAS on n threads (None: as it is), then restore. Best effort:
+    nothing happens where the BLAS is not OpenBLAS."""
+    blas = _openblas()
+    if n is None or blas is None:
+        yield
+        return
+    before = int(blas[1]())
+    blas[0](int(n))
+    try:
+        yield
+    finally:
+        blas[0](before)
+
+
+def set_blas_threads(n: int) -> bool:
+    """Best effort: set NumPy's OpenBLAS to n threads for good. True on success."""
+    blas = _openblas()
+    if blas is not None:
+        blas[0](int(n))
+    return blas is not None
+
+
 def short_spin() -> bool:
     """OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=1000 (about 20 us of spinning), unless already set.
 
