@@ -1,7 +1,8 @@
-"""Retrained ablations of RWKV-4 at equal budget (issue 11): every variant trained from scratch on the
-same bytes, for the same steps, model size, batch, context and learning-rate schedule, at 4 seeds.
+"""Retrained ablations of RWKV-4 at equal budget (issues 11 and 23): every variant trained from scratch on
+the same bytes, for the same steps, batch, context and learning-rate schedule, at 4 seeds, and at the
+same model size except where the variant says otherwise (no_ffn, no_ffn_same_depth, no_ffn_wide).
 
-    PYTHONPATH=. python experiments/ablations.py            # the campaign -> experiments/ablations.json
+    PYTHONPATH=. nice -n 19 python experiments/ablations.py   # the campaign -> experiments/ablations.json
     PYTHONPATH=. python experiments/ablations.py --tiny     # a few steps of a tiny model, to a temp folder
     PYTHONPATH=. python experiments/ablations.py --run no_bonus --seed 1   # one run (what the JSON records)
 
@@ -38,7 +39,7 @@ from rwkv_np.training import checkpoint as ckpt  # noqa: E402
 from rwkv_np.training.data import (SHAKESPEARE_CACHE, SHAKESPEARE_SHA256, TRAIN_SHARE, get_batch,  # noqa: E402
                                    load_bytes, sha256_of)
 from rwkv_np.training.init import VOCAB, init_params  # noqa: E402
-from rwkv_np.training.model import evaluate, forward, loss_and_grads  # noqa: E402
+from rwkv_np.training.model import backward, evaluate, forward  # noqa: E402
 from rwkv_np.training.optim import AdamW, clip_grads, lr_at  # noqa: E402
 from rwkv_np.training.variant import Variant  # noqa: E402
 
@@ -46,11 +47,11 @@ RESULTS = REPO / "experiments" / "ablations.json"
 RUNS = REPO / "experiments" / "runs"  # checkpoints (not committed: experiments/.gitignore)
 
 #: the budget every variant gets: 4 x 64, 700 steps of 8 x 128 bytes (717k bytes, 0.7 of a pass over
-#: the training split), far smaller than the shipped model (4 x 128, 16 x 128 per step), so that 36
-#: runs (9 variants x 4 seeds) fit in about an hour on 2 cores shared with other work (one run takes
-#: about 30 s of CPU, no_ffn's 13 blocks about 1.5 times that: some 20 CPU-minutes in all). 4 seeds, not 2: the seed-to-seed spread of one variant (0.036 nats/byte for
-#: the baseline) is as large as several effects, and a 95% interval over n seeds is t(n-1) s / sqrt(n)
-#: wide, with t = 12.7 for 2 seeds and 3.18 for 4.
+#: the training split), far smaller than the shipped model (5 x 192, 12 x 256 bytes per step), so that
+#: 52 runs (13 variants x 4 seeds) fit in about an hour on 2 cores shared with other work (one run takes
+#: about 30 s of CPU, no_ffn's 13 blocks about 1.5 times that). 4 seeds, not 2: the seed-to-seed spread
+#: of one variant (0.036 nats/byte for the baseline) is as large as several effects, and a 95% interval
+#: over n seeds is t(n-1) s / sqrt(n) wide, with t = 12.7 for 2 seeds and 3.18 for 4.
 FULL = {"n_layer": 4, "n_embd": 64, "ctx_len": 128, "batch_size": 8, "steps": 700, "lr": 2e-3, "warmup": 50,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "weight_decay": 0.0, "eval_every": 100, "curve_windows": 64,
         "seeds": [0, 1, 2, 3]}
@@ -81,17 +82,41 @@ VARIANTS = {
     "ffn_first": (Variant(sublayers=("ffn", "att")), "channel mixing before time mixing in every block"),
     "no_ffn": (Variant(sublayers=("att",)),
                "no channel mixing; its parameters given to more time-mixing-only blocks (same total count)"),
+    # issue 23: no_ffn above changes depth (13 blocks against 4) as well as removing channel mixing;
+    # these two keep the depth: the same 4 blocks at the same width (fewer parameters), or wider
+    # (the width whose parameter count is nearest the baseline's)
+    "no_ffn_same_depth": (Variant(sublayers=("att",)),
+                          "no channel mixing, the baseline's blocks and width (so fewer parameters)"),
+    "no_ffn_wide": (Variant(sublayers=("att",)),
+                    "no channel mixing, the baseline's blocks, wider: the width whose count is nearest the baseline's"),
+    # issue 23: u = 0 keeps the current:previous weight ratio independent of w; these tie it to w, the
+    # alternative eq. 14's separate u avoids (training/variant.py, coupled_u)
+    "coupled_u": (Variant(coupled_u=1.0),
+                  "u = w (w = e^time_decay): the current token one more term of the decaying sum, e^{w + k_t}"),
+    "coupled_u_neg": (Variant(coupled_u=-1.0),
+                      "u = -w: the current token weighs e^{-w} times the latest past token at equal keys"),
 }
 
 
+def size_of(name: str, cfg: dict) -> tuple[int, int]:
+    """(blocks, width) of a variant: the budget's, except no_ffn, which gets the number of
+    time-mixing-only blocks whose parameter count is nearest the baseline's, and no_ffn_wide, which
+    keeps the blocks and gets the width whose count is nearest."""
+    L, C = cfg["n_layer"], cfg["n_embd"]
+    if name not in ("no_ffn", "no_ffn_wide"):
+        return L, C
+    base = count_params("baseline", L, C)
+    if name == "no_ffn":
+        return min(range(1, 8 * L), key=lambda n: abs(count_params(name, n, C) - base)), C
+    return L, min(range(C, 4 * C), key=lambda c: abs(count_params(name, L, c) - base))
+
+
 def n_layer_of(name: str, cfg: dict) -> int:
-    """The blocks of a variant: the budget's, except no_ffn, which gets the number of time-mixing-only
-    blocks whose parameter count is nearest the baseline's."""
-    if name != "no_ffn":
-        return cfg["n_layer"]
-    C = cfg["n_embd"]
-    base = count_params("baseline", cfg["n_layer"], C)
-    return min(range(1, 8 * cfg["n_layer"]), key=lambda n: abs(count_params("no_ffn", n, C) - base))
+    return size_of(name, cfg)[0]
+
+
+def n_embd_of(name: str, cfg: dict) -> int:
+    return size_of(name, cfg)[1]
 
 
 def count_params(name: str, n_layer: int, n_embd: int) -> int:
@@ -140,7 +165,7 @@ def unigram_floor(train: np.ndarray, held: np.ndarray, ctx: int, max_windows: in
 
 
 def command_of(name: str, seed: int, args) -> str:
-    parts = ["OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. python experiments/ablations.py",
+    parts = ["OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=. nice -n 19 python experiments/ablations.py",
              f"--run {name} --seed {seed}"]
     if args.tiny:
         parts.append("--tiny")
@@ -154,23 +179,21 @@ def train_run(name: str, seed: int, cfg: dict, data_path: Path, run_dir: Path, c
     """Train one variant at one seed (resuming from run_dir's checkpoint if there is one); returns the
     result, or None when stop_after (a test's simulated kill) ends it early."""
     variant = VARIANTS[name][0]
-    n_layer = n_layer_of(name, cfg)
+    n_layer, n_embd = size_of(name, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "run.ckpt"
     train, held = load_bytes(data_path)
     sha = sha256_of(data_path)
     # what a resumed run must match: the checkpoint refuses any other options or data
-    shaping = {k: cfg[k] for k in ("n_embd", "ctx_len", "batch_size", "steps", "lr", "warmup", "min_lr_ratio",
-                                   "grad_clip", "weight_decay", "eval_every", "curve_windows")}
-    record = {"args": {**shaping, "n_layer": n_layer, "seed": seed, "variant": name}, "data_sha256": sha}
-    shapes = {k: v.shape for k, v in init_params(n_layer, cfg["n_embd"], 0).items()}
+    record = run_record(name, seed, cfg, sha)
+    shapes = {k: v.shape for k, v in init_params(n_layer, n_embd, 0).items()}
     if ckpt_path.exists():
         params, m, v, manifest = ckpt.load_training(ckpt_path, record, shapes)
         opt = AdamW(params, weight_decay=cfg["weight_decay"])
         opt.m, opt.v, opt.t = m, v, manifest["adam_t"]
         step, elapsed, curve = manifest["step"], float(manifest["elapsed"]), manifest["curve"]
     else:
-        params = variant.init(init_params(n_layer, cfg["n_embd"], seed))
+        params = variant.init(init_params(n_layer, n_embd, seed))
         opt = AdamW(params, weight_decay=cfg["weight_decay"])
         step, elapsed, curve = 0, 0.0, []
     once = variant.norm_once(params)
@@ -181,11 +204,15 @@ def train_run(name: str, seed: int, cfg: dict, data_path: Path, run_dir: Path, c
     while step < steps:
         lr = lr_at(step, cfg["lr"], cfg["warmup"], steps, cfg["min_lr_ratio"])
         x, y = get_batch(train, B, ctx, np.random.default_rng([seed, step]))  # as `rwkv_np train` draws them
-        loss, grads = loss_and_grads(params, x, y, variant)
+        # training/model.loss_and_grads, with the parameters handed to the variant's filter (a coupled
+        # variant's chain rule needs them), and a coupled u set from the updated decay after each step
+        _, loss, cache = forward(params, x, y, keep=True, variant=variant)
+        grads = variant.grads(backward(params, cache), params)
         clip_grads(grads, cfg["grad_clip"], once)
         if not math.isfinite(loss):
             raise ArgumentError(f"{name} seed {seed}: the loss is {loss} at step {step + 1}")
         opt.step(params, grads, lr)
+        variant.couple(params)
         step += 1
         window_losses.append(loss)
         if step % cfg["eval_every"] == 0 or step == steps:
@@ -207,7 +234,7 @@ def train_run(name: str, seed: int, cfg: dict, data_path: Path, run_dir: Path, c
     final = evaluate(params, held, ctx, cfg.get("max_eval_windows"), variant=variant)
     eval_time = time.time() - t0
     used, trained = variant.n_params(params)
-    result = {"variant": name, "seed": seed, "n_layer": n_layer, "n_params": used, "n_params_trained": trained,
+    result = {"variant": name, "seed": seed, "n_layer": n_layer, "n_embd": n_embd, "n_params": used, "n_params_trained": trained,
               "held_out_loss": round(final, 5), "train_loss_last_interval": curve[-1]["train"],
               "wall_time_minutes": round(elapsed / 60, 2), "final_eval_minutes": round(eval_time / 60, 2),
               "steps": steps, "tokens": steps * B * ctx, "curve": curve, "command": command,
@@ -220,7 +247,7 @@ def drift(name: str, seed: int, cfg: dict, params: dict) -> dict:
     """How far training moved the per-channel vectors from their initial values, per layer: the RMS
     change of ln w (att.time_decay), u (att.time_first) and the mus, and the mean of u before and after
     (the notebook's "did the decay need to be learned?" reads these)."""
-    init = VARIANTS[name][0].init(init_params(n_layer_of(name, cfg), cfg["n_embd"], seed))
+    init = VARIANTS[name][0].init(init_params(*size_of(name, cfg), seed))
     out = {}
     for key, names in (("time_decay", ("att.time_decay",)), ("time_first", ("att.time_first",)),
                        ("time_mix", ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "ffn.time_mix_k",
@@ -242,15 +269,21 @@ def final_params(run_dir: Path, name: str, seed: int, cfg: dict) -> dict | None:
     p = run_dir / "run.ckpt"
     if not p.exists():
         return None
-    n_layer = n_layer_of(name, cfg)
-    shapes = ARCH.shapes({"C": cfg["n_embd"], "F": 4 * cfg["n_embd"], "V": VOCAB, "L": n_layer})
-    shaping = {k: cfg[k] for k in ("n_embd", "ctx_len", "batch_size", "steps", "lr", "warmup", "min_lr_ratio",
-                                   "grad_clip", "weight_decay", "eval_every", "curve_windows")}
+    n_layer, n_embd = size_of(name, cfg)
+    shapes = ARCH.shapes({"C": n_embd, "F": 4 * n_embd, "V": VOCAB, "L": n_layer})
     with open(p, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         sha = json.loads(json.loads(f.read(n))["__metadata__"]["manifest"])["data_sha256"]
-    record = {"args": {**shaping, "n_layer": n_layer, "seed": seed, "variant": name}, "data_sha256": sha}
-    return ckpt.load_training(p, record, shapes)[0]
+    return ckpt.load_training(p, run_record(name, seed, cfg, sha), shapes)[0]
+
+
+def run_record(name: str, seed: int, cfg: dict, sha: str) -> dict:
+    """What a run's checkpoint records and a resumed run must match (rwkv_np/training/checkpoint.py)."""
+    n_layer, n_embd = size_of(name, cfg)
+    shaping = {k: cfg[k] for k in ("ctx_len", "batch_size", "steps", "lr", "warmup", "min_lr_ratio", "grad_clip",
+                                   "weight_decay", "eval_every", "curve_windows")}
+    return {"args": {**shaping, "n_embd": n_embd, "n_layer": n_layer, "seed": seed, "variant": name},
+            "data_sha256": sha}
 
 
 def load_result(run_dir: Path, name: str, seed: int, cfg: dict) -> dict | None:
@@ -290,8 +323,9 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
         variants[name] = {
             "description": VARIANTS[name][1],
             "variant": {"sublayers": list(v.sublayers), "set_to": dict(v.set_to), "frozen": list(v.frozen),
-                        "tied": list(v.tied)},
-            "n_layer": n_layer_of(name, cfg), "n_params": count_params(name, n_layer_of(name, cfg), cfg["n_embd"]),
+                        "tied": list(v.tied), "coupled_u": v.coupled_u},
+            "n_layer": n_layer_of(name, cfg), "n_embd": n_embd_of(name, cfg),
+            "n_params": count_params(name, *size_of(name, cfg)),
             "seeds_finished": len(done),
             "held_out_loss_mean": round(float(np.mean(done)), 5) if done else None,
             "held_out_loss_min": min(done) if done else None, "held_out_loss_max": max(done) if done else None,
@@ -309,7 +343,8 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
             "per_seed": d, "mean": round(float(np.mean(vals)), 5) if vals else None,
             "std": round(float(np.std(vals, ddof=1)), 5) if len(vals) > 1 else None}
     return {
-        "what": "RWKV-4 ablations retrained from scratch at equal budget (issue 11)",
+        "what": "RWKV-4 ablations retrained from scratch at equal budget (issues 11 and 23)",
+        "campaign_command": "PYTHONPATH=. nice -n 19 python experiments/ablations.py" + (" --tiny" if tiny else ""),
         "complete": complete,
         "tiny": tiny,
         "budget": {k: v for k, v in cfg.items()},

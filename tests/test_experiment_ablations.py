@@ -16,10 +16,11 @@ from rwkv_np.errors import ArgumentError
 from rwkv_np.training import checkpoint as ckpt
 from rwkv_np.training import run
 from rwkv_np.training.init import init_params
+from rwkv_np.training.model import backward, forward, loss_and_grads
 from rwkv_np.training.optim import clip_grads
 from rwkv_np.training.variant import Variant
 
-from helpers import EXPERIMENTS, REPO, SHAKESPEARE
+from helpers import EXPERIMENTS, REPO, SHAKESPEARE, central_difference
 
 SCRIPT = EXPERIMENTS / "ablations.py"
 
@@ -57,7 +58,7 @@ def test_tiny_campaign_end_to_end_and_skips_finished_runs(tmp_path, text):
     assert "2 of 2 runs to do" in first.stdout
     second = subprocess.run(cmd + ["--jobs", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "7 of 9 runs to do" in second.stdout
+    assert f"{len(_ablations().VARIANTS) - 2} of {len(_ablations().VARIANTS)} runs to do" in second.stdout
     res = json.loads(out.read_text())
     A = _ablations()
     assert res["complete"] and res["tiny"] and set(res["variants"]) == set(A.VARIANTS)
@@ -71,12 +72,17 @@ def test_tiny_campaign_end_to_end_and_skips_finished_runs(tmp_path, text):
     # no channel mixing: its parameters go to more time-mixing-only blocks, the total within 3%
     base, no_ffn = res["variants"]["baseline"], res["variants"]["no_ffn"]
     assert no_ffn["n_layer"] > base["n_layer"] and abs(no_ffn["n_params"] / base["n_params"] - 1) < 0.03
+    # the depth-controlled ones: the baseline's blocks; at its width (fewer parameters), or wider (about as many)
+    same, wide = res["variants"]["no_ffn_same_depth"], res["variants"]["no_ffn_wide"]
+    assert same["n_layer"] == wide["n_layer"] == base["n_layer"] and same["n_embd"] == base["n_embd"] < wide["n_embd"]
+    assert same["n_params"] < 0.8 * base["n_params"] and abs(wide["n_params"] / base["n_params"] - 1) < 0.03
+    assert wide["runs"][0]["n_embd"] == wide["n_embd"]
     # the tied decay is one number per layer: C - 1 fewer parameters per layer
     assert base["n_params"] - res["variants"]["tied_decay"]["n_params"] == base["n_layer"] * (16 - 1)
     # the floor: a unigram model of the training bytes, on the same held-out bytes
     assert 2.5 < res["unigram_floor"]["held_out_loss"] < math.log(256)
     again = subprocess.run(cmd + ["--jobs", "1"], capture_output=True, text=True, env=env, timeout=60)
-    assert again.returncode == 0 and "0 of 9 runs to do" in again.stdout
+    assert again.returncode == 0 and f"0 of {len(A.VARIANTS)} runs to do" in again.stdout
     assert json.loads(out.read_text())["variants"] == res["variants"]
 
 
@@ -108,7 +114,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, text):
 def test_the_variants_constraints_hold_after_training(tmp_path, text):
     A = _ablations()
     C, init = 16, init_params(2, 16, 0)
-    for name in ("no_shift_both", "no_bonus", "tied_decay", "frozen_decay", "no_ffn"):
+    for name in ("no_shift_both", "no_bonus", "tied_decay", "frozen_decay", "no_ffn", "coupled_u", "coupled_u_neg"):
         A.train_run(name, 0, A.TINY, text, tmp_path / name, "cmd")
         p = _final_params(tmp_path / name, A.n_layer_of(name, A.TINY), C)
         for i in range(2):
@@ -125,6 +131,11 @@ def test_the_variants_constraints_hold_after_training(tmp_path, text):
                 assert not np.array_equal(p[b + "att.time_first"], init[b + "att.time_first"])  # others learn
             if name == "no_ffn":  # unused, untouched: the file stays a checkpoint whose FFNs output zero
                 assert not p[b + "ffn.value.weight"].any() and np.array_equal(p[b + "ln2.weight"], init[b + "ln2.weight"])
+            if name.startswith("coupled_u"):  # u follows the learned decay: u = +-w, to float32 rounding
+                sign = 1.0 if name == "coupled_u" else -1.0
+                d = p[b + "att.time_decay"]
+                assert not np.array_equal(d, init[b + "att.time_decay"])
+                np.testing.assert_allclose(p[b + "att.time_first"], sign * np.exp(d.astype(np.float64)), rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -168,3 +179,48 @@ def test_unigram_floor_by_hand():
     held = np.array([0, 97, 98, 99, 97], np.uint8)  # ctx 2: windows score held[1:5] = a, b, c, a
     expected = -(2 * math.log(3 / 259) + math.log(2 / 259) + math.log(1 / 259)) / 4
     assert A.unigram_floor(train, held, 2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_coupled_u_follows_the_decay_and_its_gradient_is_the_chain_rule():
+    # u = c w = c e^time_decay: the loss as a function of time_decay alone (u set from it before every
+    # forward); its finite differences must equal time_decay's gradient after Variant.grads(grads, params)
+    # (float64, h = 1e-5, the init plus noise as in tests/test_train_gradients.py)
+    rng = np.random.default_rng(3)
+    for c in (1.0, -1.0, 0.5):
+        v = Variant(coupled_u=c)
+        params = v.init({k: a.astype(np.float64) + rng.normal(0, 0.3 if a.ndim == 2 else 0.1, a.shape)
+                         for k, a in init_params(2, 6, 0).items()})
+        for i in range(2):
+            np.testing.assert_allclose(params[f"blocks.{i}.att.time_first"],
+                                       c * np.exp(params[f"blocks.{i}.att.time_decay"]), rtol=1e-15)
+        idx, targets = rng.integers(0, 256, (2, 2, 5))
+        _, _, cache = forward(params, idx, targets, keep=True, variant=v)
+        grads = v.grads(backward(params, cache), params)
+
+        def loss():
+            return forward(v.couple(params), idx, targets, variant=v)[1]
+
+        for i in range(2):
+            assert not grads[f"blocks.{i}.att.time_first"].any()  # u is no parameter of its own
+            num = central_difference(loss, params[f"blocks.{i}.att.time_decay"], 1e-5)
+            ana = grads[f"blocks.{i}.att.time_decay"]
+            assert np.abs(num).max() > 1e-4
+            assert np.abs(num - ana).max() < 1e-6 * np.abs(num).max(), (c, i)
+        assert v.n_params(params)[0] - v.n_params(params)[1] == 2 * 6  # used, not trained: u of each layer
+
+
+def test_a_coupled_variant_is_refused_where_its_parameters_are_not_given():
+    v = Variant(coupled_u=1.0)
+    params = v.init(init_params(1, 4, 0))
+    idx = np.zeros((1, 3), np.int64)
+    with pytest.raises(ArgumentError, match="coupled"):
+        loss_and_grads(params, idx, idx, v)
+    with pytest.raises(ArgumentError, match="coupled"):
+        Variant(coupled_u=1.0, frozen=("att.time_first",))
+    with pytest.raises(ArgumentError, match="finite"):
+        Variant(coupled_u=float("inf"))
+    # uncoupled variants are unchanged by couple
+    p = init_params(1, 4, 0)
+    before = {k: a.copy() for k, a in p.items()}
+    Variant().couple(p)
+    assert all(np.array_equal(p[k], before[k]) for k in p)
