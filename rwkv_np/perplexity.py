@@ -283,7 +283,7 @@ def tokenize(tokenizer, data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
     if isinstance(tokenizer, ByteTokenizer):
         return np.frombuffer(data, np.uint8).astype(np.int64), np.ones(len(data), np.int64)
-    table = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)], np.int64)
+    known: dict[int, int] = {}  # token id -> the length of its bytes, for the ids met so far
     all_ids, all_counts = [], []
     for piece in _pieces(data):
         if hasattr(tokenizer, "encode_bytes"):
@@ -291,7 +291,9 @@ def tokenize(tokenizer, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         else:
             ids = tokenizer.encode(piece.decode("utf-8", errors="surrogateescape"))
         ids = np.asarray(ids, np.int64)
-        ends = np.cumsum(table[ids]) if len(ids) else np.zeros(0, np.int64)
+        for i in set(ids.tolist()) - known.keys():
+            known[i] = len(tokenizer.decode_bytes([i]))
+        ends = np.cumsum([known[i] for i in ids.tolist()], dtype=np.int64)
         decoded = tokenizer.decode_bytes(ids.tolist())
         if decoded != piece:  # not the bytes as they are: the text the tokenizer received
             text, replaced = _decode_recording(piece)
