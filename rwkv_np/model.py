@@ -175,6 +175,60 @@ class RWKV:
         check_forward_output(logits, arrays[0], self.checkpoint_path, given)
         return logits, State(*arrays)
 
+    def step_batch(self, tokens: Sequence[int] | np.ndarray, states: Sequence[State | None] | None = None, *,
+                   reference: bool = False) -> tuple[np.ndarray, list[State]]:
+        """Advance B independent sequences by one token each: the recurrent form over a batch.
+
+        tokens (B,): sequence b's next token; states: B States (None for a sequence's initial state;
+        states=None: all B start from it). Returns (logits (B, V) float32, the B States after); the given
+        states are not modified, so a state can be forked into many sequences at no cost.
+
+        Sequence b gets the logits `forward([tokens[b]], states[b], mode="recurrent")` gives it alone,
+        to float32 rounding (the products sum in another order). The point is speed: an RNN's state is
+        small, so one pass over the weights can advance every sequence, each per-token matrix-vector
+        product becoming one matrix-matrix product over the B sequences (BLAS, as the parallel form's over
+        T tokens), with each sequence's token shift and WKV state kept apart. B = 1 runs the recurrent
+        form. reference=True runs the plain-NumPy reference's `step_batch` instead (model.reference).
+        """
+        tokens = self.check_tokens(tokens)
+        B = len(tokens)
+        if states is None:
+            states = [None] * B
+        elif isinstance(states, State) or not isinstance(states, Sequence):
+            raise ArgumentError(f"states: expected a list of {B} rwkv_np.State or None (one per token), got "
+                                f"{type(states).__name__}")
+        if len(states) != B:
+            raise ArgumentError(f"states: expected {B} states (one per token), got {len(states)}")
+        given = any(st is not None for st in states)
+        starts = []
+        for b, st in enumerate(states):
+            try:
+                starts.append(self._check_state(st))
+            except ArgumentError as e:
+                raise ArgumentError(f"states[{b}]: {str(e).removeprefix('state: ')}") from None
+        if B == 1 and not reference:  # one sequence: the recurrent form reads each weight once anyway
+            logits, state = self.forward(tokens, starts[0], mode="recurrent")
+            return logits[None], [state]
+        # the batch axis: (L, 5, B, C) [RWKV-4], or (L, 2, B, C) and (L, B, H, N, N)
+        arrays = [np.stack([st.data for st in starts], axis=2)]
+        if starts[0].wkv is not None:
+            arrays.append(np.stack([st.wkv for st in starts], axis=1))
+        if reference:
+            logits, after = self.reference.step_batch(self.params, tokens, arrays[0] if len(arrays) == 1 else
+                                                      tuple(arrays), **self.reference_options())
+            arrays = [after] if len(arrays) == 1 else list(after)
+        elif hasattr(self._engine, "batch"):
+            logits = self._engine.batch(tokens, *arrays)
+        else:  # an architecture registered without a batch form: one sequence at a time
+            pairs = [self.forward([t], st, mode="recurrent") for t, st in zip(tokens, starts)]
+            return np.stack([lg for lg, _ in pairs]), [st for _, st in pairs]
+        for a in arrays[:0:-1]:
+            check_forward_output(None, a, self.checkpoint_path, given)
+        check_forward_output(logits, arrays[0], self.checkpoint_path, given)
+        if len(arrays) == 1:
+            return logits, [State(arrays[0][:, :, b]) for b in range(B)]
+        return logits, [State(arrays[0][:, :, b], arrays[1][:, b]) for b in range(B)]
+
     def check_tokens(self, tokens) -> np.ndarray:
         """tokens as a 1-D int64 array of ids in [0, vocab_size), or an ArgumentError saying what is wrong."""
         arr = np.asarray(tokens)

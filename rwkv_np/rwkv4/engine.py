@@ -125,6 +125,30 @@ class Engine:
 
         State s (L, 5, C) advanced in place. Logits (V,), (T, V) with return_all, or None without head.
         """
+        x = self._blocks(tokens, s, batched=False)
+        if not head:
+            return None
+        if return_all:
+            return self._logits(x)
+        xn = layer_norm(x[-1:], self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+        out = np.empty(self.config.vocab_size, np.float32)
+        scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
+        matvec(kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
+        return out
+
+    def batch(self, tokens: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The recurrent form over a batch: B sequences, one token each (tokens (B,)), sequence b's state
+        in s[:, :, b] (s (L, 5, B, C), advanced in place). Logits (B, V).
+
+        The parallel form's BLAS products with the B sequences in place of the T tokens, so every weight
+        is read once per call for all B; only the token shift (kernels.norm_mix_rows: each row's previous
+        token is its own sequence's) and eq. 14 (kernels.wkv_gate over the B x C channels, each with its
+        own aa, bb, pp) see the rows as separate sequences."""
+        return self._logits(self._blocks(tokens, s, batched=True))
+
+    def _blocks(self, tokens: np.ndarray, s: np.ndarray, batched: bool) -> np.ndarray:
+        """Every block (reference.block) over the rows of tokens: x (T, C) after the last block, s advanced.
+        batched: the rows are B sequences (s (L, 5, B, C)), not T tokens of one (s (L, 5, C))."""
         T, C, F = len(tokens), self.config.n_embd, self.config.ffn_dim
         eps, m, scratch = self.eps, self.matrices, [None]
         rows = np.asarray(self.emb[tokens])
@@ -133,36 +157,40 @@ class Engine:
         mixed = np.empty((3, T, C), np.float32)
         k, v, r, y = (np.empty((T, C), np.float32) for _ in range(4))
         kf = np.empty((T, F), np.float32)
+        if batched:  # eq. 14's w and u for B x C channels: each sequence's C side by side
+            wu = np.tile(self.vecs[:, [K.DECAY_W, K.FIRST]], (1, 1, T))  # (L, 2, B C)
         for i in range(self.config.n_layer):  # reference.block
             p = self.vecs[i]
+
+            def shift_mix(g, b, row, mus, out):  # layer_norm, token_shift, mix (eqs. 11-13, 16-17)
+                if batched:
+                    K.norm_mix_rows(x, p[g], p[b], eps, s[i, row], p[mus], out)
+                else:
+                    s[i, row] = K.norm_shift_mix(x, p[g], p[b], eps, s[i, row].copy(), p[mus], out)
             # reference.time_mixing: layer_norm, token_shift, mix (eqs. 11-13), then the products
-            last = K.norm_shift_mix(x, p[K.LN1_W], p[K.LN1_B], eps, s[i, ATT_X].copy(),
-                                    p[[K.ATT_MK, K.ATT_MV, K.ATT_MR]], mixed)
-            s[i, ATT_X] = last
+            shift_mix(K.LN1_W, K.LN1_B, ATT_X, [K.ATT_MK, K.ATT_MV, K.ATT_MR], mixed)
             np.matmul(mixed[0], self._f32(m["att.key.weight"][i], scratch).T, out=k)  # eq. 12
             np.matmul(mixed[1], self._f32(m["att.value.weight"][i], scratch).T, out=v)  # eq. 13
             np.matmul(mixed[2], self._f32(m["att.receptance.weight"][i], scratch).T, out=r)  # eq. 11
-            K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
+            if batched:  # eqs. 14-15, the B x C channels side by side, one step each
+                K.wkv_gate(wu[i, 0], wu[i, 1], *(a.reshape(1, -1) for a in (k, v, r)), s[i, AA].reshape(-1),
+                           s[i, BB].reshape(-1), s[i, PP].reshape(-1), y.reshape(1, -1))
+            else:
+                K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
             x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)  # eq. 15, residual
             # reference.channel_mixing
-            last = K.norm_shift_mix(x, p[K.LN2_W], p[K.LN2_B], eps, s[i, FFN_X].copy(),
-                                    p[[K.FFN_MK, K.FFN_MR]], mixed[:2])
-            s[i, FFN_X] = last
+            shift_mix(K.LN2_W, K.LN2_B, FFN_X, [K.FFN_MK, K.FFN_MR], mixed[:2])
             np.matmul(mixed[0], self._f32(m["ffn.key.weight"][i], scratch).T, out=kf)  # eq. 17
             K.square_relu(kf)
             np.matmul(mixed[1], self._f32(m["ffn.receptance.weight"][i], scratch).T, out=r)  # eq. 16
             K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value.weight"][i], scratch).T, out=v))  # eq. 18
-        if not head:
-            return None
-        xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], eps).astype(np.float32)
-        if not return_all:
-            out = np.empty(self.config.vocab_size, np.float32)
-            scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
-            matvec(kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
-            return out
-        out = np.empty((T, self.config.vocab_size), np.float32)
-        rows = 8192  # widen the head a slice at a time: it is the largest matrix
+        return x
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """ln_out and the head over every row of x (T, C): (T, V)."""
+        xn = layer_norm(x, self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+        out = np.empty((len(x), self.config.vocab_size), np.float32)
+        rows, scratch = 8192, [None]  # widen the head a slice at a time: it is the largest matrix
         for a in range(0, self.config.vocab_size, rows):
             np.matmul(xn, self._f32(self.head[a:a + rows], scratch).T, out=out[:, a:a + rows])
         return out
-

@@ -14,6 +14,10 @@ a layer. The products, for every kind of stored weight, are rwkv_np/products.py'
 Parallel form (prompts; reference.forward): the projections are matrix-matrix products (BLAS); the
 kernels here fuse the elementwise work between them (LayerNorm + token shift + mixes; the scan of
 eq. 14 + output gate; squared ReLU; gated residual add) so each (T, C) activation is read and written once.
+
+The recurrent form over a batch (many sequences, one token each; engine.batch) is the parallel form's
+products with the B sequences in place of the T tokens: the same kernels, but `norm_mix_rows` for the
+token shift (each row's previous token comes from its own state) and `wkv_gate` over B x C channels.
 """
 
 import numpy as np
@@ -183,6 +187,22 @@ def norm_shift_mix(x, g, b, eps, x_prev, mus, outs):
             for j in range(C):
                 outs[m, t, j] = xn[t, j] * mus[m, j] + prev[j] * (one - mus[m, j])
     return xn[T - 1].copy()
+
+
+@njit(cache=True, error_model="numpy")
+def norm_mix_rows(x, g, b, eps, x_prev, mus, outs):
+    """norm_shift_mix over a batch (engine.batch): row t of x (B, C) is one token of sequence t, whose
+    previous token is row t of x_prev (B, C), its own state, not row t - 1. LayerNorm, one mix per row
+    of mus (M, C) into outs (M, B, C); x_prev <- the LayerNorm outputs (each sequence's state after)."""
+    B, C = x.shape
+    xn = np.empty(C, np.float32)
+    one = np.float32(1.0)
+    for t in range(B):
+        layer_norm_into(x[t], g, b, eps, xn)
+        for m in range(mus.shape[0]):
+            for j in range(C):
+                outs[m, t, j] = xn[j] * mus[m, j] + x_prev[t, j] * (one - mus[m, j])
+        x_prev[t] = xn
 
 
 @njit(fastmath=_FMA, cache=True, error_model="numpy")

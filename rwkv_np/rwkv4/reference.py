@@ -24,6 +24,7 @@ Glossary (code: paper)
                                     matrix product over T; eq. 14 a scan over T (`wkv`).
     step(params, token, state)      the recurrent form: one token, an RNN; forward with T = 1, the
                                     state carried from call to call.
+    step_batch(params, tokens, state)  the recurrent form over a batch: B sequences, one token each.
 
 params: the nested float32 dict of `rwkv_np.RWKV.params` (names and shapes: rwkv_np/rwkv4/params.py);
 state None is the state before any token. Nothing passed in is modified. rwkv_np/rwkv4/engine.py
@@ -151,6 +152,15 @@ def step(params, token, state=None, eps=1e-5):
     to the next call: the state (L, 5, C) is everything the network keeps of the past."""
     logits, state = forward(params, [token], state, eps)
     return logits[0], state  # (V,), (L, 5, C)
+
+
+def step_batch(params, tokens, state, eps=1e-5):
+    """The recurrent form over a batch: tokens (B,), one for each of B sequences, whose states stand
+    side by side in state (L, 5, B, C) -> (logits (B, V), state after). forward itself: every function
+    above touches only the first axis (time) and the last (channels), so x (T = 1, B, C) passes through
+    unchanged, each sequence's token shift and eq. 14 reading its own column of the state."""
+    logits, state = forward(params, np.asarray(tokens)[None], state, eps)  # tokens (1, B)
+    return logits[0], state  # (B, V), (L, 5, B, C)
 
 
 if __name__ == "__main__":  # greedy generation from the shipped byte-level model, NumPy only

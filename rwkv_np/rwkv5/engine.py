@@ -150,6 +150,28 @@ class Engine:
     def parallel(self, tokens, shift, wkv, head, return_all):
         """The parallel form over one chunk of tokens (T,); shift, wkv advanced in place. Logits (V,),
         (T, V) with return_all, or None without head."""
+        x = self._blocks(tokens, shift, wkv, batched=False)
+        if not head:
+            return None
+        if return_all:
+            return self._logits(x)
+        xn = layer_norm(x[-1:], self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+        out = np.empty(self.config.vocab_size, np.float32)
+        matvec(self.head, np.ascontiguousarray(xn[0]), out)
+        return out
+
+    def batch(self, tokens, shift, wkv):
+        """The recurrent form over a batch: B sequences, one token each (tokens (B,)); sequence b's state
+        in shift[:, :, b] (L, 2, B, C) and wkv[:, b] (L, B, H, N, N), advanced in place. Logits (B, V).
+
+        The parallel form with the B sequences in place of the T tokens: every projection one BLAS
+        product for all B (every weight read once per call); the token shift takes each row's previous
+        token from its own state, and the scan sees B x H heads of one token each."""
+        return self._logits(self._blocks(tokens, shift, wkv, batched=True))
+
+    def _blocks(self, tokens, shift, wkv, batched):
+        """Every block over the rows of tokens: x (T, C) after the last block; the state advanced in place.
+        batched: the rows are B sequences (shift (L, 2, B, C), wkv (L, B, H, N, N)), not T tokens of one."""
         c = self.config
         scratch = [None]
 
@@ -160,28 +182,33 @@ class Engine:
         carry = {}  # what one layer hands the next within a call (RWKV-7's v_first)
         for i in range(c.n_layer):
             p, s = self.vc[i], shift[i]
+            # each sequence's heads side by side in a batch: (B H, N, N), a view
+            S = wkv[i].reshape(-1, c.head_size, c.head_size) if batched else wkv[i]
+
+            def shifted(xn, row):  # x_{t-1} at every row; the state <- the last x
+                xx = s[row].copy() if batched else token_shift(xn, s[row])
+                s[row] = xn if batched else xn[-1]
+                return xx
             xn = layer_norm(x, p[K.LN1_W], p[K.LN1_B], self.eps)
-            xx = token_shift(xn, s[0])
-            s[0] = xn[-1]
-            o = self.time_mixing(i, xn, xx, wkv[i], mm, carry)
+            xx = shifted(xn, 0)
+            o = self.time_mixing(i, xn, xx, S, mm, carry)
             x = x + mm(np.ascontiguousarray(o, dtype=np.float32), K.M_O, i)
             # channel mixing: RWKV-4's (5.x: mix; 6: lerp; 7: lerp, no receptance)
             xn = layer_norm(x, p[K.LN2_W], p[K.LN2_B], self.eps)
-            xx = token_shift(xn, s[1])
-            s[1] = xn[-1]
+            xx = shifted(xn, 1)
             xk, xr = self.channel_mixes(p, xn, xx)
             hidden = np.square(np.maximum(mm(xk, K.F_K, i), 0))
             out = mm(hidden, K.F_V, i)
             x = x + (out if xr is None else sigmoid(mm(xr, K.F_R, i)) * out)
             x = np.ascontiguousarray(x, dtype=np.float32)
-        if not head:
-            return None
-        xn = layer_norm(x if return_all else x[-1:], self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
-        if not return_all:
-            out = np.empty(c.vocab_size, np.float32)
-            matvec(self.head, np.ascontiguousarray(xn[0]), out)
-            return out
-        out = np.empty((len(tokens), c.vocab_size), np.float32)
+        return x
+
+    def _logits(self, x):
+        """ln_out and the head over every row of x (T, C): (T, V)."""
+        c = self.config
+        xn = layer_norm(x, self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+        out = np.empty((len(x), c.vocab_size), np.float32)
+        scratch = [None]
         for a in range(0, c.vocab_size, 8192):  # widen the head a slice at a time
             np.matmul(xn, self._f32(self.head[a:a + 8192], scratch).T, out=out[:, a:a + 8192])
         return out
@@ -207,10 +234,13 @@ class Engine:
         return tuple(xn * p[j] + xx * (1 - p[j]) for j in (K.V5_FK, K.V5_FR))
 
     def scan(self, r, k, v, w, u, S):
-        """kernels.scan over the chunk: y (T, A) from r, k, v, w (T, A), u (A,); S advanced in place."""
-        c = self.config
-        T, H, N = len(r), c.n_head, c.head_size
-        y = np.empty((T, H, N), np.float32)
-        K.scan(*(np.ascontiguousarray(z, dtype=np.float32).reshape(T, H, N) for z in (r, k, v, w)),
-               np.ascontiguousarray(u, dtype=np.float32).reshape(H, N), S, y)
-        return y.reshape(T, H * N)
+        """kernels.scan over the chunk: y (T, A) from r, k, v, w (T, A), u (A,); S (H, N, N) advanced in
+        place. In a batch (engine.batch) r, k, v, w are (B, A) and S (B H, N, N): one token of B H heads."""
+        N = self.config.head_size
+        G = S.shape[0]  # heads: H, or B H in a batch
+        T = r.size // (G * N)
+        y = np.empty((T, G, N), np.float32)
+        u = np.ascontiguousarray(u, dtype=np.float32).reshape(-1, N)
+        K.scan(*(np.ascontiguousarray(z, dtype=np.float32).reshape(T, G, N) for z in (r, k, v, w)),
+               np.tile(u, (G // len(u), 1)), S, y)
+        return y.reshape(r.shape)

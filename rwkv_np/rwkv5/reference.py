@@ -8,6 +8,8 @@ mixing changed.
                                     T tokens; the recurrence over T stays a scan (`wkv`: one
                                     head-batched outer product per token).
     step(params, token, state)      the recurrent form: forward with T = 1, the state carried over.
+    step_batch(params, tokens, state)  the recurrent form over a batch: B sequences, one token each
+                                    (every (T, ...) array then (T, B, ...), each state with a batch axis).
 
 What changed from RWKV-4, in time mixing only:
   - The A channels of r, k, v are split into H heads of N. Each head keeps an N x N matrix S (rows:
@@ -53,11 +55,10 @@ def layer_norm(x, weight, bias, eps=1e-5):
 def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels, then scaled and
     shifted per channel: a LayerNorm per head."""
-    T, A = x.shape
-    h = x.reshape(T, n_head, A // n_head)  # (T, H, N)
+    h = x.reshape(*x.shape[:-1], n_head, -1)  # (T, H, N)
     mean = h.mean(-1, keepdims=True)  # (T, H, 1)
     var = ((h - mean) ** 2).mean(-1, keepdims=True)  # (T, H, 1)
-    return ((h - mean) / np.sqrt(var + eps)).reshape(T, A) * weight + bias  # (T, A)
+    return ((h - mean) / np.sqrt(var + eps)).reshape(x.shape) * weight + bias  # (T, A)
 
 
 def sigmoid(x):
@@ -88,8 +89,8 @@ def wkv(r, k, v, w, u, S):
     Returns (y (T, H, N), S after the last token)."""
     y = np.empty_like(r)  # (T, H, N)
     for t in range(len(r)):
-        kv = k[t][:, :, None] * v[t][:, None, :]  # (H, N, N): k_t^T v_t, the outer product per head
-        y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
+        kv = k[t][..., :, None] * v[t][..., None, :]  # (H, N, N): k_t^T v_t, the outer product per head
+        y[t] = np.einsum("...i,...ij->...j", r[t], u * kv + S)  # (H, N)
         S = w * S + kv  # (H, N, N)
     return y, S
 
@@ -106,20 +107,20 @@ def time_mixing(x, x_prev, S,
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state.
 
     Returns (out (T, C), (x_prev, S) after the last token)."""
-    T, H = len(x), S.shape[0]
-    N = key.shape[0] // H
+    H = S.shape[-3]
+    N, heads = key.shape[0] // H, x.shape[:-1] + (H, -1)  # heads: (T, H, N), (T, B, H, N) in a batch
     xx = token_shift(x, x_prev)  # (T, C)
     # r_t = W_r (mu_r x_t + (1 - mu_r) x_{t-1}), and likewise k_t, v_t: RWKV-4's, split into heads
-    r = (mix(x, xx, time_mix_r) @ receptance.T).reshape(T, H, N)  # (T, H, N)
-    k = (mix(x, xx, time_mix_k) @ key.T).reshape(T, H, N)  # (T, H, N)
-    v = (mix(x, xx, time_mix_v) @ value.T).reshape(T, H, N)  # (T, H, N)
+    r = (mix(x, xx, time_mix_r) @ receptance.T).reshape(heads)  # (T, H, N)
+    k = (mix(x, xx, time_mix_k) @ key.T).reshape(heads)  # (T, H, N)
+    v = (mix(x, xx, time_mix_v) @ value.T).reshape(heads)  # (T, H, N)
     # w = exp(-exp(omega)): a decay in (0, 1) per head (5.1) or per key channel (5.2)
     w = np.exp(-np.exp(time_decay)).reshape(H, -1, 1)  # (H, 1 or N, 1)
     # u: the bonus of the current token, exp(time_first) in 5.1, time_faaaa in 5.2
     u = (np.exp(time_first) if time_faaaa is None else time_faaaa).reshape(H, -1, 1)  # (H, 1 or N, 1)
     y, S = wkv(r, k, v, w, u, S)  # (T, H, N), (H, N, N)
     # o_t = W_o (GroupNorm(y_t) [* SiLU(g_t) in 5.2]), g_t = W_g (mu_g x_t + (1 - mu_g) x_{t-1})
-    o = group_norm(y.reshape(T, H * N), **ln_x, eps=ln_x_eps, n_head=H)  # (T, A)
+    o = group_norm(y.reshape(x.shape[:-1] + (H * N,)), **ln_x, eps=ln_x_eps, n_head=H)  # (T, A)
     if gate is not None:
         o = o * silu(mix(x, xx, time_mix_g) @ gate.T)  # (T, A)
     out = o @ output.T  # (T, C)
@@ -170,3 +171,11 @@ def step(params, token, state=None, eps=1e-5, ln_x_eps=64e-5):
     """The recurrent form: one token id -> (logits (V,), state after it)."""
     logits, state = forward(params, [token], state, eps, ln_x_eps)
     return logits[0], state  # (V,), ((L, 2, C), (L, H, N, N))
+
+
+def step_batch(params, tokens, state, eps=1e-5, ln_x_eps=64e-5):
+    """The recurrent form over a batch: tokens (B,), one for each of B sequences, whose states stand side
+    by side in state = (shift (L, 2, B, C), wkv (L, B, H, N, N)) -> (logits (B, V), state after). forward
+    itself: x is (T = 1, B, C), and every function above works on the last axes (channels, or heads)."""
+    logits, state = forward(params, np.asarray(tokens)[None], state, eps, ln_x_eps)  # tokens (1, B)
+    return logits[0], state  # (B, V), ((L, 2, B, C), (L, B, H, N, N))

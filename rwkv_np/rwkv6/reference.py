@@ -9,6 +9,8 @@ changed.
                                     T tokens; the recurrence over T stays a scan (`wkv`: one
                                     head-batched outer product per token).
     step(params, token, state)      the recurrent form: forward with T = 1, the state carried over.
+    step_batch(params, tokens, state)  the recurrent form over a batch: B sequences, one token each
+                                    (every (T, ...) array then (T, B, ...), each state with a batch axis).
 
 What changed from RWKV-5.2:
   - Token shift depends on the data (ddlerp): how much of x_{t-1} enters r, k, v, g and the decay is
@@ -48,11 +50,10 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels: a LayerNorm per head."""
-    T, A = x.shape
-    h = x.reshape(T, n_head, A // n_head)  # (T, H, N)
+    h = x.reshape(*x.shape[:-1], n_head, -1)  # (T, H, N)
     mean = h.mean(-1, keepdims=True)  # (T, H, 1)
     var = ((h - mean) ** 2).mean(-1, keepdims=True)  # (T, H, 1)
-    return ((h - mean) / np.sqrt(var + eps)).reshape(T, A) * weight + bias  # (T, A)
+    return ((h - mean) / np.sqrt(var + eps)).reshape(x.shape) * weight + bias  # (T, A)
 
 
 def sigmoid(x):
@@ -83,8 +84,8 @@ def wkv(r, k, v, w, u, S):
     Returns (y (T, H, N), S after the last token)."""
     y = np.empty_like(r)  # (T, H, N)
     for t in range(len(r)):
-        kv = k[t][:, :, None] * v[t][:, None, :]  # (H, N, N): k_t^T v_t, the outer product per head
-        y[t] = np.einsum("hi,hij->hj", r[t], u * kv + S)  # (H, N)
+        kv = k[t][..., :, None] * v[t][..., None, :]  # (H, N, N): k_t^T v_t, the outer product per head
+        y[t] = np.einsum("...i,...ij->...j", r[t], u * kv + S)  # (H, N)
         S = w[t] * S + kv  # (H, N, N)
     return y, S
 
@@ -102,25 +103,26 @@ def time_mixing(x, x_prev, S,
     """Time mixing. x (T, C): the LayerNorm output; x_prev (C,), S (H, N, N): the state.
 
     Returns (out (T, C), (x_prev, S) after the last token)."""
-    T, (H, N) = len(x), time_faaaa.shape
+    H, N = time_faaaa.shape
+    heads = x.shape[:-1] + (H, N)  # (T, H, N), or (T, B, H, N) in a batch
     xx = token_shift(x, x_prev)  # (T, C)
     # ddlerp_c(x_t, x_{t-1}) = lerp(x_t, x_{t-1}, lambda_c + tanh(lerp(x_t, x_{t-1}, mu_x) A) B_c),
     # for c in w, k, v, r, g: one shared A, five B_c
     lora_in = np.tanh(lerp(x, xx, time_maa_x) @ time_maa_w1)  # (T, 5 D)
-    m = np.einsum("tcd,cde->cte", lora_in.reshape(T, 5, -1), time_maa_w2)  # (5, T, C)
+    m = np.einsum("...cd,cde->c...e", lora_in.reshape(*x.shape[:-1], 5, -1), time_maa_w2)  # (5, T, C)
     lambdas = (time_maa_w, time_maa_k, time_maa_v, time_maa_r, time_maa_g)
     xw, xk, xv, xr, xg = (lerp(x, xx, lam + mc) for lam, mc in zip(lambdas, m))  # 5 x (T, C)
     # r_t = ddlerp_r W_r, and likewise k_t, v_t, split into heads
-    r = (xr @ receptance.T).reshape(T, H, N)  # (T, H, N)
-    k = (xk @ key.T).reshape(T, H, N)  # (T, H, N)
-    v = (xv @ value.T).reshape(T, H, N)  # (T, H, N)
+    r = (xr @ receptance.T).reshape(heads)  # (T, H, N)
+    k = (xk @ key.T).reshape(heads)  # (T, H, N)
+    v = (xv @ value.T).reshape(heads)  # (T, H, N)
     # d_t = omega + tanh(x^w_t A_d) B_d;  w_t = exp(-exp(d_t)): a decay in (0, 1) per token and channel
     d = time_decay + np.tanh(xw @ time_decay_w1) @ time_decay_w2  # (T, A)
-    w = np.exp(-np.exp(d)).reshape(T, H, N, 1)  # (T, H, N, 1)
+    w = np.exp(-np.exp(d)).reshape(heads + (1,))  # (T, H, N, 1)
     u = time_faaaa[:, :, None]  # (H, N, 1)
     y, S = wkv(r, k, v, w, u, S)  # (T, H, N), (H, N, N)
     # o_t = W_o (GroupNorm(y_t) * SiLU(g_t)),  g_t = ddlerp_g W_g
-    o = group_norm(y.reshape(T, H * N), **ln_x, eps=ln_x_eps, n_head=H)  # (T, A)
+    o = group_norm(y.reshape(x.shape[:-1] + (H * N,)), **ln_x, eps=ln_x_eps, n_head=H)  # (T, A)
     out = (o * silu(xg @ gate.T)) @ output.T  # (T, C)
     return out, (x[-1], S)
 
@@ -167,3 +169,11 @@ def step(params, token, state=None, eps=1e-5, ln_x_eps=64e-5):
     """The recurrent form: one token id -> (logits (V,), state after it)."""
     logits, state = forward(params, [token], state, eps, ln_x_eps)
     return logits[0], state  # (V,), ((L, 2, C), (L, H, N, N))
+
+
+def step_batch(params, tokens, state, eps=1e-5, ln_x_eps=64e-5):
+    """The recurrent form over a batch: tokens (B,), one for each of B sequences, whose states stand side
+    by side in state = (shift (L, 2, B, C), wkv (L, B, H, N, N)) -> (logits (B, V), state after). forward
+    itself: x is (T = 1, B, C), and every function above works on the last axes (channels, or heads)."""
+    logits, state = forward(params, np.asarray(tokens)[None], state, eps, ln_x_eps)  # tokens (1, B)
+    return logits[0], state  # (B, V), ((L, 2, B, C), (L, B, H, N, N))

@@ -58,8 +58,9 @@ class Engine(E5.Engine):
             carry["v_first"] = vv
         else:
             vv = vv + (carry["v_first"] - vv) * sigmoid(q[K.A7_V0] + (xv @ v1.T) @ v2.T)
-        y = np.empty((T, H, N), np.float32)
-        K.scan(*(np.ascontiguousarray(z, dtype=np.float32).reshape(T, H, N) for z in (r, w, k, vv, kh, a)), S, y)
+        G = S.shape[0]  # heads: H, or B H in a batch (engine.batch: the T rows are B sequences)
+        y = np.empty((T * H // G, G, N), np.float32)
+        K.scan(*(np.ascontiguousarray(z, dtype=np.float32).reshape(y.shape) for z in (r, w, k, vv, kh, a)), S, y)
         bonus = (r * q[K.A7_RK] * k).reshape(T, H, N).sum(-1, keepdims=True) * vv.reshape(T, H, N)
         return g * (group_norm(y.reshape(T, -1), q[K5.LNX_W], q[K5.LNX_B], self.lnx_eps, H) + bonus.reshape(T, -1))
 

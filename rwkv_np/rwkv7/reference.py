@@ -8,6 +8,8 @@ Read it next to rwkv_np/rwkv6/reference.py: the same functions; time mixing chan
                                     T tokens; the recurrence over T stays a scan (`wkv`: a few
                                     head-batched matrix-vector products per token).
     step(params, token, state)      the recurrent form: forward with T = 1, the state carried over.
+    step_batch(params, tokens, state)  the recurrent form over a batch: B sequences, one token each
+                                    (every (T, ...) array then (T, B, ...), each state with a batch axis).
 
 What changed from RWKV-6:
   - The state update is a delta rule: before v_t^T k~_t is written, the state forgets, per head, what
@@ -50,11 +52,10 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 def group_norm(x, weight, bias, eps, n_head):
     """x (T, A) normalised within each of n_head groups of A / n_head channels: a LayerNorm per head."""
-    T, A = x.shape
-    h = x.reshape(T, n_head, A // n_head)  # (T, H, N)
+    h = x.reshape(*x.shape[:-1], n_head, -1)  # (T, H, N)
     mean = h.mean(-1, keepdims=True)  # (T, H, 1)
     var = ((h - mean) ** 2).mean(-1, keepdims=True)  # (T, H, 1)
-    return ((h - mean) / np.sqrt(var + eps)).reshape(T, A) * weight + bias  # (T, A)
+    return ((h - mean) / np.sqrt(var + eps)).reshape(x.shape) * weight + bias  # (T, A)
 
 
 def sigmoid(x):
@@ -80,10 +81,10 @@ def wkv(r, w, k, v, kappa_hat, a, S):
     Returns (y (T, H, N), S after the last token)."""
     y = np.empty_like(r)  # (T, H, N)
     for t in range(len(r)):
-        removed = np.einsum("hvk,hk->hv", S, kappa_hat[t])  # (H, N): wkv_{t-1} kappa^_t^T
-        S = (S * w[t][:, None, :] - removed[:, :, None] * (a[t] * kappa_hat[t])[:, None, :]
-             + v[t][:, :, None] * k[t][:, None, :])  # (H, N, N)
-        y[t] = np.einsum("hvk,hk->hv", S, r[t])  # (H, N)
+        removed = np.einsum("...vk,...k->...v", S, kappa_hat[t])  # (H, N): wkv_{t-1} kappa^_t^T
+        S = (S * w[t][..., None, :] - removed[..., :, None] * (a[t] * kappa_hat[t])[..., None, :]
+             + v[t][..., :, None] * k[t][..., None, :])  # (H, N, N)
+        y[t] = np.einsum("...vk,...k->...v", S, r[t])  # (H, N)
     return y, S
 
 
@@ -101,7 +102,8 @@ def time_mixing(x, x_prev, S, v_first,
     (T, A): the first layer's values, None in the first layer.
 
     Returns (out (T, C), (x_prev, S) after the last token, v_first)."""
-    T, (H, N) = len(x), r_k.shape
+    H, N = r_k.shape
+    heads = x.shape[:-1] + (H, N)  # (T, H, N), or (T, B, H, N) in a batch
     xx = token_shift(x, x_prev)  # (T, C)
     # x^c_t = lerp(x_t, x_{t-1}, mu_c) for c in r, d, k, v, a, g
     xr, xw, xk, xv, xa, xg = (lerp(x, xx, mu) for mu in (x_r, x_w, x_k, x_v, x_a, x_g))  # 6 x (T, C)
@@ -115,7 +117,7 @@ def time_mixing(x, x_prev, S, v_first,
     # g_t = sigmoid(x^g_t A_g) B_g
     g = sigmoid(xg @ g1) @ g2  # (T, A)
     # kappa^_t = kappa_t / |kappa_t| per head, kappa_t = k_t * xi: the removal key
-    kappa = (k * k_k).reshape(T, H, N)  # (T, H, N)
+    kappa = (k * k_k).reshape(heads)  # (T, H, N)
     kappa_hat = kappa / np.maximum(np.linalg.norm(kappa, axis=-1, keepdims=True), 1e-12)  # (T, H, N)
     # k~_t = k_t * lerp(1, a_t, alpha): the replacement key
     k = k * (1 + (a - 1) * k_a)  # (T, A)
@@ -124,11 +126,12 @@ def time_mixing(x, x_prev, S, v_first,
         v_first = v
     else:
         v = lerp(v, v_first, sigmoid(v0 + (xv @ v1) @ v2))  # (T, A)
-    r, w, k, v, a = (z.reshape(T, H, N) for z in (r, w, k, v, a))  # 5 x (T, H, N)
+    r, w, k, v, a = (z.reshape(heads) for z in (r, w, k, v, a))  # 5 x (T, H, N)
     y, S = wkv(r, w, k, v, kappa_hat, a, S)  # (T, H, N), (H, N, N)
     # p_t = GroupNorm(y_t) + (r_t . (rho * k~_t)) v_t: the current token's own term, per head
     bonus = (r * r_k * k).sum(-1, keepdims=True) * v  # (T, H, N)
-    p = group_norm(y.reshape(T, H * N), **ln_x, eps=ln_x_eps, n_head=H) + bonus.reshape(T, H * N)  # (T, A)
+    flat = x.shape[:-1] + (H * N,)  # (T, A)
+    p = group_norm(y.reshape(flat), **ln_x, eps=ln_x_eps, n_head=H) + bonus.reshape(flat)  # (T, A)
     # o_t = W_o (g_t * p_t)
     out = (g * p) @ output.T  # (T, C)
     return out, (x[-1], S), v_first
@@ -178,3 +181,11 @@ def step(params, token, state=None, eps=1e-5, ln_x_eps=64e-5):
     """The recurrent form: one token id -> (logits (V,), state after it)."""
     logits, state = forward(params, [token], state, eps, ln_x_eps)
     return logits[0], state  # (V,), ((L, 2, C), (L, H, N, N))
+
+
+def step_batch(params, tokens, state, eps=1e-5, ln_x_eps=64e-5):
+    """The recurrent form over a batch: tokens (B,), one for each of B sequences, whose states stand side
+    by side in state = (shift (L, 2, B, C), wkv (L, B, H, N, N)) -> (logits (B, V), state after). forward
+    itself: x is (T = 1, B, C), and every function above works on the last axes (channels, or heads)."""
+    logits, state = forward(params, np.asarray(tokens)[None], state, eps, ln_x_eps)  # tokens (1, B)
+    return logits[0], state  # (B, V), ((L, 2, B, C), (L, B, H, N, N))
