@@ -522,6 +522,147 @@ def layer_param(model: RWKV, name: str) -> np.ndarray:
 
 
 
+# ---------------------------------------------------------------------------------- how the past reaches a sublayer
+
+SUBLAYERS = ("att", "ffn")  # time mixing, channel mixing: the order of the last axis below
+
+
+def sublayer_inputs(model: RWKV, tokens: Sequence[int] | np.ndarray, ctx: int = 256
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What each sublayer reads at position t, over windows of ctx tokens each from the initial state
+    (as in training): x_t, the LayerNorm output of the residual stream before it (`trace`'s x_att,
+    x_ffn), at every position but the first of each window (which has no previous token).
+
+    Returns (features (L, 2, N, C): [layer, sublayer (att, ffn)], previous tokens (N,), current tokens
+    (N,)). x_t is the sublayer's input *before* its token shift mixes in x_{t-1}: what it knows of
+    token t-1 without its own shift."""
+    tokens = np.asarray(tokens, np.int64)
+    feats, prev, cur = [], [], []
+    for start in range(0, len(tokens) - 1, ctx):
+        window = tokens[start:start + ctx]
+        if len(window) < 2:
+            break
+        tr = trace(model, window)
+        feats.append(np.stack([np.stack([d["x_att"][1:], d["x_ffn"][1:]]) for d in tr]))
+        prev.append(window[:-1])
+        cur.append(window[1:])
+    return np.concatenate(feats, axis=2), np.concatenate(prev), np.concatenate(cur)
+
+
+def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          ridge: float = 1e-3) -> float:
+    """Top-1 accuracy on (x_test, y_test) of a linear classifier fitted to (x_train, y_train): ridge
+    regression of the one-hot labels on the standardised features plus a bias (`ridge` times the mean
+    eigenvalue of X^T X), the prediction the label of the largest output. Labels unseen in training
+    cannot be predicted. A lower bound on what a linear read-out of x can tell about y."""
+    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-12
+    X = np.hstack([(x_train - mean) / std, np.ones((len(x_train), 1))])
+    Xt = np.hstack([(x_test - mean) / std, np.ones((len(x_test), 1))])
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    Y = np.zeros((len(y_train), len(classes)))
+    Y[np.arange(len(y_train)), y_idx] = 1.0
+    G = X.T @ X
+    W = np.linalg.solve(G + ridge * np.trace(G) / len(G) * np.eye(len(G)), X.T @ Y)
+    return float(np.mean(classes[np.argmax(Xt @ W, axis=1)] == np.asarray(y_test)))
+
+
+def bigram_guess_accuracy(prev_train: np.ndarray, cur_train: np.ndarray, prev_test: np.ndarray,
+                          cur_test: np.ndarray) -> float:
+    """Accuracy of the best guess of token t-1 from token t alone: for each current token, the previous
+    token seen most often before it in training (a current token never seen: the most frequent previous
+    token overall). The ceiling of any read-out of a function of token t alone, e.g. layer 0's x_t."""
+    prev_train, cur_train = np.asarray(prev_train, np.int64), np.asarray(cur_train, np.int64)
+    V = int(max(prev_train.max(), cur_train.max(), np.max(prev_test), np.max(cur_test))) + 1
+    counts = np.zeros((V, V), np.int64)
+    np.add.at(counts, (cur_train, prev_train), 1)
+    overall = int(np.bincount(prev_train, minlength=V).argmax())
+    guess = np.where(counts.sum(1) > 0, counts.argmax(1), overall)
+    return float(np.mean(guess[np.asarray(cur_test)] == np.asarray(prev_test)))
+
+
+def previous_token_probes(model: RWKV, train_tokens: Sequence[int] | np.ndarray,
+                          test_tokens: Sequence[int] | np.ndarray, ctx: int = 256) -> dict:
+    """How well token t-1 can be read, linearly, from what each sublayer reads at t before its own token
+    shift (`sublayer_inputs`; probes fitted on train_tokens, scored on test_tokens).
+
+    Returns {"accuracy": (L, 2) [layer, (att, ffn)], "current": (L, 2) the same probe for token t
+    itself, "bigram": `bigram_guess_accuracy` (the best any function of token t alone can do),
+    "n_train", "n_test": positions}."""
+    f_tr, p_tr, c_tr = sublayer_inputs(model, train_tokens, ctx)
+    f_te, p_te, c_te = sublayer_inputs(model, test_tokens, ctx)
+    L = f_tr.shape[0]
+    acc, cur = np.zeros((L, 2)), np.zeros((L, 2))
+    for i in range(L):
+        for j in range(2):
+            acc[i, j] = linear_probe_accuracy(f_tr[i, j], p_tr, f_te[i, j], p_te)
+            cur[i, j] = linear_probe_accuracy(f_tr[i, j], c_tr, f_te[i, j], c_te)
+    return {"accuracy": acc, "current": cur, "bigram": bigram_guess_accuracy(p_tr, c_tr, p_te, c_te),
+            "n_train": len(p_tr), "n_test": len(p_te)}
+
+
+def previous_token_paths(model: RWKV, tokens: Sequence[int] | np.ndarray, n_samples: int = 200, window: int = 32,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Through which of its inputs does token t-1 reach each sublayer's output at t? A path patching
+    experiment on the reference's own time_mixing and channel_mixing.
+
+    For each of n_samples windows of `tokens` (window tokens, read from the initial state; t the last
+    position), token t-1 is replaced by another token drawn from the window's text, and the model run
+    again. Each sublayer at t reads three things that the change can reach: x_{t-1} through its own
+    token shift ("shift"); x_t, the residual stream at t, into which earlier sublayers have written
+    ("stream"); and, in time mixing only, the state of eq. 14 before t, which holds k_{t-1}, v_{t-1}
+    ("state"). The sublayer's output at t is recomputed with one of them taken from the changed run
+    and the others from the original, and with all three ("total").
+
+    Returns {"total", "shift", "stream", "state": (L, 2) root-mean-square over samples of the change
+    of the sublayer's output (a C-vector, its norm), [layer, (att, ffn)]; "state" is NaN for channel
+    mixing, which has none; "output": (L, 2) the RMS norm of the sublayer's output itself, for scale}.
+    The paths need not add up to "total": the sublayers are not linear."""
+    if model.config.version != "4":
+        raise ArgumentError(f"previous_token_paths: follows RWKV-4's reference; this is an RWKV-{model.config.version} model")
+    tokens = np.asarray(tokens, np.int64)
+    if window < 3 or len(tokens) < window:
+        raise ArgumentError(f"previous_token_paths: need window >= 3 and at least window tokens, got window {window} "
+                            f"and {len(tokens)} tokens")
+    rng = np.random.default_rng(seed)
+    L, C = model.config.n_layer, model.config.n_embd
+    sums = {k: np.zeros((L, 2)) for k in ("total", "shift", "stream", "state", "output")}
+    empty = (np.zeros(C, np.float32), *eq14_empty_state(C, np.float32))
+    for _ in range(n_samples):
+        start = int(rng.integers(0, len(tokens) - window + 1))
+        clean = tokens[start:start + window].copy()
+        others = np.setdiff1d(clean, clean[-2:-1])
+        changed = clean.copy()
+        changed[-2] = rng.choice(others) if len(others) else (clean[-2] + 1) % model.config.vocab_size
+        a, b = trace(model, clean), trace(model, changed)
+        for i, (da, db) in enumerate(zip(a, b)):
+            att, ffn = model.params["blocks"][i]["att"], model.params["blocks"][i]["ffn"]
+            # time mixing at t: (x_t, x_{t-1}, eq. 14's state before t)
+            x = {"a": da["x_att"], "b": db["x_att"]}
+            st = {r: R.time_mixing(x[r][:-1], *empty, **att)[1][1:] for r in "ab"}  # (aa, bb, pp) before t
+
+            def tm(xt, xp, s):
+                return R.time_mixing(x[xt][-1:], x[xp][-2], *st[s], **att)[0][0]
+
+            base = tm("a", "a", "a")
+            for key, args in (("total", "bbb"), ("shift", "aba"), ("stream", "baa"), ("state", "aab")):
+                sums[key][i, 0] += np.sum((tm(*args) - base) ** 2)
+            sums["output"][i, 0] += np.sum(base ** 2)
+            # channel mixing at t: (x_t, x_{t-1})
+            y = {"a": da["x_ffn"], "b": db["x_ffn"]}
+
+            def cm(xt, xp):
+                return R.channel_mixing(y[xt][-1:], y[xp][-2], **ffn)[0][0]
+
+            base = cm("a", "a")
+            for key, args in (("total", "bb"), ("shift", "ab"), ("stream", "ba")):
+                sums[key][i, 1] += np.sum((cm(*args) - base) ** 2)
+            sums["output"][i, 1] += np.sum(base ** 2)
+    out = {k: np.sqrt(v / n_samples) for k, v in sums.items()}
+    out["state"][:, 1] = np.nan
+    return out
+
+
 # ---------------------------------------------------------------------------------- initial values
 
 def _init_params_fn():
@@ -625,27 +766,100 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     return float(best)
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the resource module is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repeat: int = 2,
                 naive_max: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Seconds to compute eq. 14 over T tokens and C channels, per T in lengths (best of repeats).
 
-    Keys: "T", "naive" (wkv_naive, O(T^2); NaN above naive_max), "recurrent" (the compiled scan of
-    kernels.wkv_step that training uses, O(T)).
+    Keys: "T"; "naive" (wkv_naive, O(T^2); NaN above naive_max); "recurrent" (the compiled scan of
+    kernels.wkv_step as the trainer calls it, training/wkv_grad.wkv_forward: every call allocates its
+    output and its saves for the backward, 20 bytes per token and channel); "inplace" (the same scan
+    as the engine calls it, kernels.wkv_gate, into an output allocated once beforehand); "faults":
+    minor page faults of one "recurrent" call (the operating system mapping fresh memory), against
+    "faults_inplace" for one "inplace" call.
     """
+    from .rwkv4.kernels import wkv_gate
+
     rng = np.random.default_rng(seed)
     w = rng.uniform(0.01, 3.0, C).astype(np.float32)
     u = rng.normal(0, 1, C).astype(np.float32)
     wkv_forward(w, u, np.zeros((2, 1, C), np.float32), np.zeros((2, 1, C), np.float32))  # compile first
-    naive, rec = [], []
+    out = {key: [] for key in ("naive", "recurrent", "inplace", "faults", "faults_inplace")}
     for T in lengths:
         k = rng.normal(0, 1, (T, C)).astype(np.float32)
         v = rng.normal(0, 1, (T, C)).astype(np.float32)
-        rec.append(best_time(lambda: wkv_forward(w, u, k[:, None], v[:, None]), repeat))
+        r, y = np.full((T, C), np.inf, np.float32), np.empty((T, C), np.float32)  # sigmoid(inf) = 1
+
+        def fresh():
+            return wkv_forward(w, u, k[:, None], v[:, None])
+
+        def inplace():
+            aa, bb, pp = (np.asarray(a, np.float32) for a in eq14_empty_state(C))
+            wkv_gate(w, u, k, v, r, aa, bb, pp, y)
+
+        for key, fn in (("recurrent", fresh), ("inplace", inplace)):
+            out[key].append(best_time(fn, repeat))
+            before = _minor_faults()
+            fn()
+            out["faults" if key == "recurrent" else "faults_inplace"].append(_minor_faults() - before)
         if naive_max is None or T <= naive_max:
-            naive.append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
+            out["naive"].append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
         else:
-            naive.append(np.nan)
-    return {"T": np.asarray(lengths), "naive": np.asarray(naive), "recurrent": np.asarray(rec)}
+            out["naive"].append(np.nan)
+    return {"T": np.asarray(lengths), **{key: np.asarray(val) for key, val in out.items()}}
+
+
+def parallel_wkv_timings(lengths: Sequence[int], C: int = 64, chunk: int = 32, repeat: int = 3,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Seconds to compute eq. 14 over T tokens and C channels from an empty past, per T in lengths
+    (best of repeats), by the sequential scan and by the two forms parallel over time:
+
+    "compiled scan" (kernels.wkv_gate into a buffer: T sequential steps, compiled), "NumPy scan"
+    (reference.wkv: T sequential steps, each one vectorised over the C channels), "associative scan"
+    (eq14.wkv_scan: log2(T) steps, each vectorised over all T tokens and C channels), "chunks"
+    (eq14.wkv_chunked: T / chunk sequential steps, the rest vectorised). Also "T" and "steps": the
+    sequential steps of each, {form: (len(lengths),)}, and "max_diff": the largest difference of each
+    form's output from the compiled scan's, per T."""
+    from .rwkv4.eq14 import wkv_chunked, wkv_scan
+    from .rwkv4.kernels import wkv_gate
+
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.uniform(-5, 3, C)).astype(np.float32)
+    u = rng.normal(-1, 0.5, C).astype(np.float32)
+    names = ("compiled scan", "NumPy scan", "associative scan", "chunks")
+    times = {n: [] for n in names}
+    diffs = {n: [] for n in names}
+    for T in lengths:
+        k = rng.normal(0, 1, (T, C)).astype(np.float32)
+        v = rng.normal(0, 1, (T, C)).astype(np.float32)
+        r, y = np.full((T, C), np.inf, np.float32), np.empty((T, C), np.float32)
+
+        def compiled():
+            aa, bb, pp = eq14_empty_state(C, np.float32)
+            wkv_gate(w, u, k, v, r, aa, bb, pp, y)
+            return y
+
+        forms = {"compiled scan": compiled,
+                 "NumPy scan": lambda: R.wkv(w, u, k, v, *eq14_empty_state(C, np.float32))[0],
+                 "associative scan": lambda: wkv_scan(w, u, k, v, *eq14_empty_state(C, np.float32))[0],
+                 "chunks": lambda: wkv_chunked(w, u, k, v, *eq14_empty_state(C, np.float32), chunk=chunk)[0]}
+        ref = compiled().copy()
+        for n, fn in forms.items():
+            times[n].append(best_time(fn, repeat))
+            diffs[n].append(float(np.abs(fn() - ref).max()))
+    T = np.asarray(lengths)
+    steps = {"compiled scan": T, "NumPy scan": T, "associative scan": np.ceil(np.log2(np.maximum(T, 2))).astype(int),
+             "chunks": -(-T // chunk)}
+    return {"T": T, **{n: np.asarray(t) for n, t in times.items()}, "steps": steps,
+            "max_diff": {n: np.asarray(d) for n, d in diffs.items()}}
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:

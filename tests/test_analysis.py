@@ -267,7 +267,15 @@ def test_state_and_kv_cache_sizes():
 def test_timing_helpers(model):
     t = A.wkv_timings([8, 16], C=4, repeat=1, naive_repeat=1, naive_max=8)
     np.testing.assert_array_equal(t["T"], [8, 16])
-    assert t["naive"][0] > 0 and np.isnan(t["naive"][1]) and (t["recurrent"] > 0).all()
+    assert t["naive"][0] > 0 and np.isnan(t["naive"][1]) and (t["recurrent"] > 0).all() and (t["inplace"] > 0).all()
+    assert t["faults"].shape == t["faults_inplace"].shape == (2,) and (t["faults_inplace"] >= 0).all()
+    p = A.parallel_wkv_timings([5, 40], C=3, chunk=8, repeat=1)
+    forms = ("compiled scan", "NumPy scan", "associative scan", "chunks")
+    assert all((p[f] > 0).all() for f in forms)
+    np.testing.assert_array_equal(p["steps"]["associative scan"], [3, 6])  # ceil(log2 T)
+    np.testing.assert_array_equal(p["steps"]["chunks"], [1, 5])
+    # every form computes the same eq. 14: float32 rounding apart from the compiled scan (values ~1)
+    assert all(p["max_diff"][f].max() < 1e-5 for f in forms)
     steps = A.recurrent_step_times(model, TOKENS[:5])
     assert steps.shape == (5,) and (steps > 0).all()
     assert A.attention_step_seconds(T=10, C=8, n_layer=2, repeat=1) > 0
@@ -330,3 +338,56 @@ def test_eq14_weights_are_implied_attention_for_every_channel():
     all_w = A.eq14_weights(w, u, k)
     for c in range(C_):
         np.testing.assert_allclose(all_w[:, :, c], A.implied_attention(w[c], u[c], k[:, c]), rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------------- how the past reaches a sublayer
+
+def test_sublayer_inputs_are_the_traces_rows_after_the_first(model):
+    tokens = np.random.default_rng(4).integers(0, V, 23)
+    feats, prev, cur = A.sublayer_inputs(model, tokens, ctx=10)  # windows of 10, 10 and 3 tokens
+    assert feats.shape == (L, 2, 9 + 9 + 2, C) and len(prev) == len(cur) == 20
+    tr = A.trace(model, tokens[10:20])
+    np.testing.assert_array_equal(feats[1, 0, 9:18], tr[1]["x_att"][1:])
+    np.testing.assert_array_equal(feats[0, 1, 9:18], tr[0]["x_ffn"][1:])
+    np.testing.assert_array_equal(prev[9:18], tokens[10:19])
+    np.testing.assert_array_equal(cur[9:18], tokens[11:20])
+
+
+def test_linear_probe_and_bigram_guess_by_hand():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    x = np.eye(5)[y] * 3 + rng.normal(0, 0.1, (400, 5))  # the label, linearly readable
+    assert A.linear_probe_accuracy(x[:300], y[:300], x[300:], y[300:]) == 1.0
+    noise = rng.normal(0, 1, (400, 5))  # nothing to read: about chance (1/5)
+    assert A.linear_probe_accuracy(noise[:300], y[:300], noise[300:], y[300:]) < 0.4
+    # previous token from the current one: before 1 came 0 twice and 2 once -> guess 0; before 2 came 1
+    # twice and 0 once -> guess 1; 3 never seen -> the most frequent previous token overall (0, 3 times)
+    prev_train, cur_train = np.array([0, 0, 2, 1, 1, 0]), np.array([1, 1, 1, 2, 2, 2])
+    # test pairs (previous, current): (0, 1) right, (2, 1) wrong, (1, 2) right, (0, 3) right
+    assert A.bigram_guess_accuracy(prev_train, cur_train, np.array([0, 2, 1, 0]), np.array([1, 1, 2, 3])) == 0.75
+
+
+def test_previous_token_probes_shapes(model):
+    tokens = np.random.default_rng(5).integers(0, V, 300)
+    res = A.previous_token_probes(model, tokens[:200], tokens[200:], ctx=50)
+    assert res["accuracy"].shape == res["current"].shape == (L, 2)
+    assert res["n_train"] == 4 * 49 and res["n_test"] == 2 * 49
+    assert ((0 <= res["accuracy"]) & (res["accuracy"] <= 1)).all() and 0 <= res["bigram"] <= 1
+
+
+def test_previous_token_paths_separate_the_routes(model):
+    tokens = np.random.default_rng(6).integers(0, V, 200)
+    res = A.previous_token_paths(model, tokens, n_samples=12, window=8)
+    assert set(res) == {"total", "shift", "stream", "state", "output"} and res["total"].shape == (L, 2)
+    # layer 0's time mixing reads the embedding of token t alone: nothing of t-1 through the stream
+    assert res["stream"][0, 0] == 0 and (res["stream"][1:] > 0).all() and res["stream"][0, 1] > 0
+    assert (res["shift"] > 0).all() and (res["state"][:, 0] > 0).all() and np.isnan(res["state"][:, 1]).all()
+    assert (res["total"] > 0).all() and (res["output"] > 0).all()
+    # without any token shift, that path is exactly zero everywhere, and the others remain
+    no_shift = A.previous_token_paths(A.without_token_shift(model), tokens, n_samples=12, window=8)
+    assert (no_shift["shift"] == 0).all() and (no_shift["total"] > 0).all()
+    # with layer 0's time mixing silenced, layer 0's channel mixing gets nothing of t-1 but its shift
+    silent = A.previous_token_paths(A.without_sublayer(model, 0, "att"), tokens, n_samples=12, window=8)
+    assert silent["stream"][0, 1] == 0 and silent["total"][0, 0] == 0
+    with pytest.raises(ArgumentError, match="window"):
+        A.previous_token_paths(model, tokens[:5], window=8)

@@ -1,12 +1,13 @@
 """Eq. 14 of RWKV-4: the formula as the paper writes it (rwkv_np/rwkv4/eq14.py, the oracle), the
-reference's recurrence (reference.wkv), and the compiled step that the engine and the trainer share
-(kernels.wkv_step) all give the same numbers, and the stable ones never overflow."""
+reference's recurrence (reference.wkv), the compiled step that the engine and the trainer share
+(kernels.wkv_step), and the two forms parallel over time (eq14.wkv_scan, eq14.wkv_chunked) all give
+the same numbers, and the stable ones never overflow."""
 
 import numpy as np
 import pytest
 
 from rwkv_np.rwkv4 import kernels as K
-from rwkv_np.rwkv4.eq14 import exponents, implied_attention, wkv_naive
+from rwkv_np.rwkv4.eq14 import exponents, implied_attention, wkv_chunked, wkv_naive, wkv_scan
 from rwkv_np.training.wkv_grad import wkv_forward
 
 from helpers import empty_state, reference_wkv
@@ -133,3 +134,52 @@ def test_one_token_from_an_empty_past():
     np.testing.assert_allclose(pp, k[0])
     np.testing.assert_allclose(aa, v[0])
     np.testing.assert_allclose(bb, np.ones(6))
+
+
+PARALLEL = {"scan": wkv_scan, "chunks of 1": lambda *a: wkv_chunked(*a, chunk=1),
+            "chunks of 7": lambda *a: wkv_chunked(*a, chunk=7), "chunks of 32": wkv_chunked,
+            "one chunk": lambda *a: wkv_chunked(*a, chunk=512)}
+
+
+@pytest.mark.parametrize("form", PARALLEL)
+@pytest.mark.parametrize("T", [1, 2, 31, 64, 100])
+def test_the_parallel_forms_are_the_recurrence_in_float64(form, T):
+    # from an empty past and after 40 tokens already read; T not a power of 2 nor a multiple of the chunk
+    w, u, k, v = random_inputs(T=T + 40, C=12, seed=T, k_scale=3.0)
+    _, *carried = reference_wkv(w, u, k[:40], v[:40], *empty_state(12))
+    for state in (empty_state(12), carried):
+        want, *want_state = reference_wkv(w, u, k[40:], v[40:], *state)
+        got, got_state = PARALLEL[form](w, u, k[40:], v[40:], *state)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        for a, b in zip(got_state, want_state):  # aa, bb, pp after the last token
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(b).max()))
+
+
+@pytest.mark.parametrize("form", ["scan", "chunks of 32"])
+def test_the_parallel_forms_equal_the_recurrence_to_float32_precision(form):
+    # float32 throughout, 1000 tokens of the trained decays' spread: the parallel forms round a number
+    # of times that grows with log T (scan) or the chunk (chunks), not with T, so they stay within a few
+    # roundings of the value; the float32 recurrence (the reference's, its state rounded every step)
+    # drifts further (notebook 06), and both sit within float32 rounding of the float64 recurrence
+    w, u, k, v = random_inputs(T=1000, C=32, seed=11, k_scale=2.0)
+    exact, *exact_state = reference_wkv(w, u, k, v, *empty_state(32))
+    f32 = [a.astype(np.float32) for a in (w, u, k, v)]
+    got, (aa, bb, pp) = PARALLEL[form](*f32, *empty_state(32, np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, exact, rtol=0, atol=8 * F32_EPS * np.abs(v).max())
+    rec32, *_ = reference_wkv(*f32, *empty_state(32, np.float32))
+    np.testing.assert_allclose(got, rec32, rtol=0, atol=64 * F32_EPS * np.abs(v).max())
+    np.testing.assert_allclose(pp, exact_state[2], rtol=4 * F32_EPS)
+    np.testing.assert_allclose(bb, exact_state[1], rtol=64 * F32_EPS)
+
+
+@pytest.mark.parametrize("form", ["scan", "chunks of 32"])
+def test_the_parallel_forms_never_overflow(form):
+    w, u, k, v = random_inputs(T=200, C=16, seed=5, k_scale=60.0, u_max=5.0)
+    k = np.clip(k, -100, 100)
+    exact = wkv_naive(w, u, k, v)
+    f32 = [a.astype(np.float32) for a in (w, u, k, v)]
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        got, state = PARALLEL[form](*f32, *empty_state(16, np.float32))
+    assert all(np.isfinite(s).all() for s in state)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=4.0 * 100 * F32_EPS * np.abs(v).max())
