@@ -1,4 +1,4 @@
-"""The `rwkv-np` / `python -m rwkv_np` command line: generate, perplexity, download, train.
+"""The `rwkv-np` / `python -m rwkv_np` command line: generate, chat, perplexity, download, train.
 
 Errors we raise on purpose (RWKVError) print one line "error: ..." on stderr and exit 2.
 Ctrl-C during generation prints the stats line and exits 130, without a traceback.
@@ -116,6 +116,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("parallel", "recurrent"), default="parallel",
                    help="how the prompt is read: parallel (whole prompt at once, fast) or recurrent (token by "
                         "token); same result. New tokens are always one recurrent step each (default: %(default)s)")
+    p.add_argument("--samples", type=_int, default=1, metavar="N",
+                   help="write N continuations of the prompt, generated together (the prompt read once, its state "
+                        "forked N ways, each step one pass over the weights for all N: RWKV.step_batch), each with "
+                        "its own sampler seeded from --seed, printed one after another under a header line "
+                        "(default: %(default)s)")
     add_quantize_argument(p)
 
 
@@ -156,16 +161,29 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
                         "Face cache); byte-level models need none")
     p.add_argument("--mode", choices=("parallel", "recurrent"), default="parallel",
                    help="how each window is read; same result (default: %(default)s)")
+    p.add_argument("--batch", type=_int, default=None, metavar="N",
+                   help="read N windows at once, one token of each per step (the recurrent form over a batch: "
+                        "every weight read once per step for all N; the same losses to float32 rounding); "
+                        "1: one window at a time (default: 16 with --mode recurrent, 1 in the parallel form, "
+                        "where each window's projections are already one matrix product over its tokens)")
     add_quantize_argument(p)
 
 
 def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rwkv-np", description="RWKV language models (RWKV-4, 5, 6 and 7) in NumPy.")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,perplexity,download,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,perplexity,download,train}")
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
                          description="Continue PROMPT with an RWKV-4 model, streaming text to stdout. At the "
                                      "end one line on stderr gives prompt and generation speed in tokens/s.")
     add_generate_arguments(gen)
+    from .chat import add_chat_arguments
+
+    chat = sub.add_parser("chat", help="talk with a model; its state carries the conversation from turn to turn",
+                          description="A conversation with a model, in the User: / Assistant: format of the World "
+                                      "and G1 models (any model works). Each turn reads only the new message: the "
+                                      "state holds the rest. Commands: /reset /undo /save FILE /load FILE /help "
+                                      "/quit; Ctrl-C stops a reply, Ctrl-D leaves.")
+    add_chat_arguments(chat)
     ppl = sub.add_parser("perplexity", help="loss per token and per byte, and perplexity, of a model on a text",
                          description="Score a text with a model: mean loss (nats) per token and per byte, "
                                      "perplexity and tokens/s, like llama.cpp's perplexity tool. A progress bar "
@@ -259,6 +277,8 @@ def run_generate(args) -> int:
         if value is not None and not value.strip():
             raise ArgumentError(f"{option}: an empty path")
     prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
+    if args.samples != 1:
+        return run_samples(args, prompt)
     # weights too large for float32 make NumPy warn about overflows; the forward pass reports
     # them as one error naming the checkpoint (rwkv_np.errors.ModelError) instead
     with np.errstate(all="ignore"):
@@ -275,6 +295,31 @@ def run_generate(args) -> int:
             code = EXIT_INTERRUPTED
     _write("\n")
     _stderr(gen.stats.summary())
+    return code
+
+
+def run_samples(args, prompt: str) -> int:
+    """generate --samples N: the N continuations one after another, each under a header line."""
+    import numpy as np
+
+    from .generate import MAX_SAMPLES, GenerationStats, generate_samples
+
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise ArgumentError(f"--samples: an integer in [1, {MAX_SAMPLES}], got {args.samples}")
+    stats, code, samples = GenerationStats(), 0, None
+    with np.errstate(all="ignore"):
+        model, tokenizer = _load(args)
+        try:
+            samples = generate_samples(model, tokenizer, prompt, args.samples, max_tokens=args.max_tokens,
+                                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                       presence_penalty=args.presence_penalty,
+                                       frequency_penalty=args.frequency_penalty, stop=tuple(args.stop),
+                                       seed=args.seed, mode=args.mode, stats=stats)
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+    for i, sample in enumerate(samples or []):
+        _write(f"{'' if i == 0 else chr(10)}===== sample {i + 1} of {len(samples)} =====\n{sample.text}\n")
+    _stderr(stats.summary() + f" ({args.samples} samples together)")
     return code
 
 
@@ -317,9 +362,13 @@ def run_perplexity(args) -> int:
             tokens, text_bytes = tokens[:args.max_tokens], text_bytes[:args.max_tokens]
         P.plan(len(tokens), args.ctx, args.stride, args.carry_state)  # bad options fail before any work
         bar = P.ProgressBar(sys.stderr, len(tokens)) if sys.stderr is not None else None
+        batch = args.batch if args.batch is not None else 16 if args.mode == "recurrent" else 1
+        if batch < 1:
+            raise ArgumentError(f"--batch: at least 1 window at a time, got {batch}")
         r = P.evaluate(model, tokens, ctx=args.ctx, stride=args.stride, carry_state=args.carry_state,
-                       mode=args.mode, progress=bar, text_bytes=text_bytes)
+                       mode=args.mode, progress=bar, text_bytes=text_bytes, batch=batch)
     name = args.model if args.model is not None else default_model_path().name
+    together = f", {batch} windows at a time (the recurrent form over a batch)" if batch > 1 else ""
     if args.carry_state:
         how = f"one sequence, state carried across ({args.ctx} tokens per call)"
     elif args.stride in (None, args.ctx):
@@ -328,7 +377,7 @@ def run_perplexity(args) -> int:
         how = f"windows of {args.ctx} tokens from the initial state every {args.stride} (scoring the last {args.stride})"
     _write(f"model: {name} (weights {model.weight_dtype}, on disk {getattr(model, 'source_dtype', '?')})\n"
            f"data: {args.data} from {args.start_fraction:g} of its bytes: {len(data)} bytes, {len(tokens)} tokens\n"
-           f"read as: {how}\n"
+           f"read as: {how}{'' if args.carry_state else together}\n"
            f"scored: {r.tokens} tokens, {r.bytes} bytes\n"
            f"loss: {r.loss_per_token:.5f} nats/token, {r.loss_per_byte:.5f} nats/byte "
            f"({r.loss_per_byte / np.log(2):.4f} bits/byte)\n"
@@ -368,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "perplexity":
             short_spin()
             return run_perplexity(args)
+        if args.command == "chat":
+            from .chat import run as run_chat
+
+            short_spin()
+            return run_chat(args, _load)
         from .training.run import run_train
 
         return int(run_train(args) or 0)

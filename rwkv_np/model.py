@@ -218,7 +218,8 @@ class RWKV:
                                                       tuple(arrays), **self.reference_options())
             arrays = [after] if len(arrays) == 1 else list(after)
         elif hasattr(self._engine, "batch"):
-            logits = self._engine.batch(tokens, *arrays)
+            with process.blas_threads(1 if self._small else None):  # tiny models: one thread, no waiting
+                logits = self._engine.batch(tokens, *arrays)
         else:  # an architecture registered without a batch form: one sequence at a time
             pairs = [self.forward([t], st, mode="recurrent") for t, st in zip(tokens, starts)]
             return np.stack([lg for lg, _ in pairs]), [st for _, st in pairs]

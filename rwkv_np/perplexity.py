@@ -151,13 +151,35 @@ def call_losses(model, tokens: np.ndarray, a: int, b: int, first: int, state=Non
     return np.concatenate(parts), state
 
 
+def batch_losses(model, tokens: np.ndarray, calls: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    """The losses of each call of `plan` (windows, each from the initial state), the windows read
+    together: one token of every window per `model.step_batch` (the recurrent form over a batch: every
+    weight read once per step for all the windows). A window's losses are those it gets alone in the
+    recurrent form, to float32 rounding."""
+    losses = [np.empty(b - first, np.float64) for a, b, first in calls]
+    states = [None] * len(calls)
+    for t in range(max(b - a for a, b, _ in calls)):
+        running = [j for j, (a, b, _) in enumerate(calls) if a + t < b]
+        logits, after = model.step_batch([tokens[calls[j][0] + t] for j in running], [states[j] for j in running])
+        scored = [(row, j) for row, j in enumerate(running) if calls[j][0] + t >= calls[j][2]]
+        if scored:  # each row's loss is its own, whatever rows are computed with it (token_losses)
+            at = np.array([calls[j][0] + t for _, j in scored])
+            for (_, j), loss in zip(scored, token_losses(logits[[row for row, _ in scored]], tokens[at + 1])):
+                losses[j][calls[j][0] + t - calls[j][2]] = loss
+        for row, j in enumerate(running):
+            states[j] = after[row]
+    return losses
+
+
 def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray | None = None, ctx: int = 256,
              stride: int | None = None, carry_state: bool = False, mode: str = "parallel",
              progress: Callable[[int, int, float], None] | None = None,
-             text_bytes: np.ndarray | None = None) -> Result:
+             text_bytes: np.ndarray | None = None, batch: int = 1) -> Result:
     """Score `tokens` (N,) with `model` (rwkv_np.RWKV). The bytes the scored tokens stand for: either
     text_bytes[i], the bytes of the file token i stands for (`tokenize`), or token_bytes[id], the bytes
-    token id stands for. progress(done calls, all calls, nats so far / tokens so far) after each call."""
+    token id stands for. progress(done calls, all calls, nats so far / tokens so far) after each call.
+    batch > 1: the windows are read `batch` at a time, one token of each per step (`batch_losses`, the
+    recurrent form over a batch, whatever `mode`); the state carried is one sequence, read as `mode` says."""
     tokens = np.asarray(tokens, np.int64)
     if text_bytes is None and token_bytes is None:
         raise ArgumentError("evaluate: give token_bytes (bytes per token id) or text_bytes (bytes per token)")
@@ -165,12 +187,20 @@ def evaluate(model, tokens: np.ndarray, token_bytes: np.ndarray | None = None, c
         text_bytes = np.asarray(text_bytes, np.int64)
         if text_bytes.shape != tokens.shape:
             raise ArgumentError(f"text_bytes: shape {text_bytes.shape}, expected one count per token {tokens.shape}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ArgumentError(f"batch: windows read at once, an integer >= 1, got {batch!r}")
     calls = plan(len(tokens), ctx, stride, carry_state)
     nats, scored, n_bytes, processed = 0.0, 0, 0, 0
-    state = None
+    state, batched = None, {}
     started = time.perf_counter()
     for i, (a, b, first) in enumerate(calls):
-        losses, new_state = call_losses(model, tokens, a, b, first, state if carry_state else None, mode)
+        if batch > 1 and not carry_state:
+            if i not in batched:  # the next `batch` windows, read together
+                group = range(i, min(i + batch, len(calls)))
+                batched = dict(zip(group, batch_losses(model, tokens, [calls[j] for j in group])))
+            losses, new_state = batched.pop(i), None
+        else:
+            losses, new_state = call_losses(model, tokens, a, b, first, state if carry_state else None, mode)
         if carry_state:
             state = new_state
         nats += float(losses.sum())  # one sum over the call's losses, in their order

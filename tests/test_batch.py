@@ -176,3 +176,77 @@ def test_batch_benchmark_smoke(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| fp32 |" in out.stdout and "| int8 |" in out.stdout and "load average before" in out.stdout
+
+
+# ---- generate --samples and perplexity's windows in batches: the users of step_batch ------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    import rwkv_np
+    from helpers import ASSET
+
+    return rwkv_np.load_model(ASSET)
+
+
+def test_samples_are_each_their_own_seeded_generation(shipped):
+    from rwkv_np.generate import generate, generate_samples
+    from rwkv_np.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    samples = generate_samples(shipped, tok, "ROMEO:", 3, max_tokens=40, temperature=0.8, top_p=0.9, seed=7,
+                               stop=("\n\n",))
+    assert len({s.text for s in samples}) == 3  # three different continuations
+    # sample i is what one generation drawing from the i-th child of the seed gives alone (the batch's
+    # logits equal the lone ones to float32 rounding, far from moving a draw)
+    for s, child in zip(samples, np.random.SeedSequence(7).spawn(3)):
+        alone = generate(shipped, tok, "ROMEO:", max_tokens=40, temperature=0.8, top_p=0.9, stop=("\n\n",),
+                         rng=np.random.default_rng(child))
+        assert s.text == alone.text and s.tokens == alone.tokens and s.stop_reason == alone.stop_reason
+        assert close_in_float32(s.state.data, alone.state.data)
+    again = generate_samples(shipped, tok, "ROMEO:", 3, max_tokens=40, temperature=0.8, top_p=0.9, seed=7,
+                             stop=("\n\n",))
+    assert [s.text for s in again] == [s.text for s in samples]
+    greedy = generate_samples(shipped, tok, "ROMEO:", 2, max_tokens=20, temperature=0)
+    assert greedy[0].text == greedy[1].text == generate(shipped, tok, "ROMEO:", max_tokens=20, temperature=0).text
+    with pytest.raises(ArgumentError, match=r"^n \(samples\) must be an integer in \[1, 4096\], got 0$"):
+        generate_samples(shipped, tok, "ROMEO:", 0)
+
+
+def test_generate_samples_on_the_command_line(capsys):
+    from rwkv_np import cli
+
+    assert cli.main(["generate", "ROMEO:", "--samples", "3", "-n", "30", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    headers = [line for line in out.splitlines() if line.startswith("=====")]
+    assert headers == [f"===== sample {i} of 3 =====" for i in (1, 2, 3)]
+    assert "(3 samples together)" in err and "generated: " in err
+    assert cli.main(["generate", "ROMEO:", "--samples", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --samples: an integer in [1, 4096], got 0"
+
+
+def test_perplexity_windows_in_batches(shipped, capsys):
+    """Each window's losses read in a batch are those it gets alone in the recurrent form: a loss is
+    -log softmax of the logits, which moves by at most twice the largest logit change (within
+    close_in_float32's 1e-5 of the logits' scale)."""
+    from rwkv_np import cli
+    from rwkv_np import perplexity as P
+    from helpers import ASSET
+
+    tokens = np.random.default_rng(5).integers(0, 256, 300)
+    for ctx, stride in [(64, None), (50, 13)]:
+        calls = P.plan(len(tokens), ctx, stride, False)
+        got = P.batch_losses(shipped, tokens, calls)
+        for (a, b, first), losses in zip(calls, got):
+            alone, _ = P.call_losses(shipped, tokens, a, b, first, None, "recurrent")
+            scale = np.abs(shipped.forward(tokens[a:b], mode="recurrent", return_all=True)[0]).max()
+            assert np.abs(losses - alone).max() <= 2e-5 * max(1.0, scale)
+        one = P.evaluate(shipped, tokens, np.ones(256, np.int64), ctx=ctx, stride=stride, mode="recurrent")
+        many = P.evaluate(shipped, tokens, np.ones(256, np.int64), ctx=ctx, stride=stride, batch=4)
+        assert (many.tokens, many.bytes, many.processed) == (one.tokens, one.bytes, one.processed)
+        assert many.nats == pytest.approx(one.nats, rel=1e-6)
+    with pytest.raises(ArgumentError, match=r"^batch: windows read at once, an integer >= 1, got 0$"):
+        P.evaluate(shipped, tokens, np.ones(256, np.int64), ctx=64, batch=0)
+    data = REPO / "README.md"
+    assert cli.main(["perplexity", "--data", str(data), "--mode", "recurrent", "--ctx", "64", "--max-tokens",
+                     "400", "--model", str(ASSET)]) == 0
+    assert "16 windows at a time (the recurrent form over a batch)" in capsys.readouterr().out
