@@ -22,6 +22,9 @@ Both models: same width C, depth, vocabulary, AdamW (rwkv_np.training.optim), st
 warm-up and cosine schedule, gradient clipping. RWKV-4 is rwkv_np.training.model (init, forward and
 the backward's pieces); the attention model is experiments/attention.py.
 
+At the end of every run, what the model answers at the held-out queries (output_breakdown): the right
+value, another value of the sequence (the last pair's?), a value absent from it, or a key.
+
 The results file is rewritten (atomically) after every finished run; a rerun with the same settings
 skips the runs it already holds. Different settings refuse to reuse the file: give another --out.
 """
@@ -188,6 +191,48 @@ def evaluate(m, eval_set) -> tuple[float, float]:
     return losses / n, accs / n
 
 
+def output_breakdown(m, eval_set) -> dict:
+    """What the model outputs at the query positions of the held-out set (issue 23: does it answer with a
+    value of the sequence, the latest one, any value?). Shares of the queries whose most likely token is
+    the right value ("correct"); another value present in the sequence ("other_in_sequence"), of which
+    the value of the last pair written ("last_pair", when it is not the right one); a value absent from
+    the sequence ("value_not_in_sequence"); a key ("key"). And the mean probability the model puts on the
+    right value, on the sequence's other values, on values absent from it, on keys ("mass_*"): a
+    uniform guess among the sequence's N values would put 1/N on the right one and (N-1)/N on the rest."""
+    tokens, targets, mask = eval_set
+    N = tokens.shape[1] // 3
+    counts = dict.fromkeys(("correct", "other_in_sequence", "last_pair", "value_not_in_sequence", "key"), 0)
+    mass = dict.fromkeys(("mass_correct", "mass_other_in_sequence", "mass_value_not_in_sequence", "mass_key"), 0.0)
+    n = 0
+    for s in range(0, len(tokens), 64):
+        z = m.logits(tokens[s:s + 64]).astype(np.float64)[:, 2 * N:]  # (B, N, V) at the queries
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        for row, tgt, prob in zip(tokens[s:s + 64], targets[s:s + 64, 2 * N:], p):
+            values = set(row[1:2 * N:2].tolist())
+            in_seq = np.zeros(VOCAB, bool)
+            in_seq[list(values)] = True
+            for q in range(N):
+                best, right = int(prob[q].argmax()), int(tgt[q])
+                if best == right:
+                    counts["correct"] += 1
+                elif best < N_KEYS:
+                    counts["key"] += 1
+                elif in_seq[best]:
+                    counts["other_in_sequence"] += 1
+                    counts["last_pair"] += best == int(row[2 * N - 1])
+                else:
+                    counts["value_not_in_sequence"] += 1
+                others = in_seq.copy()
+                others[right] = False
+                mass["mass_correct"] += prob[q, right]
+                mass["mass_other_in_sequence"] += prob[q, others].sum()
+                mass["mass_value_not_in_sequence"] += prob[q, N_KEYS:][~in_seq[N_KEYS:]].sum()
+                mass["mass_key"] += prob[q, :N_KEYS].sum()
+                n += 1
+    return {**{k: round(v / n, 5) for k, v in counts.items()}, **{k: round(float(v) / n, 5) for k, v in mass.items()}}
+
+
 def variant_name(overrides: dict) -> str:
     """'' for the grid; 'steps=2400' etc. for an extra run (its settings that differ from the grid's)."""
     return ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k not in ("model", "pairs"))
@@ -218,7 +263,7 @@ def train_one(model: str, pairs: int, seed: int, cfg: dict, log=print, variant: 
             "n_embd": cfg["n_embd"], "keys": n_keys, "params": n_params(m),
             "state_floats": m.state_floats(cfg, 3 * pairs), "seq_len": 3 * pairs,
             "eval_loss": curve[-1]["eval_loss"], "eval_acc": curve[-1]["eval_acc"], "curve": curve,
-            "seconds": round(time.time() - t0, 1)}
+            "outputs": output_breakdown(m, eval_set), "seconds": round(time.time() - t0, 1)}
 
 
 def _write(path: Path, data: dict) -> None:
@@ -239,15 +284,20 @@ def run(cfg: dict, out: Path, command: str, log=print) -> dict:
             raise ArgumentError(f"--out {out} holds runs with other settings ({old.get('config')}); "
                                 f"give another --out to start afresh")
         data["runs"] = old.get("runs", [])
+    # a grid run of RWKV-4 finished before the results recorded what it outputs is trained again (the
+    # same seeds give the same run): those are the runs whose outputs the notebook reads
+    data["runs"] = [r for r in data["runs"] if "outputs" in r or r["model"] != "rwkv4" or r["variant"]]
     done = {(r["model"], r["pairs"], r["seed"], r["variant"]) for r in data["runs"]}
     todo = [(model, pairs, seed, {}) for pairs in cfg["pairs"] for seed in cfg["seeds"] for model in MODELS]
     todo += [(x["model"], x["pairs"], seed, x) for x in cfg["extras"] for seed in cfg["seeds"]]
+    todo_order = {(m, n, s, variant_name(o)): i for i, (m, n, s, o) in enumerate(todo)}
     for model, pairs, seed, overrides in todo:
         variant = variant_name(overrides)
         if (model, pairs, seed, variant) in done:
             continue
         run_cfg = {**cfg, **{k: v for k, v in overrides.items() if k not in ("model", "pairs")}}
         data["runs"].append(train_one(model, pairs, seed, run_cfg, log, variant))
+        data["runs"].sort(key=lambda r: todo_order.get((r["model"], r["pairs"], r["seed"], r["variant"]), 0))
         data["complete"] = False
         _write(out, data)
     data["complete"] = True

@@ -117,6 +117,11 @@ def test_tiny_run_end_to_end_resumes_and_refuses_other_settings(tmp_path, capsys
     for (m, n, s), r in runs.items():
         assert r["seq_len"] == 3 * n and 0 <= r["eval_acc"] <= 1 and math.isfinite(r["eval_loss"])
         assert r["curve"][-1]["step"] == r["steps"] == ar.TINY["steps"]
+        o = r["outputs"]  # every query's answer falls in exactly one class; the masses add to 1
+        assert o["correct"] == pytest.approx(r["eval_acc"], abs=1e-5)
+        assert sum(o[k] for k in ("correct", "other_in_sequence", "value_not_in_sequence", "key")) == pytest.approx(1, abs=1e-4)
+        assert sum(o[k] for k in o if k.startswith("mass_")) == pytest.approx(1, abs=1e-4)
+        assert 0 <= o["last_pair"] <= o["other_in_sequence"]
     extras = [r for r in data["runs"] if r["variant"]]
     assert [(r["model"], r["pairs"], r["variant"], r["curve"][-1]["step"]) for r in extras] == [("rwkv4", 2, "steps=30", 30)]
     # same size: parameter counts within 10%; RWKV-4's state is fixed, the KV cache grows with T
@@ -138,6 +143,24 @@ def test_tiny_run_end_to_end_resumes_and_refuses_other_settings(tmp_path, capsys
         ar.main(["--tiny"])
 
 
+def test_output_breakdown_by_hand():
+    # a "model" that always answers the value of the last pair, with certainty: right exactly when the
+    # query is the last pair's key
+    class LastValue:
+        def logits(self, tokens):
+            N = tokens.shape[1] // 3
+            z = np.full((*tokens.shape, ar.VOCAB), -50.0)
+            z[np.arange(len(tokens)), :, tokens[:, 2 * N - 1]] = 50.0
+            return z
+
+    tokens, targets, mask = ar.make_batch(np.random.default_rng(0), 40, 4)
+    out = ar.output_breakdown(LastValue(), (tokens, targets, mask))
+    right = np.mean(targets[:, 8:] == tokens[:, 7:8])
+    assert out["correct"] == pytest.approx(right, abs=1e-5) and out["key"] == out["value_not_in_sequence"] == 0
+    assert out["other_in_sequence"] == pytest.approx(1 - right, abs=1e-5) == out["last_pair"]
+    assert out["mass_correct"] == pytest.approx(right, abs=1e-5)
+
+
 def test_committed_results_are_complete_and_compare_models_of_the_same_size():
     path = EXPERIMENTS / "associative_recall.json"
     data = json.loads(path.read_text())
@@ -146,5 +169,6 @@ def test_committed_results_are_complete_and_compare_models_of_the_same_size():
     cfg = data["config"]
     assert len(runs) == len(ar.MODELS) * len(cfg["pairs"]) * len(cfg["seeds"]) and len(cfg["seeds"]) >= 2
     assert len(data["runs"]) - len(runs) == len(cfg["extras"]) * len(cfg["seeds"])
+    assert all("outputs" in r for r in runs if r["model"] == "rwkv4")  # what RWKV-4 answers (notebook 09)
     sizes = {r["model"]: r["params"] for r in runs}
     assert abs(sizes["attention"] - sizes["rwkv4"]) / sizes["rwkv4"] < 0.10
