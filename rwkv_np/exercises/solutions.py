@@ -9,7 +9,8 @@ the tests check each against its check.
 
 import numpy as np
 
-from rwkv_np.rwkv4.reference import ATT_X, AA, BB, PP, FFN_X, initial_state, layer_norm, sigmoid, wkv
+from rwkv_np.exercises.given import wkv
+from rwkv_np.rwkv4.reference import ATT_X, AA, BB, PP, FFN_X, initial_state, layer_norm, sigmoid
 
 __all__ = ["token_shift", "mix", "wkv_naive", "wkv_recurrent", "wkv_stable", "time_mixing", "channel_mixing",
            "step", "forward", "generate", "wkv_grad"]
@@ -63,7 +64,7 @@ def wkv_stable(w, u, k, v, aa, bb, pp):
     return out, aa, bb, pp
 
 
-# 05_time_mixing (the notebook imports token_shift, mix and wkv, eq. 14 computed stably, from the reference)
+# 05_time_mixing (the notebook gives token_shift, mix and sigmoid from the reference, and wkv, eq. 14 computed stably)
 def time_mixing(x, x_prev, aa, bb, pp, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first,
                 key, value, receptance, output):
     xx = token_shift(x, x_prev)
@@ -82,7 +83,7 @@ def channel_mixing(x, x_prev, time_mix_k, time_mix_r, key, receptance, value):
     return sigmoid(r) * (np.maximum(k, 0) ** 2 @ value.T), x[-1]
 
 
-# 07_recurrent_step: one token, every vector (C,)
+# 07_recurrent_step: one token, every vector (C,) (the notebook gives wkv, eq. 14 computed stably)
 def step(params, token, state):
     blocks = params["blocks"]
     if state is None:
@@ -96,15 +97,10 @@ def step(params, token, state):
         r = mix(xa, s[ATT_X], att["time_mix_r"]) @ att["receptance"].T
         k = mix(xa, s[ATT_X], att["time_mix_k"]) @ att["key"].T
         v = mix(xa, s[ATT_X], att["time_mix_v"]) @ att["value"].T
-        w, u = np.exp(att["time_decay"]), att["time_first"]
-        q = np.maximum(s[PP], u + k)
-        e_past, e_now = np.exp(s[PP] - q), np.exp(u + k - q)
-        wkv = (e_past * s[AA] + e_now * v) / (e_past * s[BB] + e_now)
-        q = np.maximum(s[PP] - w, k)
-        e_past, e_now = np.exp(s[PP] - w - q), np.exp(k - q)
-        s[AA], s[BB], s[PP] = e_past * s[AA] + e_now * v, e_past * s[BB] + e_now, q
+        y, (s[AA], s[BB], s[PP]) = wkv(np.exp(att["time_decay"]), att["time_first"], k[None], v[None],
+                                       s[AA], s[BB], s[PP])  # one token: (1, C)
         s[ATT_X] = xa
-        x = x + (sigmoid(r) * wkv) @ att["output"].T
+        x = x + (sigmoid(r) * y[0]) @ att["output"].T
         # channel mixing
         xf = layer_norm(x, **p["ln2"])
         r = mix(xf, s[FFN_X], ffn["time_mix_r"]) @ ffn["receptance"].T
