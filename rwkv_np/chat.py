@@ -208,38 +208,7 @@ def _identity(model) -> dict:
     return {"version": c.version, "n_layer": c.n_layer, "n_embd": c.n_embd, "vocab_size": c.vocab_size}
 
 
-# ---- the command line -------------------------------------------------------------------------------
-
-def add_chat_arguments(p) -> None:
-    from .cli import _int, add_quantize_argument
-
-    p.add_argument("--model", "-m", default=None,
-                   help="checkpoint file or folder in any supported format, or a downloaded name (rwkv7-g1-0.1b, "
-                        "rwkv7-world-0.1b, ...; see `download --help`) (default: the model shipped in rwkv_np/assets/)")
-    p.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="tokenizer JSON for vocab-50277 models (default: beside the checkpoint, then the Hugging "
-                        "Face cache); byte-level and World models need none")
-    p.add_argument("--max-tokens", "-n", type=_int, default=500,
-                   help="the longest reply, in tokens (default: %(default)s)")
-    p.add_argument("--temperature", "-t", type=float, default=1.0,
-                   help="divide the logits by this before sampling; 0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.3,
-                   help="draw only from the most likely tokens whose probabilities add up to this, in (0, 1]; "
-                        "1 = off (default: %(default)s, as ChatRWKV chats)")
-    p.add_argument("--top-k", type=_int, default=0, help="draw only from the k most likely tokens; 0 = off")
-    p.add_argument("--presence-penalty", type=float, default=0.0,
-                   help="subtract this from the logit of every token the reply already holds")
-    p.add_argument("--frequency-penalty", type=float, default=0.0,
-                   help="subtract this times the token's count in the reply from its logit")
-    p.add_argument("--seed", type=_int, default=None,
-                   help="random seed (integer >= 0): the same seed and messages give the same conversation")
-    p.add_argument("--user", default="User", help="the name the messages are written under (default: %(default)s)")
-    p.add_argument("--bot", default="Assistant", help="the name the replies are written under (default: %(default)s)")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="after each reply, one line on stderr: the tokens the turn read and generated, its time, "
-                        "and the tokens of conversation the state holds (it never re-reads them)")
-    add_quantize_argument(p)
-
+# ---- the REPL ----------------------------------------------------------------------------------------
 
 def run(args, load) -> int:
     """The REPL of `python -m rwkv_np chat`; load(args) -> (model, tokenizer) as for generate."""
