@@ -213,6 +213,25 @@ def heldout_loss(model: RWKV, tokens: Sequence[int] | np.ndarray, ctx: int = 256
     return float(token_losses(model, tokens, ctx).mean())
 
 
+def carried_loss(model: RWKV, tokens: Sequence[int] | np.ndarray, chunk: int = 4096) -> float:
+    """Mean next-token cross-entropy in nats over tokens read as one sequence from the initial state, the
+    state carried from chunk to chunk (`token_losses` with a single window, in bounded memory)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if tokens.ndim != 1 or len(tokens) < 2:
+        raise ArgumentError(f"tokens: need a 1-D sequence of at least 2 ids, got shape {tokens.shape}")
+    if chunk < 1:
+        raise ArgumentError(f"chunk must be >= 1, got {chunk}")
+    state, total = None, 0.0
+    for start in range(0, len(tokens) - 1, chunk):
+        x, y = tokens[start:start + chunk], tokens[start + 1:start + chunk + 1]
+        logits, state = model.forward(x, state, return_all=True)
+        z = logits[:len(y)].astype(np.float64)
+        z -= z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        total -= logp[np.arange(len(y)), y].sum()
+    return float(total / (len(tokens) - 1))
+
+
 def bits(nats: float) -> float:
     """Nats -> bits (for a byte-level model: bits per byte)."""
     return nats / np.log(2.0)
@@ -782,9 +801,10 @@ def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repe
     Keys: "T"; "naive" (wkv_naive, O(T^2); NaN above naive_max); "recurrent" (the compiled scan of
     kernels.wkv_step as the trainer calls it, training/wkv_grad.wkv_forward: every call allocates its
     output and its saves for the backward, 20 bytes per token and channel); "inplace" (the same scan
-    as the engine calls it, kernels.wkv_gate, into an output allocated once beforehand); "faults":
-    minor page faults of one "recurrent" call (the operating system mapping fresh memory), against
-    "faults_inplace" for one "inplace" call.
+    as the engine calls it, kernels.wkv_gate, into an output allocated once beforehand); "fresh" (that
+    call with its output, 4 bytes per token and channel, allocated anew each time); "faults",
+    "faults_inplace", "faults_fresh": the minor page faults of one call of each (the operating system
+    mapping memory into the process at its first touch).
     """
     from .rwkv4.kernels import wkv_gate
 
@@ -792,7 +812,7 @@ def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repe
     w = rng.uniform(0.01, 3.0, C).astype(np.float32)
     u = rng.normal(0, 1, C).astype(np.float32)
     wkv_forward(w, u, np.zeros((2, 1, C), np.float32), np.zeros((2, 1, C), np.float32))  # compile first
-    out = {key: [] for key in ("naive", "recurrent", "inplace", "faults", "faults_inplace")}
+    out = {key: [] for key in ("naive", "recurrent", "inplace", "fresh", "faults", "faults_inplace", "faults_fresh")}
     for T in lengths:
         k = rng.normal(0, 1, (T, C)).astype(np.float32)
         v = rng.normal(0, 1, (T, C)).astype(np.float32)
@@ -801,15 +821,18 @@ def wkv_timings(lengths: Sequence[int], C: int = 64, repeat: int = 5, naive_repe
         def fresh():
             return wkv_forward(w, u, k[:, None], v[:, None])
 
-        def inplace():
+        def inplace(into=None):
             aa, bb, pp = (np.asarray(a, np.float32) for a in eq14_empty_state(C))
-            wkv_gate(w, u, k, v, r, aa, bb, pp, y)
+            wkv_gate(w, u, k, v, r, aa, bb, pp, y if into is None else into)
 
-        for key, fn in (("recurrent", fresh), ("inplace", inplace)):
+        def new_output():
+            inplace(np.empty((T, C), np.float32))
+
+        for key, fn in (("recurrent", fresh), ("inplace", inplace), ("fresh", new_output)):
             out[key].append(best_time(fn, repeat))
             before = _minor_faults()
             fn()
-            out["faults" if key == "recurrent" else "faults_inplace"].append(_minor_faults() - before)
+            out["faults" + ("" if key == "recurrent" else "_" + key)].append(_minor_faults() - before)
         if naive_max is None or T <= naive_max:
             out["naive"].append(best_time(lambda: wkv_naive(w, u, k, v), naive_repeat))
         else:

@@ -268,7 +268,7 @@ def test_timing_helpers(model):
     t = A.wkv_timings([8, 16], C=4, repeat=1, naive_repeat=1, naive_max=8)
     np.testing.assert_array_equal(t["T"], [8, 16])
     assert t["naive"][0] > 0 and np.isnan(t["naive"][1]) and (t["recurrent"] > 0).all() and (t["inplace"] > 0).all()
-    assert t["faults"].shape == t["faults_inplace"].shape == (2,) and (t["faults_inplace"] >= 0).all()
+    assert (t["fresh"] > 0).all() and t["faults"].shape == t["faults_inplace"].shape == t["faults_fresh"].shape == (2,)
     p = A.parallel_wkv_timings([5, 40], C=3, chunk=8, repeat=1)
     forms = ("compiled scan", "NumPy scan", "associative scan", "chunks")
     assert all((p[f] > 0).all() for f in forms)
@@ -391,3 +391,12 @@ def test_previous_token_paths_separate_the_routes(model):
     assert silent["stream"][0, 1] == 0 and silent["total"][0, 0] == 0
     with pytest.raises(ArgumentError, match="window"):
         A.previous_token_paths(model, tokens[:5], window=8)
+
+
+def test_carried_loss_is_one_window_read_in_chunks(model):
+    tokens = np.random.default_rng(7).integers(0, V, 50)
+    one_window = A.heldout_loss(model, tokens, ctx=len(tokens))
+    for chunk in (1, 7, 49, 100):
+        assert A.carried_loss(model, tokens, chunk) == pytest.approx(one_window, rel=1e-5)
+    with pytest.raises(ArgumentError, match="chunk"):
+        A.carried_loss(model, tokens, 0)
