@@ -51,7 +51,7 @@ from rwkv_np.errors import ArgumentError, TrainingError  # noqa: E402
 from rwkv_np.training import init as rwkv_init  # noqa: E402
 from rwkv_np.training import model as rwkv  # noqa: E402
 from rwkv_np.training.optim import AdamW, clip_grads, lr_at  # noqa: E402
-from rwkv_np.training.run import set_blas_threads  # noqa: E402
+from rwkv_np.process import set_blas_threads  # noqa: E402
 
 N_KEYS = 64  # keys are tokens 0..63
 VOCAB = 2 * N_KEYS  # values are tokens 64..127

@@ -121,10 +121,22 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "forked N ways, each step one pass over the weights for all N: RWKV.step_batch), each with "
                         "its own sampler seeded from --seed, printed one after another under a header line "
                         "(default: %(default)s)")
-    add_quantize_argument(p)
+    add_running_arguments(p)
 
 
-def add_quantize_argument(p: argparse.ArgumentParser) -> None:
+def _threads(text: str) -> int:
+    n = _int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, got {text!r}")
+    return n
+
+
+def add_running_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="run on N threads (at most what the process started with: NUMBA_NUM_THREADS, "
+                        "OPENBLAS_NUM_THREADS; the same output on any count). Default: the cores the other "
+                        "programs on the machine leave free, measured as it runs; set it on a machine whose "
+                        "load changes faster than a fraction of a second (docs/performance.md, shared machines)")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8: quantize every matrix but the embedding at load time (symmetric, one float32 "
                         "scale per block of 32 weights of a row; the kernels read int8): about half the bytes "
@@ -158,7 +170,7 @@ def add_chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true",
                    help="after each reply, one line on stderr: the tokens the turn read and generated, its time, "
                         "and the tokens of conversation the state holds (it never re-reads them)")
-    add_quantize_argument(p)
+    add_running_arguments(p)
 
 
 #: the largest --data file `perplexity` reads (it holds the whole text and its tokens in memory)
@@ -195,7 +207,7 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
                         "every weight read once per step for all N; the same losses to float32 rounding); "
                         "1: one window at a time (default: 16 with --mode recurrent, 1 in the parallel form, "
                         "where each window's projections are already one matrix product over its tokens)")
-    add_quantize_argument(p)
+    add_running_arguments(p)
 
 
 def build_parser(with_train: bool = False) -> argparse.ArgumentParser:
@@ -246,6 +258,7 @@ def _load(args):
     # 4- and 5-bit matrices likewise stay in their blocks (the same numbers to float32 rounding)
     model = rwkv_np.load_model(model_arg, keep_16bit=True, lazy_embedding=True, keep_blocks=True,
                                quantize=getattr(args, "quantize", None))
+    model.threads = getattr(args, "threads", None)
     model.warm_up()
     beside = getattr(model, "tokenizer_path", None) or getattr(model, "checkpoint_path", None)
     if beside is None and os.path.exists(str(model_arg)):
@@ -437,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_ERROR
         if args.command == "generate":
-            short_spin()  # before any kernel starts Numba's threads (rwkv_np/threads.py says why)
+            short_spin()  # before any kernel starts Numba's threads (rwkv_np/process.py says why)
             return run_generate(args)
         if args.command == "download":
             return run_download(args)

@@ -10,6 +10,7 @@ Importing this module needs NumPy only; the engine (and Numba) is imported when 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -49,6 +50,8 @@ class RWKV:
         self._params = None
         self._engine = registry.engine(self.arch)(weights, self.config)
         self._small = self.arch.n_params(self.config) < SMALL_MODEL
+        self._threads: int | None = None  # None: chosen as the machine's load changes (process.Threads)
+        self._governors: dict[str, process.Threads] = {}
         self.checkpoint_path = self.checkpoint_format = self.source_dtype = self.tokenizer_path = None
 
     @property
@@ -137,6 +140,47 @@ class RWKV:
         self._engine.ahead = min(choices, key=lambda c: (medians[c], choices.index(c)))
         return medians
 
+    @property
+    def threads(self) -> int | None:
+        """How many threads the kernels and BLAS run on: None (the default) chooses, as the machine's load
+        changes, the cores other programs leave free (process.Threads: measured from /proc/stat at most
+        every 0.2 s, timed where unsure); a number fixes it (`--threads N`; at most what Numba and BLAS
+        were started with). Every count gives the same numbers bit for bit; only the speed changes."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ArgumentError(f"threads: expected None (automatic) or a whole number >= 1, got {value!r}")
+        self._threads = None if value is None else int(value)
+
+    #: below this many rows the parallel form's products run on one BLAS thread whatever the count:
+    #: OpenBLAS splits a large matrix-vector product's sums between its threads, so one row's logits
+    #: ((1, 768) @ (768, 50277)) round differently on 1 and 2 threads, while a matrix product's threads
+    #: share out its rows and columns only, the same numbers on any count (tests/test_threads.py checks
+    #: both); a few rows lose nothing by running on one thread
+    BLAS_ONE_THREAD_BELOW = 8
+
+    @contextmanager
+    def _on_threads(self, kind: str, tokens: int, rows: int):
+        """Run the block with Numba's loops and BLAS on the threads this work gets: one for a tiny model
+        or a product of fewer than BLAS_ONE_THREAD_BELOW rows (BLAS only), `threads` when fixed, else the
+        governor of this kind of work (recurrent tokens, or rows of the parallel form) decides."""
+        if self._small:  # tiny models: one thread, no waiting at the loops' ends
+            n = 1
+        elif self._threads is not None:
+            n = self._threads
+        else:
+            gov = self._governors.get(kind)
+            if gov is None:
+                gov = self._governors[kind] = process.Threads(most=process.most_threads())
+            with gov.use(tokens) as n, process.numba_threads(n), \
+                    process.blas_threads(1 if rows < self.BLAS_ONE_THREAD_BELOW else n):
+                yield
+            return
+        with process.numba_threads(n), process.blas_threads(1 if rows < self.BLAS_ONE_THREAD_BELOW else n):
+            yield
+
     # ---- running it ----------------------------------------------------------------------------
 
     def init_state(self) -> State:
@@ -161,12 +205,14 @@ class RWKV:
             for at in range(0, len(tokens), self.chunk_size):
                 chunk = tokens[at:at + self.chunk_size]
                 last = at + self.chunk_size >= len(tokens)
-                logits = self._engine.parallel(chunk, *arrays, head=return_all or last, return_all=return_all)
+                with self._on_threads("parallel", len(chunk), len(chunk)):
+                    logits = self._engine.parallel(chunk, *arrays, head=return_all or last, return_all=return_all)
                 if return_all:
                     outputs.append(logits)
-            logits = np.concatenate(outputs) if return_all else logits
+            if return_all:
+                logits = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         elif mode == "recurrent":
-            with process.numba_threads(1 if self._small else None):  # tiny models: one thread, no waiting
+            with self._on_threads("recurrent", len(tokens), 1):
                 logits = self._engine.recurrent(tokens, *arrays, return_all)
         else:
             raise ArgumentError(f"mode: expected 'parallel' or 'recurrent', got {mode!r}")
@@ -218,7 +264,7 @@ class RWKV:
                                                       tuple(arrays), **self.reference_options())
             arrays = [after] if len(arrays) == 1 else list(after)
         elif hasattr(self._engine, "batch"):
-            with process.blas_threads(1 if self._small else None):  # tiny models: one thread, no waiting
+            with self._on_threads("batch", B, B):
                 logits = self._engine.batch(tokens, *arrays)
         else:  # an architecture registered without a batch form: one sequence at a time
             pairs = [self.forward([t], st, mode="recurrent") for t, st in zip(tokens, starts)]

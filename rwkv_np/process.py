@@ -26,11 +26,11 @@ def numba_threads(n: int | None):
         numba.set_num_threads(before)
 
 
-_BLAS = []  # [(set_num_threads, get_num_threads)] of the loaded OpenBLAS, once found
+_BLAS = []  # [(set_num_threads, get_num_threads, threads at start)] of the loaded OpenBLAS, once found
 
 
 def _openblas():
-    """(set, get) of the OpenBLAS that NumPy loaded, or None (another BLAS, or not found)."""
+    """(set, get, threads at start) of the OpenBLAS that NumPy loaded, or None (another BLAS, or not found)."""
     if not _BLAS:
         import ctypes
         import glob
@@ -49,7 +49,7 @@ def _openblas():
                             setter = getattr(dll, f"{prefix}_set_num_threads{suffix}", None)
                             getter = getattr(dll, f"{prefix}_get_num_threads{suffix}", None)
                             if setter is not None and getter is not None and found is None:
-                                found = (setter, getter)
+                                found = (setter, getter, int(getter()))  # and the count it started with
         _BLAS.append(found)
     return _BLAS[0]
 
@@ -62,14 +62,14 @@ def blas_max_threads() -> int:
 
 @contextmanager
 def blas_threads(n: int | None):
-    """Run the block with NumPy's OpenBLAS on n threads (None: as it is), then restore. Best effort:
-    nothing happens where the BLAS is not OpenBLAS."""
+    """Run the block with NumPy's OpenBLAS on n threads (None: as it is; at most the count it started
+    with), then restore. Best effort: nothing happens where the BLAS is not OpenBLAS."""
     blas = _openblas()
     if n is None or blas is None:
         yield
         return
     before = int(blas[1]())
-    blas[0](int(n))
+    blas[0](max(1, min(int(n), blas[2])))  # never more than it started with (OPENBLAS_NUM_THREADS)
     try:
         yield
     finally:
@@ -82,6 +82,16 @@ def set_blas_threads(n: int) -> bool:
     if blas is not None:
         blas[0](int(n))
     return blas is not None
+
+
+def most_threads() -> int:
+    """The most threads this process's parallel work may use: what Numba was started with
+    (NUMBA_NUM_THREADS) or NumPy's OpenBLAS (OPENBLAS_NUM_THREADS), the larger, at most the CPUs it may
+    run on."""
+    import numba
+
+    blas = _openblas()
+    return max(1, min(cpu_count(), max(numba.config.NUMBA_NUM_THREADS, blas[2] if blas else 1)))
 
 
 def short_spin() -> bool:

@@ -4,6 +4,7 @@ decided from an injected clock and an injected machine load, so that no test dep
 import numpy as np
 import pytest
 
+from rwkv_np.errors import ArgumentError
 from rwkv_np.process import CpuUse, Threads, cpu_count
 
 
@@ -115,3 +116,115 @@ def test_the_window_bounds_how_often_the_load_is_read():
 
 def test_cpu_count_is_what_this_process_may_use():
     assert 1 <= cpu_count()
+
+
+# ---- the model on the threads it is given --------------------------------------------------------
+
+from rwkv_np import RWKV, process  # noqa: E402
+from rwkv_np.config import RWKVConfig  # noqa: E402
+from rwkv_np.rwkv4.params import random_weights  # noqa: E402
+from rwkv_np.model import SMALL_MODEL  # noqa: E402
+
+needs_two = pytest.mark.skipif(process.most_threads() < 2 or process.blas_max_threads() < 2,
+                               reason="one thread only: nothing to compare")
+
+
+@pytest.fixture(scope="module")
+def mid_model():
+    """An RWKV-4 just above SMALL_MODEL (its products run on every thread given), with a wide head."""
+    config = RWKVConfig(n_layer=2, n_embd=512, vocab_size=8000, ffn_dim=2048)
+    model = RWKV({k: v.astype(np.float32) for k, v in random_weights(config, 3).items()}, config)
+    assert not model._small and model.n_params > SMALL_MODEL
+    return model
+
+
+@needs_two
+@pytest.mark.parametrize("M", [RWKV.BLAS_ONE_THREAD_BELOW, 64])
+def test_blas_products_of_many_rows_give_the_same_numbers_on_one_and_two_threads(M):
+    """The rule the model's BLAS_ONE_THREAD_BELOW rests on, checked on this machine's OpenBLAS: a matrix
+    product's threads share out rows and columns, so it gives the same numbers on any count. (A single
+    row against a wide matrix goes through a matrix-vector product whose sums OpenBLAS may split: fewer
+    rows than BLAS_ONE_THREAD_BELOW always run on one thread.)"""
+    rng = np.random.default_rng(M)
+    w = rng.standard_normal((50277, 768), dtype=np.float32)
+    x = rng.standard_normal((M, 768), dtype=np.float32)
+    with process.blas_threads(1):
+        one = x @ w.T
+    with process.blas_threads(2):
+        two = x @ w.T
+    np.testing.assert_array_equal(one, two)
+
+
+@needs_two
+def test_every_thread_count_gives_the_same_logits_bit_for_bit(mid_model):
+    tokens = np.random.default_rng(0).integers(0, 8000, 24)
+    got = {}
+    for threads in (1, 2, None):
+        mid_model.threads = threads
+        runs = [mid_model.forward(tokens[:T], mode=mode, return_all=True)
+                for mode in ("parallel", "recurrent") for T in (1, 5, 24)]
+        runs.append(mid_model.step_batch(tokens[:12]))
+        got[threads] = runs
+    mid_model.threads = None
+    for threads in (2, None):
+        for (a, sa), (b, sb) in zip(got[1][:-1], got[threads][:-1]):
+            np.testing.assert_array_equal(a, b)
+            assert sa == sb
+        np.testing.assert_array_equal(got[1][-1][0], got[threads][-1][0])
+
+
+@needs_two
+def test_the_model_runs_on_what_its_governor_chooses(mid_model, monkeypatch):
+    """threads=None: the kernels and BLAS run on the count the governor chooses (here one core is
+    taken on a fake 2-core machine: one thread); a fixed count is used as given."""
+    machine = Machine()
+    seen = []
+    monkeypatch.setattr(mid_model, "_governors", {k: governor(machine) for k in ("recurrent", "parallel")})
+    import numba
+
+    def record(*args, **kw):
+        seen.append((numba.get_num_threads(), process.blas_max_threads()))
+        machine.run(0.3, others=1.0)  # the busy program keeps a core while this runs
+        return real(*args, **kw)
+
+    real = mid_model._engine.parallel
+    monkeypatch.setattr(mid_model._engine, "parallel", record)
+    for _ in range(3):
+        mid_model.forward(list(range(16)))
+    assert seen[0] == (2, 2) and seen[-1] == (1, 1)  # the first look: quiet; then one core found taken
+    mid_model.threads = 2
+    mid_model.forward(list(range(16)))
+    assert seen[-1] == (2, 2)
+    mid_model.threads = None
+    assert (numba.get_num_threads(), process.blas_max_threads()) == (2, 2)  # restored after the call
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_threads_must_be_a_whole_number_of_at_least_one(mid_model, bad):
+    with pytest.raises(ArgumentError, match="threads: expected None"):
+        mid_model.threads = bad
+
+
+def test_the_command_line_refuses_threads_below_one(capsys):
+    from rwkv_np import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "x", "--threads", "0"])
+    assert "--threads: expected a whole number of threads >= 1, got '0'" in capsys.readouterr().err
+
+
+@needs_two
+def test_a_training_step_gives_the_same_numbers_on_one_and_two_blas_threads():
+    from rwkv_np.training.init import init_params
+    from rwkv_np.training.model import loss_and_grads
+
+    params = init_params(n_layer=1, n_embd=128, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (2, 64))
+    y = np.roll(x, -1, axis=1)
+    with process.blas_threads(1):
+        one = loss_and_grads(params, x, y)
+    with process.blas_threads(2):
+        two = loss_and_grads(params, x, y)
+    assert one[0] == two[0]
+    for k in one[1]:
+        np.testing.assert_array_equal(one[1][k], two[1][k], err_msg=k)

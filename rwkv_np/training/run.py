@@ -11,17 +11,18 @@ that w = e^time_decay stays positive) and u (`att.time_first`).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import json
 import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .. import process
 from ..rwkv4 import params as table
 from ..errors import ArgumentError, TrainingError
 from ..files import open_writable, read_regular
@@ -75,8 +76,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--time-budget", type=float, default=None,
       help="minutes: end training (final evaluation, checkpoint) once this much time is used, annealing "
            "the learning rate by whichever of steps or time runs out first")
-    a("--threads", type=int, default=None, help="BLAS threads (default: leave as is)")
+    a("--threads", type=int, default=None,
+      help="BLAS threads (default: those the other programs on the machine leave free, measured as it runs)")
     a("--fp16-out", default=None, help="also write the final weights as float16 safetensors here")
+
+
+@contextmanager
+def _threads(governor: process.Threads | None, fixed: int | None, tokens: int):
+    """The block on `fixed` BLAS threads, or on those the governor chooses (and times) for it."""
+    if governor is None:
+        with process.blas_threads(fixed):
+            yield
+    else:
+        with governor.use(tokens) as n, process.blas_threads(n):
+            yield
 
 
 def _opt(name: str) -> str:
@@ -223,8 +236,10 @@ def run_train(args: argparse.Namespace) -> int:
         hint = (f" ({old} is from an older rwkv_np whose checkpoints were not one atomic unit; it cannot be "
                 f"resumed)" if old.exists() else "")
         raise ArgumentError(f"--resume: no training checkpoint {ckpt_path}{hint}")
-    if args.threads:
-        set_blas_threads(args.threads)
+    # BLAS's threads per step: --threads, or those the other programs on the machine leave free (a product
+    # waiting on a thread that has no core is many times slower than on fewer threads; the results are the
+    # same on any count: every product has many rows)
+    governor = None if args.threads else process.Threads(most=process.most_threads())
     data = read_data(data_path)
     train, held = split(data)
     if len(held) < args.ctx_len + 2 or len(train) < args.ctx_len + 2:
@@ -276,8 +291,8 @@ def run_train(args: argparse.Namespace) -> int:
         lr = lr_at(step, args.lr, args.warmup, args.steps, args.min_lr_ratio, time_frac)
         # batches drawn from (seed, step) alone, so a resumed run sees exactly the batches it would have
         x, y = get_batch(train, args.batch_size, args.ctx_len, np.random.default_rng([args.seed, step]))
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported just below
-            loss, grads = loss_and_grads(params, x, y)
+        with np.errstate(over="ignore", invalid="ignore"), _threads(governor, args.threads, x.size):
+            loss, grads = loss_and_grads(params, x, y)  # a diverging run is reported just below
             gnorm = clip_grads(grads, args.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise stopped(step + 1, f"the loss is {loss} (gradient norm {gnorm})")
@@ -324,28 +339,6 @@ def run_train(args: argparse.Namespace) -> int:
         ckpt.save_model(args.fp16_out, params, dtype=np.float16, what=names["fp16"])
     print(f"done: {step} steps, {tokens:,} tokens, {elapsed / 60:.1f} min; wrote {out}", flush=True)
     return 0
-
-
-def set_blas_threads(n: int) -> bool:
-    """Best effort: set OpenBLAS's thread count for the already-loaded numpy. True on success."""
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-             "openblas_set_num_threads64_", "openblas_set_num_threads")
-    import glob
-    libs = []
-    for mod in ("scipy_openblas64", "scipy_openblas32", "numpy.libs", "numpy/.libs"):
-        for base in sys.path:
-            libs += glob.glob(os.path.join(base, mod, "**", "*openblas*.so*"), recursive=True)
-    for lib in libs:
-        try:
-            dll = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(dll, name, None)
-            if fn is not None:
-                fn(int(n))
-                return True
-    return False
 
 
 def export_asset(log_path: str | os.PathLike, fp16_ckpt: str | os.PathLike, out_dir: str | os.PathLike,
