@@ -546,6 +546,26 @@ def test_a_timer_already_set_is_left_alone(alarm):
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_a_generate_that_reads_the_whole_text_again_at_every_token_is_told_so_at_the_time_limit(alarm):
+    """Right ids, n times the work: stopped at the limit, and the hint names that cause, not only an
+    endless loop."""
+    def generate(params, prompt, n):
+        seq, out = list(prompt), []
+        for _ in range(n):
+            logits, _ = S.forward(params, seq)  # the whole text again, the state thrown away
+            out.append(int(np.argmax(logits[-1])))
+            seq.append(out[-1])
+        return out
+
+    r = E.check_generate(generate, time_limit=0.5)
+    assert r.status == "time limit" and r.mistake == H.TIME_OUT.name, r.message
+    assert r.case == "the shipped model, prompt b'ROMEO:', 40 tokens"  # the tiny model's 5 tokens pass in time
+    assert "forward over the prompt and everything generated so far, again for each new token" in r.message
+    assert "feed forward only the new token, with the state it returned" in r.message
+    r = E.check_token_shift(_endless, time_limit=0.3)  # the other checks' hint does not say it
+    assert "generated so far" not in r.message
+
+
 # ---------------------------------------------------------------------------------- hostile learner code
 
 def test_a_never_ending_generate_is_not_consumed_by_the_check():

@@ -140,7 +140,10 @@ GENERATE = Exercise(
     # token ids: exact equality. On these cases the two largest logits are never closer than 0.0066,
     # far above the ~1e-5 by which a correct float32 forward can differ from the reference's
     rtol=0, atol=0, mistakes=GENERATE_MISTAKES, explain=_generate_explain, on_raise=_generate_on_raise,
-    named_by_hooks=[ARGMAX_FLAT, PROMPT_INCLUDED, OFF_BY_ONE])
+    named_by_hooks=[ARGMAX_FLAT, PROMPT_INCLUDED, OFF_BY_ONE],
+    time_hint="Or no endless loop, but work that grows at every token: forward over the prompt and everything "
+              "generated so far, again for each new token, does the right thing n times over. Read the prompt "
+              "once, then feed forward only the new token, with the state it returned.")
 
 
 def check_generate(generate, time_limit=None):
@@ -150,7 +153,8 @@ def check_generate(generate, time_limit=None):
 
 def show_generation(generate, params, prompt=b"ROMEO:\n", n=200, time_limit=60.0):
     """Print prompt + n bytes of the learner's `generate`, or say why not (no traceback). Takes at
-    most n ids from whatever it returns (a generator that never ends included), within time_limit
+    most n + 1 ids (one more tells that there were more) from whatever it returns (a generator that never
+    ends included), within time_limit
     seconds (see rwkv_np.exercises.harness on where that limit can interrupt)."""
     alarm = Alarm(time_limit)
     try:

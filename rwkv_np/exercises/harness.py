@@ -184,10 +184,11 @@ class Exercise:
     ("out", ("x_prev", "aa", "bb", "pp"))). view(answer) -> the arrays compared, named view_names
     (default: the answer's leaves, named as `returns`). explain(case, call, args, wrong) (wrong.returned:
     what the call returned) and on_raise(case, exc) may return a Mistake (or (Mistake, hint)) that names a broken contract or an
-    exception. `recognised` lists every mistake the exercise can name (TEACHERS.md lists them)."""
+    exception. time_hint: said after the time limit's own hint (what else than an endless loop makes this
+    exercise slow). `recognised` lists every mistake the exercise can name (TEACHERS.md lists them)."""
 
     def __init__(self, name, notebook, reference, cases, returns, rtol, atol, mistakes=(), view=None,
-                 view_names=None, overflow_hint=None, explain=None, on_raise=None, named_by_hooks=()):
+                 view_names=None, overflow_hint=None, explain=None, on_raise=None, named_by_hooks=(), time_hint=None):
         self.name, self.notebook, self.reference = name, notebook, reference
         self._make_cases, self._cases = cases, None
         self.returns, self.rtol, self.atol = returns, rtol, atol
@@ -197,6 +198,7 @@ class Exercise:
         self.overflow = Mistake(OVERFLOW.name, overflow_hint or OVERFLOW.hint)
         self.explain, self.on_raise = explain, on_raise
         self.named_by_hooks = list(named_by_hooks)
+        self.time_hint = time_hint
 
     @property
     def cases(self):
@@ -792,8 +794,9 @@ def _time_limit(exercise, case, limit, where, interrupted, took=None):
                 f"here: no alarm signal on this platform or thread)")
     lines = [f"✗ check_{exercise.name}: case '{case.name}': {text}",
              f"  This looks like: {TIME_OUT.name}.",
-             f"  Hint: {TIME_OUT.hint} A correct solution takes well under a second per case; "
-             f"check_{exercise.name}({exercise.name}, time_limit=...) sets another limit."]
+             f"  Hint: {TIME_OUT.hint}{' ' + exercise.time_hint if exercise.time_hint else ''} A correct "
+             f"solution takes well under a second per case; check_{exercise.name}({exercise.name}, time_limit=...) "
+             f"sets another limit."]
     return CheckResult(exercise.name, "time limit", "\n".join(lines), case.name, TIME_OUT.name)
 
 
