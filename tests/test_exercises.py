@@ -636,6 +636,46 @@ def test_an_exception_whose_str_raises_is_reported_without_calling_it():
                                 "of its own) (in token_shift, line ")
 
 
+def test_a_return_whose_reading_runs_learner_code_that_raises_is_reported_not_raised():
+    """A tuple of the learner's own class whose __iter__ raises: the check's unpacking runs it. Reported
+    as an error with the learner's line; the check itself does not raise."""
+    class Pair(tuple):
+        def __iter__(self):
+            raise RuntimeError("Pair cannot be unpacked")
+
+    r = E.check_wkv_recurrent(lambda *args: Pair(S.wkv_recurrent(*args)))
+    assert r.status == "error" and not r
+    assert "what your function returned could not be read: reading it ran code of yours, which raised " \
+           "RuntimeError: Pair cannot be unpacked (in __iter__, line " in r.message
+
+
+def test_the_check_s_own_errors_are_not_blamed_on_the_learner(monkeypatch):
+    """An exception from the check's own code (here its reference, called wrongly) propagates: only an
+    exception raised through the learner's code is reported as theirs."""
+    import functools
+
+    exercise = BY_NAME["mix"]
+    monkeypatch.setattr(exercise.cases[0], "_expected", None)
+    monkeypatch.setattr(exercise, "reference", functools.partial(reference.mix, nonsense=1))
+    with pytest.raises(TypeError, match="nonsense"):
+        E.check_mix(S.mix)
+
+
+def test_show_generation_reads_the_ids_without_running_learner_code(capsys):
+    class Id:
+        def __int__(self):
+            raise RuntimeError("an __int__ of the learner's")
+
+        __index__ = __int__
+
+    params = tiny_params(seed=9, vocab_size=256)
+    for ids, said in (([65, Id(), 66], "a Id at position 1"), ([65, 300, 66], "the id 300 at position 1"),
+                      ([65, 1.5, 66], "a float at position 1"), ([65, True, 66], "a bool at position 1")):
+        E.show_generation(lambda p, prompt, n: ids, params, b"x", 3)
+        assert capsys.readouterr().out == (f"✗ generate returned {said} of its ids: token ids here are bytes, ints "
+                                           f"from 0 to 255\n")
+
+
 def test_other_exception_is_one_line_naming_the_case_and_the_line():
     def token_shift(x, x_prev):
         return np.concatenate([x_prev, x[:-1]])  # x_prev (C,) against x (T, C): a ValueError in NumPy

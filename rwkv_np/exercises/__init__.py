@@ -67,7 +67,7 @@ def mistakes_markdown():
             names = _unique(e.recognised)
             lines.append(f"- `{notebook}`, `{e.name}` ({len(names)}): " + "; ".join(names) + ".")
     common = _unique(harness.COMMON)
-    lines.append(f"- every check ({len(common)}): " + "; ".join(common) + ".")
+    lines.append(f"- every check, where its exercise's return allows ({len(common)}): " + "; ".join(common) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -185,12 +185,15 @@ def show_generation(generate, params, prompt=b"ROMEO:\n", n=200, time_limit=60.0
         taken = taken[:n]
     elif len(taken) < n:
         notes.append(f"generate gave {len(taken)} ids, not n = {n}")
-    try:
-        text = (prompt + bytes(int(i) for i in taken)).decode("utf-8", "replace")
-    except (TypeError, ValueError, OverflowError):
-        print(f"✗ generate returned {describe(taken[0]) if taken else 'nothing'} among its ids: "
-              f"token ids here are bytes, ints from 0 to 255")
+    # ids are checked without running any code of the learner's (no int() of an object of theirs)
+    is_int = [type(i) is int or isinstance(i, np.integer) for i in taken]
+    bad = next((j for j, (i, ok) in enumerate(zip(taken, is_int)) if not ok or not 0 <= i < 256), None)
+    if bad is not None:
+        what = f"the id {int(taken[bad])}" if is_int[bad] else describe(taken[bad])
+        print(f"✗ generate returned {what} at position {bad} of its ids: token ids here are bytes, ints from 0 "
+              f"to 255")
         return
+    text = (prompt + bytes(int(i) for i in taken)).decode("utf-8", "replace")
     if alarm.late():
         notes.append(f"it took {alarm.elapsed:.1f} s")
     print(text)

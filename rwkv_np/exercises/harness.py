@@ -37,6 +37,7 @@ import linecache
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -426,6 +427,19 @@ def frame_of_learner(exc):
     return ""
 
 
+# not the learner's code: rwkv_np (the reference the checks run included), Python's own library, installed packages
+_NOT_LEARNERS = tuple(os.path.abspath(p) + os.sep for p in {
+    os.path.dirname(_HERE), *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib"))}
+    if p)
+
+
+def _learner_code_in(exc):
+    """Does the traceback pass through code outside rwkv_np, Python's library and installed packages
+    (the learner's: a method of a class of theirs that the check called while reading a return)?"""
+    return any(not os.path.abspath(f.filename).startswith(_NOT_LEARNERS)
+               for f in traceback.extract_tb(exc.__traceback__))
+
+
 def arg_name(fn, i):
     """The name of fn's i-th parameter ("argument i" when it cannot be read)."""
     try:
@@ -652,7 +666,15 @@ def check(exercise, fn, time_limit=None):
     limit = TIME_LIMIT if time_limit is None else time_limit
     with np.errstate(all="ignore"):
         for case in exercise.cases:
-            result = _run_case(exercise, fn, case, limit)
+            try:
+                result = _run_case(exercise, fn, case, limit)
+            except Exception as e:  # noqa: BLE001 - code of the learner's ran while the check read a return
+                if not _learner_code_in(e):
+                    raise  # the check's own bug: not to be blamed on the learner
+                return CheckResult(exercise.name, "error",
+                                   f"✗ {title}: case '{case.name}': what your function returned could not be read: "
+                                   f"reading it ran code of yours, which raised {describe_exception(e)}"
+                                   f"{frame_of_learner(e)}", case.name)
             if result is not None:
                 return result
     names = "; ".join(c.name for c in exercise.cases)
