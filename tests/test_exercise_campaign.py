@@ -130,7 +130,7 @@ def _(x, x_prev):
     return np.roll(x, 1, axis=0)
 
 
-@sub(T_SHIFT, VAGUE)
+@sub(T_SHIFT, "along the channels")
 def _(x, x_prev):
     """np.roll(x, 1) without axis (rolls the flattened array)"""
     return np.roll(x, 1)
@@ -201,10 +201,16 @@ def _(x, x_prev):
     return np.stack([np.concatenate([[x_prev[c]], x[:-1, c]]) for c in range(x.shape[1])])
 
 
-@sub(T_SHIFT, VAGUE)
+@sub(T_SHIFT, "along the channels")
 def _(x, x_prev):
     """shifts along the channels"""
     return np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+
+
+@sub(T_SHIFT, "along the channels")
+def _(x, x_prev):
+    """x_prev's first value in column 0, the columns moved right (axis=1 where axis=0 was meant)"""
+    return np.concatenate([np.full_like(x[:, :1], x_prev[0]), x[:, :-1]], axis=1)
 
 
 @sub(T_SHIFT, "a wrong shape")
@@ -362,6 +368,20 @@ def _(w, u, k, v):
     return out
 
 
+@sub(N, "decay factor")
+def _(w, u, k, v):
+    """the past decayed by w per step: w ** (t - 1 - i)"""
+    out = np.empty_like(k)
+    for t in range(len(k)):
+        num = den = np.exp(u + k[t])
+        num = num * v[t]
+        for i in range(t):
+            weight = w ** (t - 1 - i) * np.exp(k[i])
+            num, den = num + weight * v[i], den + weight
+        out[t] = num / den
+    return out
+
+
 @sub(N, VAGUE)
 def _(w, u, k, v):
     """w outside the exponential: e^{-(t-1-i)} w"""
@@ -394,7 +414,7 @@ def recurrent(mistake=None):
         a0, b0 = a, b
         if mistake == "zeros":
             a, b = np.zeros_like(a), np.zeros_like(b)
-        decay = np.exp(w) if mistake == "sign" else (1.0 if mistake == "no_decay" else np.exp(-w))
+        decay = {"sign": np.exp(w), "no_decay": 1.0, "w_factor": w}.get(mistake, np.exp(-w))
         out = np.empty_like(k)
         for t in range(len(k)):
             bonus = np.exp(k[t]) if mistake == "no_bonus" else np.exp(u + k[t])
@@ -433,6 +453,7 @@ sub(R, "u applied to the past")(recurrent("bonus_past"))
 sub(R, "u missing on the current")(recurrent("no_bonus"))
 sub(R, "wrong sign")(recurrent("sign"))
 sub(R, "decay e^{-w} missing")(recurrent("no_decay"))
+sub(R, "decay factor")(recurrent("w_factor"))  # a = w a + e^k v
 sub(R, "updated before the output")(recurrent("update_first"))
 sub(R, "passed in ignored")(recurrent("zeros"))
 sub(R, "state not updated")(recurrent("not_returned"))
@@ -524,7 +545,11 @@ def stable(mistake=None):
                 aa, bb, pp = np.exp(pp - q) * aa + np.exp(add - q) * vt, np.exp(pp - q) * bb + np.exp(add - q), q - ww
                 continue
             q = np.maximum(pp - ww, add)
-            aa, bb = np.exp(pp - ww - q) * aa + np.exp(add - q) * vt, np.exp(pp - ww - q) * bb + np.exp(add - q)
+            if mistake == "w_factor":  # the past multiplied by w: a = w a + e^k v, in the scaled form
+                q = np.maximum(pp, add)
+                aa, bb = w * np.exp(pp - q) * aa + np.exp(add - q) * vt, w * np.exp(pp - q) * bb + np.exp(add - q)
+            else:
+                aa, bb = np.exp(pp - ww - q) * aa + np.exp(add - q) * vt, np.exp(pp - ww - q) * bb + np.exp(add - q)
             if mistake != "p_fixed":
                 pp = q
         if mistake == "not_returned":
@@ -544,6 +569,7 @@ sub(ST, "u applied to the past")(stable("bonus_past"))
 sub(ST, "u missing on the current")(stable("no_bonus"))
 sub(ST, "wrong sign")(stable("sign"))
 sub(ST, "decay e^{-w} missing")(stable("no_decay"))
+sub(ST, "decay factor")(stable("w_factor"))
 sub(ST, "updated before the output")(stable("update_first"))
 sub(ST, "passed in ignored")(stable("zeros"))
 sub(ST, "state not updated")(stable("not_returned"))
@@ -731,7 +757,7 @@ def _(x, x_prev, aa, bb, pp, time_mix_k, time_mix_v, time_mix_r, time_decay, tim
     return y, state
 
 
-@sub(TM, VAGUE)
+@sub(TM, "swapped in the call to wkv")
 def _(x, x_prev, aa, bb, pp, time_mix_k, time_mix_v, time_mix_r, time_decay, time_first, key, value, receptance,
       output):
     """k and v swapped in the call to wkv"""

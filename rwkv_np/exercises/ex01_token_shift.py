@@ -46,6 +46,19 @@ SHIFT_MISTAKES = [
             "every row moves down by one: row t is x_{t-1} for t >= 1 too, not only row 0 that changes.",
             shift_variant("row0_only")),
 ]
+def _along_channels(case, answer):
+    """Each row's values moved one column right (x[:, :-1] in columns 1...): a shift along axis 1, by
+    concatenating columns or by np.roll without axis= (which rolls the flattened array)."""
+    x = case.args[0]
+    return x.shape[1] > 1 and np.array_equal(np.asarray(answer)[:, 1:], x[:, :-1])
+
+
+ALONG_CHANNELS = Mistake(
+    "shifted along the channels (axis 1) instead of time (axis 0)",
+    "time runs down the rows: row t is x[t - 1], so drop the last row (x[:-1]), not the last column (x[:, :-1]). "
+    "np.roll without axis= rolls the flattened array, which moves every value one column right.",
+    detect=_along_channels)
+SHIFT_MISTAKES.append(ALONG_CHANNELS)
 T_PLUS_ONE = Mistake("kept all T rows plus x_prev (T + 1 rows)",
                      "the output has one row per token, T rows: x_prev on top, then x without its last row "
                      "(the last row becomes the next call's x_prev).")

@@ -23,6 +23,8 @@ def naive_variant(mistake):
                 ki = k[t] if mistake == "key_of_current" else k[i]
                 vi = v[t] if mistake == "value_of_current" else v[i]
                 e = np.exp(sign * dist * w + ki + (u if mistake == "bonus_on_past" else 0))
+                if mistake == "w_as_factor":
+                    e = w ** dist * np.exp(ki)
                 num, den = num + e * vi, den + e
             out[t] = num if mistake == "no_denominator" else num / den
         return out
@@ -55,6 +57,7 @@ MISTAKES = [
     _named("no_bonus"),
     _named("decay_sign"),
     _named("no_decay"),
+    _named("w_as_factor"),
     Mistake("the latest past token (i = t-1) left out of the sums",
             "the past is every i < t: range(t), which includes i = t-1 (the latest past token, weight e^{k_{t-1}}).",
             naive_variant("skip_latest")),

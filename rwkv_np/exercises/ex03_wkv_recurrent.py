@@ -43,7 +43,7 @@ def two_calls(split):
 MISTAKES = [mistake("decayed_once_too_often", recurrent_variant("decayed_once_too_often")),
             mistake("decayed_once_too_often", recurrent_variant("decay_after_add")),
             *(mistake(key, recurrent_variant(key)) for key in (
-                "bonus_in_state", "bonus_on_past", "no_bonus", "decay_sign", "no_decay", "update_first",
+                "bonus_in_state", "bonus_on_past", "no_bonus", "decay_sign", "no_decay", "w_as_factor", "update_first",
                 "state_ignored", "state_not_returned"))]
 
 

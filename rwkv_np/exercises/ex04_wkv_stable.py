@@ -54,7 +54,7 @@ MISTAKES = [mistake("p_not_updated", stable_variant("p_not_updated")), PP_IGNORE
             mistake("decayed_once_too_often", stable_variant("decayed_once_too_often")),
             mistake("decayed_once_too_often", stable_variant("decay_after_add")),
             *(mistake(key, stable_variant(key)) for key in (
-                "bonus_in_state", "bonus_on_past", "no_bonus", "decay_sign", "no_decay", "update_first",
+                "bonus_in_state", "bonus_on_past", "no_bonus", "decay_sign", "no_decay", "w_as_factor", "update_first",
                 "state_ignored", "state_not_returned"))]
 
 

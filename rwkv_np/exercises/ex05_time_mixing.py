@@ -49,6 +49,8 @@ def time_mixing_variant(mistake):
         if mistake == "state_ignored":
             state = empty_state(len(prev), np.float64)
         u = np.exp(f(time_first)) if mistake == "u_exp" else f(time_first)
+        if mistake == "kv_swapped_in_wkv":
+            k, v = v, k
         y, aa2, bb2, pp2 = scan(w, u, k, v, *state, mistake if mistake in EQ14 else None)
         gate = {"no_gate": 1, "no_sigmoid": r}.get(mistake, sigmoid(r))
         if mistake == "no_output":
@@ -98,6 +100,9 @@ MISTAKES_BY_KEY = {
                        "a weight is stored (out, in), as in PyTorch: W x_t for every row t at once is x @ W.T."),
     "kv_swapped": ("the key and value weights swapped",
                    "k_t = W_k (...) with `key`, v_t = W_v (...) with `value`."),
+    "kv_swapped_in_wkv": ("k and v swapped in the call to wkv",
+                          "eq. 14's arguments are w, u, k, v in that order: the keys set the weights e^{k_i}, the "
+                          "values are what is averaged. wkv(w, u, k, v, aa, bb, pp)."),
     "x_prev_from_out": ("the state's x_prev taken from the output",
                         "the next call's token shift needs the last *input* row: return x[-1] (the LayerNorm "
                         "output this function was given), not the last row of out."),

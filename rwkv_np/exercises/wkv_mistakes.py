@@ -43,6 +43,10 @@ NAMES = {
         "the state updated before the output (token t counted twice)",
         "compute wkv_t from the state of the tokens before t (a_{t-1}, b_{t-1}) and the current token's "
         "bonus term; only then take token t into the state for the next step."),
+    "w_as_factor": (
+        "w taken as the decay factor (w^{t-1-i} instead of e^{-(t-1-i)w})",
+        "w is the decay rate: each step back multiplies a past token's weight by e^{-w}, not by w "
+        "(a_t = e^{-w} a_{t-1} + e^{k_t} v_t). w^{t-1-i} would be e^{(t-1-i) ln w}."),
     "p_not_updated": (
         "p (the running max) not updated",
         "after token t the state's exponent must move to the new maximum: pp = max(pp - w, k_t), the same "
@@ -65,12 +69,14 @@ def mistake(key, variant):
 def scan(w, u, k, v, aa, bb, pp, mistake=None):
     """Eq. 14 over k, v (T, C) after the state (aa, bb, pp), with one mistake (a key of NAMES, or
     "decay_after_add": the other way a learner decays once too often, a_t = e^{-w} (a_{t-1} +
-    e^{k_t} v_t)). float64; returns (wkv (T, C), aa, bb, pp)."""
+    e^{k_t} v_t)). float64; returns (wkv (T, C), aa, bb, pp). ("w_as_factor": the decay factor w, as
+    the rate -ln w.)"""
     w, u, k, v, aa, bb, pp = (np.asarray(z, np.float64) for z in (w, u, k, v, aa, bb, pp))
     given = aa, bb, pp
     if mistake == "state_ignored":
         aa, bb, pp = np.zeros_like(aa), np.zeros_like(bb), np.full_like(pp, PP_EMPTY)
-    decay = {"decay_sign": -w, "no_decay": 0 * w}.get(mistake, w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        decay = {"decay_sign": -w, "no_decay": 0 * w, "w_as_factor": -np.log(w)}.get(mistake, w)
 
     def update(aa, bb, pp, kt, vt):
         add = kt + u if mistake == "bonus_in_state" else kt
