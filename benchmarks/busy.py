@@ -1,6 +1,8 @@
 """Generation and prompts when other programs keep cores busy: rwkv_np (and rwkv.cpp, when given) in one run.
 
     python benchmarks/busy.py [--tokens 48] [--formats fp32 bf16 int8] [--files DIR] [--json OUT]
+                              [--rwkv-cpp PATH]
+    python benchmarks/busy.py --quick    # a 7M-weight model, fp32, 8 tokens: that the script runs (tests)
 
 Other programs are stand-ins that spin (`python -c "while True: pass"`), started by this script. For each
 weight format, a fresh process per row loads the 169M-shaped checkpoint as the command line does and
@@ -12,6 +14,11 @@ times `--tokens` generated tokens after a warm-up, and a 512-token prompt (paral
                      and after, and how long after it left the speed came back
 "auto" is what rwkv_np does by default (rwkv_np.process.Threads: the cores other processes leave free,
 measured from /proc/stat); "2" and "1" fix the count (RWKV.threads).
+
+With --rwkv-cpp PATH (a checkout of rwkv.cpp built from source, as for benchmarks/rwkv_cpp.py), rwkv.cpp's
+rows run in the same way on the same weights: its FP32 and FP16 files (written here from the bf16 weights
+widened, as its converter writes them), on 2 and 1 threads (it has no automatic count), through its own
+Python wrapper in child processes.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import bench  # noqa: E402
 
 FORMATS = {"fp32": ("float32", {}), "bf16": ("bfloat16", {"keep_16bit": True}),
            "int8": ("float32", {"quantize": "int8"})}
+CPP_FORMATS = {"FP32": 0, "FP16": 1}  # rwkv.cpp's data type ids
+QUICK_VOCAB = 8000
 SCENARIOS = {"quiet": 0, "one core busy": 1, "both cores busy": 2}
 
 
@@ -42,43 +51,66 @@ def spinners(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def child(path: str, options: dict, threads: str, tokens: int, leave_at: int, pids: list[int]) -> dict:
+def child(impl: str, path: str, options: dict, threads: str, tokens: int, leave_at: int, pids: list[int],
+          cpp: str | None) -> dict:
     """In a fresh process: load as the command line does, then time generation and a prompt."""
-    import rwkv_np
-    from rwkv_np.process import short_spin
+    if impl == "rwkv_np":
+        import rwkv_np
+        from rwkv_np.process import short_spin
 
-    short_spin()  # as the command line does
-    model = rwkv_np.load_model(path, lazy_embedding=True, **options)
-    model.warm_up()
-    model.threads = None if threads == "auto" else int(threads)
+        short_spin()  # as the command line does
+        model = rwkv_np.load_model(path, lazy_embedding=True, **options)
+        model.threads = None if threads == "auto" else int(threads)
+        model.warm_up()
+
+        def step(token, state):
+            return model.forward([token], state, mode="recurrent")
+
+        def prompt(toks):
+            return model.forward(toks)
+    else:
+        sys.path.insert(0, str(Path(cpp) / "python"))
+        from rwkv_cpp import rwkv_cpp_model, rwkv_cpp_shared_library
+
+        model = rwkv_cpp_model.RWKVModel(rwkv_cpp_shared_library.load_rwkv_shared_library(), path,
+                                         thread_count=int(threads))
+
+        def step(token, state):
+            return model.eval(token, state, use_numpy=True)
+
+        def prompt(toks):  # its faster chunk size on a quiet machine (benchmarks/rwkv_cpp.py tries 16 and 64)
+            return model.eval_sequence_in_chunks(toks, None, chunk_size=64, use_numpy=True)
     rng = np.random.default_rng(0)
     state = None
-    for tok in rng.integers(0, bench.SHAPE["V"], 8):
-        _, state = model.forward([int(tok)], state, mode="recurrent")
+    vocab = QUICK_VOCAB if "quick" in Path(path).name else bench.SHAPE["V"]
+    for tok in rng.integers(0, vocab, 8):
+        logits, state = step(int(tok), state)
     stamps, left = [], None
-    for i, tok in enumerate(rng.integers(0, bench.SHAPE["V"], tokens)):
+    for i, tok in enumerate(rng.integers(0, vocab, tokens)):
         if i == leave_at:
             for pid in pids:
                 os.kill(pid, 9)
             left = time.perf_counter()
         t = time.perf_counter()
-        _, state = model.forward([int(tok)], state, mode="recurrent")
+        _, state = step(int(tok), state)
         stamps.append((t, time.perf_counter() - t))
     res = {"times": [dt for _, dt in stamps], "starts": [t for t, _ in stamps], "left": left}
-    prompt = [int(t) for t in rng.integers(0, bench.SHAPE["V"], 512)]
+    toks = [int(t) for t in rng.integers(0, vocab, 512)]
     if leave_at < 0:
-        model.forward(prompt[:16])
-        res["prompt_s"] = bench.best_time(lambda: model.forward(prompt), 2)
+        prompt(toks[:16])
+        res["prompt_s"] = bench.best_time(lambda: prompt(toks), 2)
     return res
 
 
-def run(path: Path, fmt: str, threads: str, busy: int, tokens: int, leave: bool) -> dict:
+def run(path: Path, fmt: str, threads: str, busy: int, tokens: int, leave: bool, cpp: Path | None = None) -> dict:
     procs = spinners(busy)
     try:
         time.sleep(0.5)
         cmd = [sys.executable, __file__, "--child", json.dumps({
-            "path": str(path), "options": FORMATS[fmt][1], "threads": threads, "tokens": tokens,
-            "leave_at": tokens // 2 if leave else -1, "pids": [p.pid for p in procs] if leave else []})]
+            "impl": "rwkv_np" if cpp is None else "rwkv.cpp", "path": str(path),
+            "options": FORMATS[fmt][1] if cpp is None else {}, "threads": threads, "tokens": tokens,
+            "leave_at": tokens // 2 if leave else -1, "pids": [p.pid for p in procs] if leave else [],
+            "cpp": None if cpp is None else str(cpp)})]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{fmt} {threads} threads, {busy} busy: failed\n{out.stderr[-3000:]}")
@@ -99,43 +131,67 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     ap.add_argument("--files", type=Path, default=None, help="folder for the checkpoints (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
+    ap.add_argument("--quick", action="store_true", help="a small model (2 x 512, vocabulary 8000), fp32, 8 tokens")
+    ap.add_argument("--rwkv-cpp", type=Path, default=None, metavar="PATH",
+                    help="a checkout of rwkv.cpp, built (librwkv.so): its rows too")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         a = json.loads(args.child)
-        print(json.dumps(child(a["path"], a["options"], a["threads"], a["tokens"], a["leave_at"], a["pids"])))
+        print(json.dumps(child(a["impl"], a["path"], a["options"], a["threads"], a["tokens"], a["leave_at"], a["pids"],
+                               a["cpp"])))
         return
     import tempfile
 
     folder = args.files or Path(tempfile.mkdtemp(prefix="rwkv_np_busy_"))
     folder.mkdir(parents=True, exist_ok=True)
     written = {"float32": folder / "rwkv4-169m-random-fp32.pth", "bfloat16": folder / "rwkv4-169m-random-bf16.pth"}
-    if not all(p.exists() for p in written.values()):
+    if args.quick:
+        from rwkv_np.config import RWKVConfig
+        from rwkv_np.rwkv4.params import random_weights
+
+        written = {"float32": folder / "quick-fp32.pth"}
+        config = RWKVConfig(n_layer=2, n_embd=512, vocab_size=QUICK_VOCAB, ffn_dim=2048)
+        bench.write_aligned_torch_zip(written["float32"], random_weights(config, 0), "float32")
+        args.formats, args.tokens, args.rwkv_cpp = ["fp32"], 8, None
+        del SCENARIOS["both cores busy"]
+    elif not all(p.exists() for p in written.values()):
         written = bench.write_checkpoints(folder)
+    # (label, path, fmt, thread counts, rwkv.cpp checkout or None)
+    counts = ("auto", "1") if args.quick else ("auto", "2", "1")
+    rows = [(fmt, written[FORMATS[fmt][0]], fmt, counts, None) for fmt in args.formats]
+    if args.rwkv_cpp is not None:
+        if not (args.rwkv_cpp / "python" / "rwkv_cpp").is_dir():
+            ap.error(f"--rwkv-cpp {args.rwkv_cpp}: no python/rwkv_cpp folder there (a checkout of rwkv.cpp?)")
+        for fmt, type_id in CPP_FORMATS.items():
+            path = folder / f"rwkv4-169m-random-{fmt}.bin"
+            if not path.exists():
+                from helpers import bf16_round, rwkv_cpp_bytes
+
+                path.write_bytes(rwkv_cpp_bytes({k: bf16_round(v) for k, v in bench.random_169m().items()}, type_id))
+            rows.append((f"rwkv.cpp {fmt}", path, fmt, ("2", "1"), args.rwkv_cpp))
     print(f"machine: {bench.machine()}; load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
     results = {}
-    print("\n| weights | threads | quiet | one core busy | both cores busy | prompt 512, quiet / one busy |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for fmt in args.formats:
-        path = written[FORMATS[fmt][0]]
-        for threads in ("auto", "2", "1"):
-            row = {name: run(path, fmt, threads, busy, args.tokens, False) for name, busy in SCENARIOS.items()}
-            results[f"{fmt} {threads}"] = row
+    print(f"\n| weights | threads | {' | '.join(SCENARIOS)} | prompt 512, quiet / one busy |")
+    print("| --- " * (len(SCENARIOS) + 3) + "|")
+    for label, path, fmt, counts, cpp in rows:
+        for threads in counts:
+            row = {name: run(path, fmt, threads, busy, args.tokens, False, cpp) for name, busy in SCENARIOS.items()}
+            results[f"{label} {threads}"] = row
             gen = " | ".join(f"{rate(row[s]['times']):.1f} tok/s" for s in SCENARIOS)
             prompt = f"{512 / row['quiet']['prompt_s']:.0f} / {512 / row['one core busy']['prompt_s']:.0f} tok/s"
-            print(f"| {fmt} | {threads} | {gen} | {prompt} |", flush=True)
+            print(f"| {label} | {threads} | {gen} | {prompt} |", flush=True)
     print("\n| weights | threads | while one core busy | after it left | back to 80% of quiet after |")
     print("| --- | --- | --- | --- | --- |")
-    for fmt in args.formats:
-        path = written[FORMATS[fmt][0]]
-        quiet = rate(results[f"{fmt} auto"]["quiet"]["times"])
-        for threads in ("auto", "2"):
-            r = run(path, fmt, threads, 1, 2 * args.tokens, True)
-            results[f"{fmt} {threads} leaving"] = r
+    for label, path, fmt, counts, cpp in rows:
+        quiet = rate(results[f"{label} {counts[0]}"]["quiet"]["times"])
+        for threads in counts[:2] if cpp is None else counts[:1]:
+            r = run(path, fmt, threads, 1, 2 * args.tokens + 16, True, cpp)
+            results[f"{label} {threads} leaving"] = r
             half = len(r["times"]) // 2
             back = next((s - r["left"] for s, dt in zip(r["starts"][half:], r["times"][half:])
                          if 1 / dt >= 0.8 * quiet), float("nan"))
-            print(f"| {fmt} | {threads} | {rate(r['times'][:half]):.1f} tok/s | {rate(r['times'][half + 8:]):.1f} tok/s"
+            print(f"| {label} | {threads} | {rate(r['times'][:half]):.1f} tok/s | {rate(r['times'][half + 8:]):.1f} tok/s"
                   f" | {back:.2f} s |", flush=True)
     print(f"\nload average after: {open('/proc/loadavg').read().split()[:3]}")
     if args.json:

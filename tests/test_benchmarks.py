@@ -29,3 +29,17 @@ def test_blocks_benchmark_quick():
     assert mib["Q4_0 file, blocks kept, head int8"] <= mib["Q5_1 file, blocks kept, head int8"] \
         <= mib["int8 (--quantize int8, from the .pth)"] < mib["Q4_0 file, blocks kept, head fp16"] \
         < mib["bf16 (.pth), kept 16-bit"]
+
+
+def test_busy_benchmark_quick():
+    """benchmarks/busy.py --quick: every row of both tables printed with its figures (a small model,
+    one spinning program started and stopped by the script)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "busy.py"), "--quick"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| fp32 \| (\w+) \| ([\d.]+) tok/s \| ([\d.]+) tok/s \| (\d+) / (\d+) tok/s \|$",
+                      out.stdout, re.M)
+    assert [r[0] for r in rows] == ["auto", "1"], out.stdout
+    assert all(float(x) > 0 for r in rows for x in r[1:]), out.stdout
+    leaving = re.findall(r"^\| fp32 \| (\w+) \| ([\d.]+) tok/s \| ([\d.]+) tok/s \| ([\d.]+|nan) s \|$", out.stdout, re.M)
+    assert [r[0] for r in leaving] == ["auto", "1"] and all(float(r[2]) > 0 for r in leaving), out.stdout
