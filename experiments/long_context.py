@@ -5,6 +5,8 @@ only how the bytes are cut into windows differs), for three variants of the deca
     PYTHONPATH=. nice -n 19 python experiments/long_context.py          # -> experiments/long_context.json
     PYTHONPATH=. python experiments/long_context.py --tiny              # a few steps of a tiny model, temp folder
     PYTHONPATH=. python experiments/long_context.py --run baseline --ctx 1024 --seed 1   # one run
+    PYTHONPATH=. nice -n 19 python experiments/long_context.py --only baseline,frozen_decay --seeds 0,1
+                                       # a smaller campaign: some variants, some seeds (the JSON says which)
 
 At context 128 the slowest initial channels (w = e^-5, half-life 103 bytes) barely get to use their
 memory: a window ends before their weights have halved. At 1024 they can. If the per-channel bank of
@@ -138,10 +140,26 @@ def score(name: str, ctx: int, seed: int, cfg: dict, held: np.ndarray, runs: Pat
     return out
 
 
-def summarise(cfg: dict, runs: Path, data_path: Path, tiny: bool, args) -> dict:
+def campaign_command(tiny: bool, names: list[str], seeds: list[int], cfg: dict) -> str:
+    cmd = "PYTHONPATH=. nice -n 19 python experiments/long_context.py" + (" --tiny" if tiny else "")
+    if list(names) != list(VARIANTS):
+        cmd += " --only " + ",".join(names)
+    if list(seeds) != list(cfg["seeds"]):
+        cmd += " --seeds " + ",".join(str(s) for s in seeds)
+    return cmd
+
+
+def summarise(cfg: dict, runs: Path, data_path: Path, tiny: bool, args, names: list[str] | None = None,
+              seeds: list[int] | None = None) -> dict:
+    """The campaign's results: every run of `names` (default: all variants) at `seeds` (default: the
+    budget's), finished or not. `complete` says whether all of those finished; `full_campaign` whether
+    they are the whole campaign (every variant at every seed of the budget)."""
     train, held = load_bytes(data_path)
+    names = list(names or VARIANTS)
+    seeds = list(cfg["seeds"] if seeds is None else seeds)
+    cfg = dict(cfg, seeds=seeds)
     out_runs, complete = [], True
-    for name in VARIANTS:
+    for name in names:
         for ctx in cfg["contexts"]:
             rc = run_cfg(cfg, ctx)
             for seed in cfg["seeds"]:
@@ -159,8 +177,10 @@ def summarise(cfg: dict, runs: Path, data_path: Path, tiny: bool, args) -> dict:
                 out_runs.append(row)
     return {
         "what": "RWKV-4 retrained at two training contexts at equal budget, three decay variants (issue 23)",
-        "complete": complete, "tiny": tiny, "budget": cfg,
-        "campaign_command": "PYTHONPATH=. nice -n 19 python experiments/long_context.py" + (" --tiny" if tiny else ""),
+        "complete": complete, "tiny": tiny, "budget": cfg, "variants": names,
+        "full_campaign": names == list(VARIANTS) and seeds == list((TINY if tiny else FULL)["seeds"]),
+        "campaign_command": campaign_command(tiny, names, seeds, TINY if tiny else FULL),
+        "full_campaign_command": "PYTHONPATH=. nice -n 19 python experiments/long_context.py" + (" --tiny" if tiny else ""),
         "data": {"file": "tiny shakespeare", "sha256": sha256_of(data_path), "train_bytes": len(train),
                  "held_out_bytes": len(held)},
         "held_out_loss_definition": "held_out_loss: at the run's own training context (experiments/ablations.py's "
@@ -184,11 +204,20 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=None, help="train this one variant (with --ctx and --seed) and exit")
     ap.add_argument("--ctx", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default=None, help=f"comma-separated variants (default: all, {','.join(VARIANTS)})")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's)")
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else FULL
     data_path = AB.find_data(args.data)
     if args.jobs < 1:
         raise ArgumentError(f"--jobs must be >= 1, got {args.jobs}")
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    if any(n not in VARIANTS for n in names):
+        raise ArgumentError(f"--only {args.only}: the variants are {', '.join(VARIANTS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(cfg["seeds"])
+    except ValueError:
+        raise ArgumentError(f"--seeds {args.seeds}: comma-separated integers") from None
     tmp = Path(tempfile.mkdtemp(prefix="rwkv_np_long_")) if args.tiny and not (args.out and args.runs) else None
     runs = Path(args.runs) if args.runs else (tmp / "runs" if args.tiny else RUNS)
     out = Path(args.out) if args.out else (tmp / "long_context.json" if args.tiny else RESULTS)
@@ -204,9 +233,9 @@ def main(argv=None) -> int:
         return 0
 
     # seed by seed, so that a campaign cut short has every variant and context at the first seeds
-    todo = [(n, c, s) for s in cfg["seeds"] for c in cfg["contexts"] for n in VARIANTS
+    todo = [(n, c, s) for s in seeds for c in cfg["contexts"] for n in names
             if not (run_dir(runs, n, c, s) / "scores.json").exists()]
-    print(f"{len(todo)} of {len(VARIANTS) * len(cfg['contexts']) * len(cfg['seeds'])} runs to do; results -> {out}",
+    print(f"{len(todo)} of {len(names) * len(cfg['contexts']) * len(seeds)} runs to do; results -> {out}",
           flush=True)
     if args.jobs == 1:
         for n, c, s in todo:
@@ -230,11 +259,11 @@ def main(argv=None) -> int:
                     if item[1].returncode != 0:
                         failed.append(item[0])
                     out.parent.mkdir(parents=True, exist_ok=True)  # results so far, marked incomplete
-                    ckpt.atomic_write(out, (json.dumps(summarise(cfg, runs, data_path, args.tiny, args), indent=1)
-                                            + "\n").encode())
+                    summary = summarise(cfg, runs, data_path, args.tiny, args, names, seeds)
+                    ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
         if failed:
             print(f"failed: {failed}", file=sys.stderr)
-    summary = summarise(cfg, runs, data_path, args.tiny, args)
+    summary = summarise(cfg, runs, data_path, args.tiny, args, names, seeds)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
     for r in summary["runs"]:

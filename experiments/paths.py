@@ -3,6 +3,7 @@ the baseline and the three variants without a token shift, at every seed, from t
 
     PYTHONPATH=. nice -n 19 python experiments/paths.py          # -> experiments/paths.json (minutes)
     PYTHONPATH=. python experiments/paths.py --tiny --runs DIR   # on a tiny campaign's checkpoints
+    PYTHONPATH=. nice -n 19 python experiments/paths.py --seeds 0,1   # some seeds only (the JSON says which)
 
 Two measurements per model, both from rwkv_np.analysis (notebook 04 runs them on the shipped model):
 
@@ -64,8 +65,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="tiny shakespeare (default: ../shared/data, else the trainer's cache)")
     ap.add_argument("--runs", default=None, help=f"the ablation campaign's checkpoints (default {AB.RUNS})")
     ap.add_argument("--out", default=None, help=f"results JSON (default {RESULTS}; with --tiny a temp folder)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the campaign's)")
     args = ap.parse_args(argv)
     budget, cfg = (AB.TINY, TINY) if args.tiny else (AB.FULL, FULL)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(budget["seeds"])
+    except ValueError:
+        raise ArgumentError(f"--seeds {args.seeds}: comma-separated integers") from None
     data_path = AB.find_data(args.data)
     runs = Path(args.runs) if args.runs else AB.RUNS
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) / "paths.json" if args.tiny else RESULTS)
@@ -73,7 +79,7 @@ def main(argv=None) -> int:
     train, held = train.astype(np.int64), held.astype(np.int64)
     results, t0 = [], time.time()
     for name in VARIANTS:
-        for seed in budget["seeds"]:
+        for seed in seeds:
             params = AB.final_params(runs / f"{name}-s{seed}", name, seed, budget)
             if params is None:
                 raise ArgumentError(f"no checkpoint of {name} seed {seed} in {runs}: run experiments/ablations.py first")
@@ -82,7 +88,9 @@ def main(argv=None) -> int:
             print(f"{name} s{seed}: probe accuracy {results[-1]['probe_accuracy']} ({time.time() - t0:.0f} s)", flush=True)
     summary = {
         "what": "how token t-1 reaches each sublayer at t, on the retrained baseline and no-shift variants (issue 23)",
-        "command": "PYTHONPATH=. nice -n 19 python experiments/paths.py" + (" --tiny" if args.tiny else ""),
+        "command": "PYTHONPATH=. nice -n 19 python experiments/paths.py" + (" --tiny" if args.tiny else "")
+                   + (f" --seeds {args.seeds}" if args.seeds else ""),
+        "seeds": seeds, "all_seeds": seeds == list(budget["seeds"]),
         "tiny": args.tiny, "settings": cfg, "models": f"experiments/ablations.py's checkpoints ({budget['n_layer']} x "
                                                       f"{budget['n_embd']}, {budget['steps']} steps), context "
                                                       f"{budget['ctx_len']}",
