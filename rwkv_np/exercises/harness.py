@@ -18,7 +18,10 @@ learner's function is held to the contract the reference's own call shows: a tup
 tuple, of the same length; a NumPy array (never a list) of the same shape and exactly the same dtype
 (float32 in, float32 out: widening and narrowing are both named); a list of ints for token ids. Then
 its inputs must be unchanged. Then the answer is compared with the reference's, and the first value
-outside the tolerances is shown with as many digits as it takes to see the difference.
+outside the tolerances is shown with as many digits as it takes to see the difference. Reading a return
+never calls the learner's code where it can be avoided (no repr, str or len of their objects); where it
+cannot (a protocol unpacking a tuple of their own class), an exception from their code is reported as
+theirs, with its line, while an exception from this package's own code is raised as the bug it is.
 
 The time limit: each case may take `TIME_LIMIT` seconds (or the check's `time_limit=`). On Linux and
 macOS, in the main thread (a notebook's cells run there), an alarm (SIGALRM) interrupts the learner's
