@@ -169,14 +169,33 @@ def _proc_stat_busy() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _procs_running() -> int | None:
+    """The threads running or ready to run on the whole machine now (/proc/stat's procs_running)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class CpuUse:
     """How many cores other processes keep busy, measured between two calls of `others()`: the machine's
     busy time (/proc/stat) less this process's own CPU time (all its threads), over the wall time.
-    Linux; elsewhere `others()` is None. clock, busy and own are injectable for tests."""
+    Busy time is counted in ticks (1/100 s), so the measure needs a tenth of a second or so to mean
+    anything; before that, `others_now()` counts the threads that run or wait to run at this instant,
+    less the one asking. Linux; elsewhere both are None. clock, busy, own and running are injectable
+    for tests."""
 
-    def __init__(self, clock=time.monotonic, busy=_proc_stat_busy, own=time.process_time):
-        self.clock, self.busy, self.own = clock, busy, own
+    def __init__(self, clock=time.monotonic, busy=_proc_stat_busy, own=time.process_time, running=_procs_running):
+        self.clock, self.busy, self.own, self.running = clock, busy, own, running
         self._last = None
+
+    def others_now(self) -> float | None:
+        n = self.running()
+        return None if n is None else float(max(0, n - 1))
 
     def others(self) -> float | None:
         now, busy, own = self.clock(), self.busy(), self.own()
@@ -221,7 +240,8 @@ class Threads:
         """The count for the next piece of work (the load measured again if `window` has passed)."""
         now = self.clock()
         if self._looked is None or now - self._looked >= self.window:
-            others = self.cpu_use.others()
+            # the first look comes too soon after the clock started for the busy time: a snapshot
+            others = self.cpu_use.others_now() if self._looked is None else self.cpu_use.others()
             if others is not None:
                 self.others = others
             self._looked = now

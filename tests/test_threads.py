@@ -11,17 +11,20 @@ from rwkv_np.process import CpuUse, Threads, cpu_count
 class Machine:
     """A fake machine: a clock, the busy time of all its cores, and this process's own CPU time."""
 
-    def __init__(self):
+    def __init__(self, others: int = 0):
         self.now, self.busy, self.own = 100.0, 0.0, 0.0
+        self.running = 1 + others  # threads running now: the one asking, and the other programs'
 
     def run(self, seconds: float, others: float, ours: float = 1.0) -> None:
         """`seconds` pass with other processes keeping `others` cores busy and this one `ours`."""
         self.now += seconds
         self.busy += (others + ours) * seconds
         self.own += ours * seconds
+        self.running = 1 + round(others)
 
     def cpu_use(self) -> CpuUse:
-        return CpuUse(clock=lambda: self.now, busy=lambda: self.busy, own=lambda: self.own)
+        return CpuUse(clock=lambda: self.now, busy=lambda: self.busy, own=lambda: self.own,
+                      running=lambda: self.running)
 
 
 def governor(machine: Machine, most: int = 2, cpus: int = 2, window: float = 0.2) -> Threads:
@@ -50,6 +53,16 @@ def test_cpu_use_measures_the_other_processes_between_two_looks():
     no_proc.others()
     m.run(1.0, others=1.0)
     assert no_proc.others() is None  # no /proc/stat: unknown, not zero
+
+
+def test_the_first_look_counts_the_programs_running_at_that_instant():
+    """Busy time is counted in ticks of 1/100 s: the first choice, made before any interval has passed,
+    comes from the threads running at that instant (procs_running), so that a busy machine gets one
+    thread from the first token on."""
+    for others, want in ((0, 2), (1, 1), (2, 1)):
+        m = Machine(others=others)
+        assert tokens(m, governor(m), others=others, n=12) == [want] * 12
+    assert CpuUse(running=lambda: None).others_now() is None  # no /proc/stat: unknown
 
 
 def test_quiet_machine_all_threads():
