@@ -353,3 +353,75 @@ def matvec(w, x, out, scales=None, ahead=PREFETCH_BYTES):
     accumulated in float32; rows prefetched ahead bytes in advance (0: not)."""
     for n in prange(w.shape[0]):
         out[n] = row_dot(w, scales, n, x, ahead)
+
+
+# ---- many vectors at once: the recurrent form over a batch ------------------------------------------
+
+def _widen_row(w, s, r, out):
+    """out (K,) float32 <- row r of stored weights w (float32, 16-bit, or int8 with scales s)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_widen_row, inline="always")
+def _widen_row_overload(w, s, r, out):
+    if w.dtype == types.int8:
+        def int8_row(w, s, r, out):
+            wr, sr = w[r], s[r]
+            for j in range(out.shape[0]):
+                out[j] = np.float32(wr[j]) * sr[j >> 5]  # as dequantize_into: one rounding
+        return int8_row
+
+    def float_row(w, s, r, out):
+        wr = w[r]
+        for j in range(out.shape[0]):
+            out[j] = widen(wr[j])
+    return float_row
+
+
+#: matmat's rows per block: each block's rows are widened once into float32 and dotted with every vector
+MATMAT_ROWS = 4
+
+
+@njit(fastmath=DOT_MATH, parallel=True, cache=True, error_model="numpy")
+def matmat(w, scales, x, out):
+    """out (B, N) = x (B, K) @ w (N, K).T for stored weights w (float32, 16-bit, or int8 with scales;
+    other kinds: scales is a (1, 1) array never read), accumulated in float32: the recurrent form's
+    products for B sequences at once. Each weight is read from memory once, widened to float32 once
+    (a block of MATMAT_ROWS rows at a time, kept in the cache) and multiplied by all B vectors, four
+    rows side by side so that each element of x loaded serves four products. For a few vectors this
+    beats widening the whole matrix for BLAS (which writes and reads it again as float32)."""
+    N, K, B = w.shape[0], x.shape[1], x.shape[0]
+    R = MATMAT_ROWS
+    for blk in prange((N + R - 1) // R):
+        r0 = blk * R
+        nr = min(R, N - r0)
+        buf = np.empty((R, K), np.float32)
+        for i in range(nr):
+            _widen_row(w, scales, r0 + i, buf[i])
+        if nr == R:
+            w0, w1, w2, w3 = buf[0], buf[1], buf[2], buf[3]
+            for b in range(B):
+                xb = x[b]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for j in range(K):
+                    xj = xb[j]
+                    a0 += w0[j] * xj
+                    a1 += w1[j] * xj
+                    a2 += w2[j] * xj
+                    a3 += w3[j] * xj
+                out[b, r0] = a0
+                out[b, r0 + 1] = a1
+                out[b, r0 + 2] = a2
+                out[b, r0 + 3] = a3
+        else:
+            for i in range(nr):
+                wi = buf[i]
+                for b in range(B):
+                    xb = x[b]
+                    a = np.float32(0.0)
+                    for j in range(K):
+                        a += wi[j] * xb[j]
+                    out[b, r0 + i] = a

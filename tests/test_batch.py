@@ -4,7 +4,8 @@ with sequences of different lengths joining and leaving the batch and states for
 for every architecture, and for RWKV-4's weights kept 16-bit and int8. Bad arguments are refused by
 name. The benchmark's smoke run is in tests/test_benchmarks.py's style, below, in the slow tier.
 
-Tolerance: the batch multiplies by BLAS over the B rows, where a sequence alone goes through the
+Tolerance: RWKV-4's batch multiplies with products.matmat up to Engine.FUSED_MAX sequences and by BLAS
+beyond (both paths are run), the later versions' by BLAS, where a sequence alone goes through the
 recurrent kernels' dot products (or, for the reference, NumPy's matrix-vector products): the same
 float32 function with the sums in another order, which helpers.close_in_float32 bounds (1e-5 of the
 largest magnitude: ~sqrt(K) 2^-24 per product, a few layers deep), while a state carried into the
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 
 from rwkv_np import ArgumentError, RWKV, State
-from rwkv_np.quantize import Int8Matrix
+from rwkv_np.products import matmat
+from rwkv_np.quantize import Int8Matrix, kernel_array
+from rwkv_np.rwkv4.engine import Engine
 
 from helpers import (LATER, REPO, assert_close_in_float32, bf16_round, close_in_float32, expected_model_weights,
                      random_flat, tiny_weights)
@@ -88,8 +91,45 @@ def assert_same_sequences(batched, alone):
         assert_close_in_float32(batched[key], alone[key])
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_every_sequence_gets_its_own_logits_at_every_position(version):
+@pytest.fixture(params=["matmat", "BLAS"])
+def rwkv4_product(request, monkeypatch):
+    """RWKV-4's batch both ways: products.matmat (the default up to FUSED_MAX sequences) and BLAS."""
+    if request.param == "BLAS":
+        monkeypatch.setattr(Engine, "FUSED_MAX", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_matmat_is_the_product_to_float32_rounding(kind):
+    """matmat(w, s, x) = x @ W.T, W the stored weights as float32 (bf16 widened exactly; int8 q * scale,
+    one rounding, as dequantize_into). Any order of K float32 additions is within K 2^-24 sum |w x| of
+    the exact sum (the classic bound gamma_K); N = 10 leaves two rows past the blocks of four, K = 100
+    a partial block of scales."""
+    rng = np.random.default_rng(3)
+    N, K = 10, 100
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    if kind == "bfloat16":
+        w = (bf16_round(w).view(np.uint32) >> 16).astype(np.uint16)
+        wide = (w.astype(np.uint32) << 16).view(np.float32)
+    elif kind == "int8":
+        w = Int8Matrix.quantize(w)
+        wide = np.asarray(w)
+    else:
+        wide = w
+    scales = w.scales if kind == "int8" else np.zeros((1, 1), np.float32)
+    for B in (1, 3, 17):
+        x = rng.standard_normal((B, K)).astype(np.float32)
+        out = np.full((B, N), np.nan, np.float32)
+        matmat(kernel_array(w), scales, x, out)
+        exact = x.astype(np.float64) @ wide.astype(np.float64).T
+        bound = K * 2.0 ** -24 * (np.abs(x).astype(np.float64) @ np.abs(wide).astype(np.float64).T)
+        assert np.all(np.abs(out - exact) <= bound), (kind, B)
+
+
+@pytest.mark.parametrize("version, product", [("4", "matmat"), ("4", "BLAS")] + [(v, "BLAS") for v in LATER])
+def test_every_sequence_gets_its_own_logits_at_every_position(version, product, monkeypatch):
+    if product == "BLAS":  # RWKV-4 multiplies with products.matmat up to FUSED_MAX sequences by default
+        monkeypatch.setattr(Engine, "FUSED_MAX", 0)
     model = model_of(version)
     starts, begin, tokens = schedule(model)
     got, states = run_batched(model, starts, begin, tokens)
@@ -119,9 +159,10 @@ def test_the_reference_over_a_batch_equals_the_reference_alone(version):
 
 
 @pytest.mark.parametrize("kind", ["bfloat16", "int8"])
-def test_16bit_and_int8_weights_in_a_batch(kind):
-    """Kept 16-bit, the batch widens each matrix exactly for BLAS; int8 dequantizes it (q * scale, one
-    rounding) where the recurrent kernel scales each product: both within float32 rounding of alone."""
+def test_16bit_and_int8_weights_in_a_batch(kind, rwkv4_product):
+    """Kept 16-bit, the batch widens each weight exactly (matmat a block of rows at a time, or the whole
+    matrix for BLAS); int8 dequantizes it (q * scale, one rounding) where the recurrent kernel scales each
+    product: both within float32 rounding of alone."""
     model = model_of("4", kind)
     starts, begin, tokens = schedule(model, seed=2)
     assert_same_sequences(run_batched(model, starts, begin, tokens)[0], run_alone(model, starts, tokens)[0])

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import RWKVConfig
 from ..ops import LOGITS_ALL, LOGITS_LAST, LOGITS_NONE
-from ..products import (PREFETCH_BYTES, block_layout, dequantize_blocks_into, dequantize_into, matvec,
+from ..products import (PREFETCH_BYTES, block_layout, dequantize_blocks_into, dequantize_into, matmat, matvec,
                         widen_into)
 from ..quantize import BLOCK_BYTES, BlockMatrix, Int8Matrix, as_float32, kernel_array
 from . import kernels as K
@@ -140,11 +140,27 @@ class Engine:
         """The recurrent form over a batch: B sequences, one token each (tokens (B,)), sequence b's state
         in s[:, :, b] (s (L, 5, B, C), advanced in place). Logits (B, V).
 
-        The parallel form's BLAS products with the B sequences in place of the T tokens, so every weight
-        is read once per call for all B; only the token shift (kernels.norm_mix_rows: each row's previous
+        The parallel form's products with the B sequences in place of the T tokens (products.matmat on
+        the weights as stored up to FUSED_MAX sequences, BLAS beyond), so every weight is read once per
+        call for all B; only the token shift (kernels.norm_mix_rows: each row's previous
         token is its own sequence's) and eq. 14 (kernels.wkv_gate over the B x C channels, each with its
         own aa, bb, pp) see the rows as separate sequences."""
-        return self._logits(self._blocks(tokens, s, batched=True))
+        return self._logits(self._blocks(tokens, s, batched=True), fused=self._fused(len(tokens)))
+
+    #: up to this many sequences, the batch multiplies with products.matmat (each weight widened once, in
+    #: the cache); beyond, with BLAS on the matrix widened to float32 (benchmarks/batch.py measures both)
+    FUSED_MAX = 16
+
+    def _fused(self, B: int) -> bool:
+        return B <= self.FUSED_MAX and self.kind in ("float32", "bfloat16", "float16", "int8")
+
+    def _product(self, a: np.ndarray, w, out: np.ndarray, fused: bool, scratch: list) -> np.ndarray:
+        """out = a @ w.T: matmat on the weights as stored, or BLAS on them in float32."""
+        if fused:
+            matmat(kernel_array(w), w.scales if isinstance(w, Int8Matrix) else self._no_scales.reshape(1, 1), a, out)
+        else:
+            np.matmul(a, self._f32(w, scratch).T, out=out)
+        return out
 
     def _blocks(self, tokens: np.ndarray, s: np.ndarray, batched: bool) -> np.ndarray:
         """Every block (reference.block) over the rows of tokens: x (T, C) after the last block, s advanced.
@@ -159,6 +175,10 @@ class Engine:
         kf = np.empty((T, F), np.float32)
         if batched:  # eq. 14's w and u for B x C channels: each sequence's C side by side
             wu = np.tile(self.vecs[:, [K.DECAY_W, K.FIRST]], (1, 1, T))  # (L, 2, B C)
+        fused = batched and self._fused(T)
+
+        def product(a, name, out):  # a @ W.T into out: one matrix product over the T rows
+            return self._product(a, m[name][i], out, fused, scratch)
         for i in range(self.config.n_layer):  # reference.block
             p = self.vecs[i]
 
@@ -169,27 +189,29 @@ class Engine:
                     s[i, row] = K.norm_shift_mix(x, p[g], p[b], eps, s[i, row].copy(), p[mus], out)
             # reference.time_mixing: layer_norm, token_shift, mix (eqs. 11-13), then the products
             shift_mix(K.LN1_W, K.LN1_B, ATT_X, [K.ATT_MK, K.ATT_MV, K.ATT_MR], mixed)
-            np.matmul(mixed[0], self._f32(m["att.key.weight"][i], scratch).T, out=k)  # eq. 12
-            np.matmul(mixed[1], self._f32(m["att.value.weight"][i], scratch).T, out=v)  # eq. 13
-            np.matmul(mixed[2], self._f32(m["att.receptance.weight"][i], scratch).T, out=r)  # eq. 11
+            product(mixed[0], "att.key.weight", k)  # eq. 12
+            product(mixed[1], "att.value.weight", v)  # eq. 13
+            product(mixed[2], "att.receptance.weight", r)  # eq. 11
             if batched:  # eqs. 14-15, the B x C channels side by side, one step each
                 K.wkv_gate(wu[i, 0], wu[i, 1], *(a.reshape(1, -1) for a in (k, v, r)), s[i, AA].reshape(-1),
                            s[i, BB].reshape(-1), s[i, PP].reshape(-1), y.reshape(1, -1))
             else:
                 K.wkv_gate(p[K.DECAY_W], p[K.FIRST], k, v, r, s[i, AA], s[i, BB], s[i, PP], y)  # eqs. 14-15
-            x += np.matmul(y, self._f32(m["att.output.weight"][i], scratch).T, out=k)  # eq. 15, residual
+            x += product(y, "att.output.weight", k)  # eq. 15, residual
             # reference.channel_mixing
             shift_mix(K.LN2_W, K.LN2_B, FFN_X, [K.FFN_MK, K.FFN_MR], mixed[:2])
-            np.matmul(mixed[0], self._f32(m["ffn.key.weight"][i], scratch).T, out=kf)  # eq. 17
+            product(mixed[0], "ffn.key.weight", kf)  # eq. 17
             K.square_relu(kf)
-            np.matmul(mixed[1], self._f32(m["ffn.receptance.weight"][i], scratch).T, out=r)  # eq. 16
-            K.add_gated(x, r, np.matmul(kf, self._f32(m["ffn.value.weight"][i], scratch).T, out=v))  # eq. 18
+            product(mixed[1], "ffn.receptance.weight", r)  # eq. 16
+            K.add_gated(x, r, product(kf, "ffn.value.weight", v))  # eq. 18
         return x
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
+    def _logits(self, x: np.ndarray, fused: bool = False) -> np.ndarray:
         """ln_out and the head over every row of x (T, C): (T, V)."""
         xn = layer_norm(x, self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
         out = np.empty((len(x), self.config.vocab_size), np.float32)
+        if fused:
+            return self._product(xn, self.head, out, True, None)
         rows, scratch = 8192, [None]  # widen the head a slice at a time: it is the largest matrix
         for a in range(0, self.config.vocab_size, rows):
             np.matmul(xn, self._f32(self.head[a:a + rows], scratch).T, out=out[:, a:a + rows])
