@@ -15,6 +15,10 @@ times `--tokens` generated tokens after a warm-up, and a 512-token prompt (paral
 "auto" is what rwkv_np does by default (rwkv_np.process.Threads: the cores other processes leave free,
 measured from /proc/stat); "2" and "1" fix the count (RWKV.threads).
 
+Training (`python -m rwkv_np train`, a 4 x 256 model, windows of 128 bytes, batches of 8, on random
+bytes) is timed the same way, quiet and with one core busy, --threads auto / 2 / 1: the median seconds
+per optimiser step from its log.
+
 With --rwkv-cpp PATH (a checkout of rwkv.cpp built from source, as for benchmarks/rwkv_cpp.py), rwkv.cpp's
 rows run in the same way on the same weights: its FP32 and FP16 files (written here from the bf16 weights
 widened, as its converter writes them), on 2 and 1 threads (it has no automatic count), through its own
@@ -121,6 +125,33 @@ def run(path: Path, fmt: str, threads: str, busy: int, tokens: int, leave: bool,
             p.wait()
 
 
+def train_step_seconds(folder: Path, threads: str, busy: int, steps: int) -> float:
+    """Median seconds per optimiser step of a small training run (its log's times), `busy` cores taken."""
+    data = folder / "random-bytes.txt"
+    if not data.exists():
+        data.write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    out, log = folder / "busy-train.safetensors", folder / "busy-train.jsonl"
+    for p in (out, log, Path(str(out) + ".ckpt")):
+        p.unlink(missing_ok=True)
+    procs = spinners(busy)
+    try:
+        time.sleep(0.5)
+        cmd = [sys.executable, "-m", "rwkv_np", "train", "--data", str(data), "--out", str(out), "--log", str(log),
+               "--n-layer", "4", "--n-embd", "256", "--ctx-len", "128", "--batch-size", "8", "--steps", str(steps),
+               "--eval-every", str(10 * steps), "--save-every", str(10 * steps), "--final-eval-windows", "1"]
+        if threads != "auto":
+            cmd += ["--threads", threads]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+        if done.returncode:
+            raise SystemExit(f"training, {threads} threads, {busy} busy: failed\n{done.stderr[-3000:]}")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    times = [json.loads(line)["time"] for line in log.read_text().splitlines() if '"loss"' in line]
+    return float(np.median(np.diff(times)[2:]))  # after the first steps (compilation, first touches)
+
+
 def rate(times) -> float:
     return 1 / float(np.median(times))
 
@@ -193,6 +224,13 @@ def main() -> None:
                          if 1 / dt >= 0.8 * quiet), float("nan"))
             print(f"| {label} | {threads} | {rate(r['times'][:half]):.1f} tok/s | {rate(r['times'][half + 8:]):.1f} tok/s"
                   f" | {back:.2f} s |", flush=True)
+    if not args.quick:
+        print("\n| training | threads | quiet | one core busy |\n| --- | --- | --- | --- |")
+        for threads in ("auto", "2", "1"):
+            row = {name: train_step_seconds(folder, threads, busy, 14) for name, busy in list(SCENARIOS.items())[:2]}
+            results[f"training {threads}"] = row
+            print(f"| 4 x 256, batch 8 x 128 | {threads} | " + " | ".join(f"{v:.3f} s/step" for v in row.values())
+                  + " |", flush=True)
     print(f"\nload average after: {open('/proc/loadavg').read().split()[:3]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
