@@ -1,8 +1,8 @@
-"""Many sequences at once: aggregate tokens/s of `RWKV.step_batch` at B = 1, 4, 16, 64 on the 169M
+"""Many sequences at once: aggregate tokens/s of `RWKV.step_batch` at B = 1, 4, 16, 64, 256 on the 169M
 shape of RWKV-4, in fp32, bf16 kept 16-bit and int8, next to the matmul ceiling measured in the same
 process (issue 25).
 
-    python benchmarks/batch.py                        # every kind, B = 1 4 16 64: about 2 minutes
+    python benchmarks/batch.py                        # every kind, B = 1 4 16 64 256: about 3 minutes
     python benchmarks/batch.py --versus-blas          # and B = 4, 16 through BLAS instead of matmat
     python benchmarks/batch.py --kinds fp32 --batches 1 16 --steps 8 --json out.json
 
@@ -108,7 +108,7 @@ def measure(model, B: int, steps: int, seed: int = 0) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 64])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 64, 256])
     ap.add_argument("--steps", type=int, default=0, help="timed steps per B (0: about 3 s of tokens each)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--small", action="store_true", help="a tiny shape, for the smoke test")

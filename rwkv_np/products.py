@@ -365,10 +365,15 @@ def _widen_row(w, s, r, out):
 @overload(_widen_row, inline="always")
 def _widen_row_overload(w, s, r, out):
     if w.dtype == types.int8:
-        def int8_row(w, s, r, out):
-            wr, sr = w[r], s[r]
-            for j in range(out.shape[0]):
-                out[j] = np.float32(wr[j]) * sr[j >> 5]  # as dequantize_into: one rounding
+        def int8_row(w, s, r, out):  # as dequantize_into: one rounding
+            wr, sr, K = w[r], s[r], out.shape[0]
+            full = K >> 5
+            for blk in range(full):  # 32 at a time, one scale each: a loop of fixed length, vectorized
+                sb, base = sr[blk], blk << 5
+                for t in range(32):
+                    out[base + t] = np.float32(wr[base + t]) * sb
+            for j in range(full << 5, K):
+                out[j] = np.float32(wr[j]) * sr[j >> 5]
         return int8_row
 
     def float_row(w, s, r, out):
@@ -387,9 +392,10 @@ def matmat(w, scales, x, out):
     """out (B, N) = x (B, K) @ w (N, K).T for stored weights w (float32, 16-bit, or int8 with scales;
     other kinds: scales is a (1, 1) array never read), accumulated in float32: the recurrent form's
     products for B sequences at once. Each weight is read from memory once, widened to float32 once
-    (a block of MATMAT_ROWS rows at a time, kept in the cache) and multiplied by all B vectors, four
-    rows side by side so that each element of x loaded serves four products. For a few vectors this
-    beats widening the whole matrix for BLAS (which writes and reads it again as float32)."""
+    (a block of MATMAT_ROWS rows at a time, kept in the cache) and multiplied by all B vectors, two at a
+    time against the four rows: eight independent sums, each load of a weight or of x serving two or
+    four products. For a few vectors this beats widening the whole matrix for BLAS (which writes and
+    reads it again as float32)."""
     N, K, B = w.shape[0], x.shape[1], x.shape[0]
     R = MATMAT_ROWS
     for blk in prange((N + R - 1) // R):
@@ -400,22 +406,31 @@ def matmat(w, scales, x, out):
             _widen_row(w, scales, r0 + i, buf[i])
         if nr == R:
             w0, w1, w2, w3 = buf[0], buf[1], buf[2], buf[3]
-            for b in range(B):
-                xb = x[b]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
+            for b in range(0, B - 1, 2):
+                xa, xb = x[b], x[b + 1]
+                a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = np.float32(0.0)
                 for j in range(K):
-                    xj = xb[j]
-                    a0 += w0[j] * xj
-                    a1 += w1[j] * xj
-                    a2 += w2[j] * xj
-                    a3 += w3[j] * xj
-                out[b, r0] = a0
-                out[b, r0 + 1] = a1
-                out[b, r0 + 2] = a2
-                out[b, r0 + 3] = a3
+                    u, v = xa[j], xb[j]
+                    a0 += w0[j] * u
+                    a1 += w1[j] * u
+                    a2 += w2[j] * u
+                    a3 += w3[j] * u
+                    c0 += w0[j] * v
+                    c1 += w1[j] * v
+                    c2 += w2[j] * v
+                    c3 += w3[j] * v
+                out[b, r0], out[b, r0 + 1], out[b, r0 + 2], out[b, r0 + 3] = a0, a1, a2, a3
+                out[b + 1, r0], out[b + 1, r0 + 1], out[b + 1, r0 + 2], out[b + 1, r0 + 3] = c0, c1, c2, c3
+            if B % 2:
+                xa = x[B - 1]
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for j in range(K):
+                    u = xa[j]
+                    a0 += w0[j] * u
+                    a1 += w1[j] * u
+                    a2 += w2[j] * u
+                    a3 += w3[j] * u
+                out[B - 1, r0], out[B - 1, r0 + 1], out[B - 1, r0 + 2], out[B - 1, r0 + 3] = a0, a1, a2, a3
         else:
             for i in range(nr):
                 wi = buf[i]
