@@ -5,6 +5,7 @@ same model size except where the variant says otherwise (no_ffn, no_ffn_same_dep
     PYTHONPATH=. nice -n 19 python experiments/ablations.py   # the campaign -> experiments/ablations.json
     PYTHONPATH=. python experiments/ablations.py --tiny     # a few steps of a tiny model, to a temp folder
     PYTHONPATH=. python experiments/ablations.py --run no_bonus --seed 1   # one run (what the JSON records)
+    PYTHONPATH=. nice -n 19 python experiments/ablations.py --only coupled_u --seeds 2,3   # some variants and seeds
 
 Each run lives in <runs>/<variant>-s<seed>/: a training checkpoint (rwkv_np/training/checkpoint.py:
 atomic, verified, with the curve so far in its manifest) every `eval_every` steps, and result.json once
@@ -387,8 +388,14 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated variants (default: all)")
     ap.add_argument("--run", default=None, help="train this one variant (with --seed) and exit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds to train and summarise (default: the budget's)")
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else FULL
+    if args.seeds:
+        try:
+            cfg = dict(cfg, seeds=[int(s) for s in args.seeds.split(",")])
+        except ValueError:
+            raise ArgumentError(f"--seeds {args.seeds}: comma-separated integers") from None
     data_path = find_data(args.data)
     names = list(VARIANTS) if not args.only else args.only.split(",")
     for n in names + ([args.run] if args.run else []):
