@@ -12,7 +12,8 @@ values rounded to bf16 and kept as bit patterns, or quantized to int8 as `load_m
 does. Each B starts from states forked from one 16-token prompt (step_batch's states are values: no
 copy of the prompt is made), one step untimed, then `--steps` timed steps of B fresh tokens; the best
 of `--rounds` such rounds is kept (other programs on the machine only ever slow a round down). The
-model runs on `--threads` threads, as the ceiling's BLAS does.
+model's threads are rwkv_np's own choice (the cores other programs leave free, as by default), or
+`--threads N` fixed; Numba and BLAS are started with N (default: every core), the ceiling's BLAS too.
 
 The ceiling: every generated token costs 2 x (13 C^2 L + V C) = 261 MFLOP of matrix products (the
 blocks' seven matrices and the head), so tokens/s can be at most (matmul GFLOP/s) / 0.261. The GFLOP/s is
@@ -35,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
-    _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+    _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else str(os.cpu_count())
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[_var] = _threads
 
@@ -110,7 +111,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 64, 256])
     ap.add_argument("--steps", type=int, default=0, help="timed steps per B (0: about 3 s of tokens each)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fix the model's threads (default: rwkv_np's choice, from the cores left free)")
     ap.add_argument("--small", action="store_true", help="a tiny shape, for the smoke test")
     ap.add_argument("--fused-max", type=int, default=None,
                     help="RWKV-4's Engine.FUSED_MAX: batches up to this size use products.matmat (0: BLAS always)")
@@ -128,13 +130,13 @@ def main(argv=None) -> dict:
 
     shape = dict(n_layer=2, C=64, F=256, V=300) if args.small else SHAPE
     flop = flops_per_token(**shape)
-    result = {"shape": shape, "threads": args.threads, "fused_max": Engine.FUSED_MAX, "flop_per_token": flop, "loadavg_before": loadavg(),
-              "rows": []}
+    result = {"shape": shape, "threads": args.threads or "auto", "cores": os.cpu_count(),
+              "fused_max": Engine.FUSED_MAX, "flop_per_token": flop, "loadavg_before": loadavg(), "rows": []}
     print(f"load average before: {result['loadavg_before']}; {flop / 1e6:.0f} MFLOP per token", flush=True)
     process.short_spin()
     for kind in args.kinds:
         model = RWKV(weights_169m(kind, shape))
-        model.threads = args.threads  # as the ceiling's BLAS: not fewer when other programs are busy
+        model.threads = args.threads
         model.warm_up()
         ceil = [matmul_gflops()]
         row = {"kind": kind, "weight_dtype": model.weight_dtype, "tok_s": {}, "blas_tok_s": {}}
