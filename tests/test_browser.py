@@ -199,6 +199,7 @@ def page_of(browser, lab, request):
         pages.append(open_notebook(browser, lab, path))
         return pages[-1]
     failed = request.session.testsfailed
+    (ARTEFACTS / f"failed-{request.node.name}.png").unlink(missing_ok=True)  # a past run's, now stale
     yield opener
     for pg in pages:
         if request.session.testsfailed > failed or sys.exc_info()[0] is not None:
