@@ -126,15 +126,7 @@ class Engine:
         State s (L, 5, C) advanced in place. Logits (V,), (T, V) with return_all, or None without head.
         """
         x = self._blocks(tokens, s, batched=False)
-        if not head:
-            return None
-        if return_all:
-            return self._logits(x)
-        xn = layer_norm(x[-1:], self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
-        out = np.empty(self.config.vocab_size, np.float32)
-        scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
-        matvec(kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
-        return out
+        return self._logits(x, last=not return_all) if head else None
 
     def batch(self, tokens: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The recurrent form over a batch: B sequences, one token each (tokens (B,)), sequence b's state
@@ -206,9 +198,15 @@ class Engine:
             K.add_gated(x, r, product(kf, "ffn.value.weight", v))  # eq. 18
         return x
 
-    def _logits(self, x: np.ndarray, fused: bool = False) -> np.ndarray:
-        """ln_out and the head over every row of x (T, C): (T, V)."""
-        xn = layer_norm(x, self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+    def _logits(self, x: np.ndarray, fused: bool = False, last: bool = False) -> np.ndarray:
+        """ln_out and the head over every row of x (T, C): (T, V); last: over the last row only, (V,), by
+        the recurrent form's matvec (as a token read alone)."""
+        xn = layer_norm(x[-1:] if last else x, self.ln_out[0], self.ln_out[1], self.eps).astype(np.float32)
+        if last:
+            out = np.empty(self.config.vocab_size, np.float32)
+            scales = self.head.scales if isinstance(self.head, Int8Matrix) else None
+            matvec(kernel_array(self.head), np.ascontiguousarray(xn[0]), out, scales, self.ahead)
+            return out
         out = np.empty((len(x), self.config.vocab_size), np.float32)
         if fused:
             return self._product(xn, self.head, out, True, None)
