@@ -232,9 +232,10 @@ class RWKV:
         Sequence b gets the logits `forward([tokens[b]], states[b], mode="recurrent")` gives it alone,
         to float32 rounding (the products sum in another order). The point is speed: an RNN's state is
         small, so one pass over the weights can advance every sequence, each per-token matrix-vector
-        product becoming one matrix-matrix product over the B sequences (BLAS, as the parallel form's over
-        T tokens), with each sequence's token shift and WKV state kept apart. B = 1 runs the recurrent
-        form. reference=True runs the plain-NumPy reference's `step_batch` instead (model.reference).
+        product becoming one matrix-matrix product over the B sequences, with each sequence's token shift
+        and WKV state kept apart (RWKV-4: products.matmat on the weights as stored up to its engine's
+        FUSED_MAX = 16 sequences, BLAS on them widened to float32 beyond; the later versions: BLAS, as
+        their parallel form's over T tokens). B = 1 runs the recurrent form. reference=True runs the plain-NumPy reference's `step_batch` instead (model.reference).
         """
         tokens = self.check_tokens(tokens)
         B = len(tokens)
