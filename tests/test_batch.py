@@ -126,7 +126,9 @@ def test_matmat_is_the_product_to_float32_rounding(kind):
         assert np.all(np.abs(out - exact) <= bound), (kind, B)
 
 
-@pytest.mark.parametrize("version, product", [("4", "matmat"), ("4", "BLAS")] + [(v, "BLAS") for v in LATER])
+# the later versions in the slow tier (compiling their kernels is most of a fresh clone's fast tier)
+@pytest.mark.parametrize("version, product", [("4", "matmat"), ("4", "BLAS")]
+                         + [pytest.param(v, "BLAS", marks=pytest.mark.slow) for v in LATER])
 def test_every_sequence_gets_its_own_logits_at_every_position(version, product, monkeypatch):
     if product == "BLAS":  # RWKV-4 multiplies with products.matmat up to FUSED_MAX sequences by default
         monkeypatch.setattr(Engine, "FUSED_MAX", 0)
@@ -158,6 +160,7 @@ def test_the_reference_over_a_batch_equals_the_reference_alone(version):
     assert_same_sequences(got, fast)
 
 
+@pytest.mark.slow  # matmat's 16-bit and int8 products are checked in the fast tier, above
 @pytest.mark.parametrize("kind", ["bfloat16", "int8"])
 def test_16bit_and_int8_weights_in_a_batch(kind, rwkv4_product):
     """Kept 16-bit, the batch widens each weight exactly (matmat a block of rows at a time, or the whole
