@@ -62,7 +62,8 @@ def child(impl: str, path: str, options: dict, threads: str, tokens: int, leave_
         import rwkv_np
         from rwkv_np.process import short_spin
 
-        short_spin()  # as the command line does
+        if os.environ.get("BUSY_SPIN", "short") == "short":
+            short_spin()  # as the command line does
         model = rwkv_np.load_model(path, lazy_embedding=True, **options)
         model.threads = None if threads == "auto" else int(threads)
         model.warm_up()
@@ -163,10 +164,17 @@ def main() -> None:
     ap.add_argument("--files", type=Path, default=None, help="folder for the checkpoints (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--quick", action="store_true", help="a small model (2 x 512, vocabulary 8000), fp32, 8 tokens")
+    ap.add_argument("--spin", choices=("short", "default"), default="short",
+                    help="how rwkv_np's idle threads wait: short (process.short_spin, as the command line) or "
+                         "default (libgomp's long spin, as a program importing rwkv_np gets unless it calls "
+                         "short_spin)")
+    ap.add_argument("--no-train", action="store_true", help="leave out the training rows")
     ap.add_argument("--rwkv-cpp", type=Path, default=None, metavar="PATH",
                     help="a checkout of rwkv.cpp, built (librwkv.so): its rows too")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.child:
+        os.environ["BUSY_SPIN"] = args.spin  # the children read it
     if args.child:
         a = json.loads(args.child)
         print(json.dumps(child(a["impl"], a["path"], a["options"], a["threads"], a["tokens"], a["leave_at"], a["pids"],
@@ -224,7 +232,7 @@ def main() -> None:
                          if 1 / dt >= 0.8 * quiet), float("nan"))
             print(f"| {label} | {threads} | {rate(r['times'][:half]):.1f} tok/s | {rate(r['times'][half + 8:]):.1f} tok/s"
                   f" | {back:.2f} s |", flush=True)
-    if not args.quick:
+    if not (args.quick or args.no_train):
         print("\n| training | threads | quiet | one core busy |\n| --- | --- | --- | --- |")
         for threads in ("auto", "2", "1"):
             row = {name: train_step_seconds(folder, threads, busy, 14) for name, busy in list(SCENARIOS.items())[:2]}

@@ -43,3 +43,22 @@ def test_busy_benchmark_quick():
     assert all(float(x) > 0 for r in rows for x in r[1:]), out.stdout
     leaving = re.findall(r"^\| fp32 \| (\w+) \| ([\d.]+) tok/s \| ([\d.]+) tok/s \| ([\d.]+|nan) s \|$", out.stdout, re.M)
     assert [r[0] for r in leaving] == ["auto", "1"] and all(float(r[2]) > 0 for r in leaving), out.stdout
+
+
+def test_auto_vs_fixed_threads_smoke(tmp_path):
+    """benchmarks/auto_vs_fixed.py on a small checkpoint, one round: both settings measured, ratios printed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench
+    from rwkv_np.config import RWKVConfig
+    from rwkv_np.rwkv4.params import random_weights
+
+    path = tmp_path / "small.pth"
+    bench.write_aligned_torch_zip(path, random_weights(RWKVConfig(n_layer=2, n_embd=512, vocab_size=8000,
+                                                                  ffn_dim=2048), 0), "float32")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "auto_vs_fixed.py"), str(path), "--rounds", "1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("prompt 512 tok/s", "generation tok/s"):
+        m = re.search(rf"^{name}: auto ([\d.]+), fixed ([\d.]+); auto / fixed by round ([\d.]+); median ([\d.]+)$",
+                      out.stdout, re.M)
+        assert m and all(float(x) > 0 for x in m.groups()), out.stdout

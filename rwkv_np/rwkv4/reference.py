@@ -14,7 +14,8 @@ Glossary (code: paper)
                     channel mixing's mu'_k, mu'_r (eqs. 16-17). Learned numbers, not kept in [0, 1]
     r, k, v         receptance, key, value (eqs. 11-13); W_r, W_k, W_v (C, C), W_o (eq. 15)
     w               the decay rate (C,), w = e^time_decay > 0: eq. 14 weighs the past by e^{-(t-1-i) w}
-    u               time_first (C,): the bonus that eq. 14 gives the current token, e^{u + k_t}
+    u               time_first (C,): the current token's own weight in eq. 14, e^{u + k_t} (the paper's
+                    "bonus"; every trained u of the shipped model is negative, a discount)
     wkv             eq. 14: per channel, a weighted average of v_0..v_t
     aa, bb, pp      eq. 14's running sums a = aa e^pp (weighted values) and b = bb e^pp (weights);
                     pp, the exponent kept apart, is the largest one seen, so e^... never overflows
@@ -83,7 +84,7 @@ def wkv(w, u, k, v, aa, bb, pp):
         q = np.maximum(pp, u + k[t])
         e_past, e_now = np.exp(pp - q), np.exp(u + k[t] - q)
         out[t] = (e_past * aa + e_now * v[t]) / (e_past * bb + e_now)
-        # the state after token t: the past decays by e^{-w}; token t joins it without the bonus
+        # the state after token t: the past decays by e^{-w}; token t joins it without u
         q = np.maximum(pp - w, k[t])
         e_past, e_now = np.exp(pp - w - q), np.exp(k[t] - q)
         aa, bb, pp = e_past * aa + e_now * v[t], e_past * bb + e_now, q
@@ -92,7 +93,7 @@ def wkv(w, u, k, v, aa, bb, pp):
 
 def time_mixing(x, x_prev, aa, bb, pp,
                 time_mix_k, time_mix_v, time_mix_r,  # mu_k, mu_v, mu_r (C,)
-                time_decay, time_first,  # ln w and u (C,): eq. 14's decay rate and bonus
+                time_decay, time_first,  # ln w and u (C,): eq. 14's decay rate and current-token weight
                 key, value, receptance, output):  # W_k, W_v, W_r, W_o (C, C)
     """Time mixing, eqs. 11-15. x (T, C): the LayerNorm output; x_prev, aa, bb, pp (C,): the state.
     Returns (out (T, C), (x_prev, aa, bb, pp) after the last token)."""
