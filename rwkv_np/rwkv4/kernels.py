@@ -65,7 +65,7 @@ def wkv_step(aa, bb, pp, w, u, k, v):
     den = e_past * bb + e_now
     wkv = (e_past * aa + e_now * v) / den
     q = max(pp, u + k)
-    # the state after the token: the past decays by e^-w; the token joins it without the bonus
+    # the state after the token: the past decays by e^-w; the token joins it without u
     e_past, e_now = _wkv_terms(pp - w, k)
     return wkv, den, q, e_past * aa + e_now * v, e_past * bb + e_now, max(pp - w, k)
 
