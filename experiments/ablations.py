@@ -377,6 +377,27 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
     }
 
 
+def run_jobs(jobs: list[tuple[object, list[str]]], at_once: int, progress) -> list:
+    """Run each job's command line (key, argv) as its own process, at_once at a time, each on one thread
+    (Numba and BLAS) with the repository importable; progress() after each one ends. Returns the keys
+    of the jobs that failed."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    pending, running, failed = list(jobs), [], []
+    while pending or running:
+        while pending and len(running) < at_once:
+            key, argv = pending.pop(0)
+            running.append((key, subprocess.Popen(argv, env=env)))
+        time.sleep(1)
+        for key, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((key, proc))
+                if proc.returncode != 0:
+                    failed.append(key)
+                progress()
+    return failed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="a few steps of a tiny model, 1 seed, into a temp folder")
@@ -423,25 +444,15 @@ def main(argv=None) -> int:
         for n, s in todo:
             train_run(n, s, cfg, data_path, runs_dir / f"{n}-s{s}", command_of(n, s, args))
     else:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        pending, running, failed = list(todo), [], []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                n, s = pending.pop(0)
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--run", n, "--seed", str(s),
-                       "--runs", str(runs_dir), *(["--tiny"] if args.tiny else []),
-                       *(["--data", args.data] if args.data else [])]
-                running.append(((n, s), subprocess.Popen(cmd, env=env)))
-            time.sleep(1)
-            for item in list(running):
-                if item[1].poll() is not None:
-                    running.remove(item)
-                    if item[1].returncode != 0:
-                        failed.append(item[0])
-                    out.parent.mkdir(parents=True, exist_ok=True)  # results so far, marked incomplete
-                    ckpt.atomic_write(out, (json.dumps(summarise(cfg, names, runs_dir, data_path, args.tiny, args),
-                                                       indent=1) + "\n").encode())
+        def cmd(n, s):
+            return [sys.executable, str(Path(__file__).resolve()), "--run", n, "--seed", str(s), "--runs",
+                    str(runs_dir), *(["--tiny"] if args.tiny else []), *(["--data", args.data] if args.data else [])]
+
+        def progress():  # results so far, marked incomplete
+            out.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write(out, (json.dumps(summarise(cfg, names, runs_dir, data_path, args.tiny, args),
+                                               indent=1) + "\n").encode())
+        failed = run_jobs([((n, s), cmd(n, s)) for n, s in todo], args.jobs, progress)
         if failed:
             print(f"failed: {failed}", file=sys.stderr)
     summary = summarise(cfg, names, runs_dir, data_path, args.tiny, args)

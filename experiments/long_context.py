@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -242,25 +239,16 @@ def main(argv=None) -> int:
             main(["--run", n, "--ctx", str(c), "--seed", str(s), "--runs", str(runs), "--jobs", "1",
                   *(["--tiny"] if args.tiny else []), *(["--data", args.data] if args.data else [])])
     else:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        pending, running, failed = list(todo), [], []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                n, c, s = pending.pop(0)
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--run", n, "--ctx", str(c), "--seed", str(s),
-                       "--runs", str(runs), *(["--tiny"] if args.tiny else []),
-                       *(["--data", args.data] if args.data else [])]
-                running.append(((n, c, s), subprocess.Popen(cmd, env=env)))
-            time.sleep(1)
-            for item in list(running):
-                if item[1].poll() is not None:
-                    running.remove(item)
-                    if item[1].returncode != 0:
-                        failed.append(item[0])
-                    out.parent.mkdir(parents=True, exist_ok=True)  # results so far, marked incomplete
-                    summary = summarise(cfg, runs, data_path, args.tiny, args, names, seeds)
-                    ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
+        def cmd(n, c, s):
+            return [sys.executable, str(Path(__file__).resolve()), "--run", n, "--ctx", str(c), "--seed", str(s),
+                    "--runs", str(runs), *(["--tiny"] if args.tiny else []),
+                    *(["--data", args.data] if args.data else [])]
+
+        def progress():  # results so far, marked incomplete
+            out.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write(out, (json.dumps(summarise(cfg, runs, data_path, args.tiny, args, names, seeds),
+                                               indent=1) + "\n").encode())
+        failed = AB.run_jobs([((n, c, s), cmd(n, c, s)) for n, c, s in todo], args.jobs, progress)
         if failed:
             print(f"failed: {failed}", file=sys.stderr)
     summary = summarise(cfg, runs, data_path, args.tiny, args, names, seeds)

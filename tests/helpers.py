@@ -437,6 +437,21 @@ def step_by_step(ref, params, tokens, state=None, **options):
     return np.stack(rows), state
 
 
+def wkv_stable_in_longdouble(w, u, k, v, aa, bb, pp):
+    """A learner's exercise-4 wkv_stable by brute force: no running maximum, every sum in np.longdouble
+    (80-bit on x86: e^k finite up to k ~ 11356), the state stored as (a/b, 1, ln b) so that nothing
+    overflows float32 on the way out."""
+    L = np.longdouble
+    a, b = aa.astype(L) * np.exp(pp.astype(L)), bb.astype(L) * np.exp(pp.astype(L))
+    w, u, k, v = (z.astype(L) for z in (w, u, k, v))
+    out = np.empty(k.shape, L)
+    for t in range(len(k)):
+        out[t] = (a + np.exp(u + k[t]) * v[t]) / (b + np.exp(u + k[t]))
+        a, b = np.exp(-w) * a + np.exp(k[t]) * v[t], np.exp(-w) * b + np.exp(k[t])
+    dt = pp.dtype
+    return out.astype(dt), (a / b).astype(dt), np.ones_like(pp), np.log(b).astype(dt)
+
+
 def close_in_float32(a, b) -> bool:
     """Two float32 evaluations of the same function: only the matrix products may sum in another
     order (BLAS blocks T rows differently from 1; the engine's SIMD lanes and float64 statistics), a

@@ -26,6 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rwkv_np, when run as a script from anywhere
 
+from helpers import wkv_stable_in_longdouble  # noqa: E402  (tests/ is sys.path[0] as a script and under pytest)
 from rwkv_np import exercises as E  # noqa: E402
 from rwkv_np.exercises import harness as H  # noqa: E402
 from rwkv_np.exercises import solutions as S  # noqa: E402
@@ -591,15 +592,7 @@ def _(w, u, k, v, aa, bb, pp):
 @sub(ST, "exp overflow")
 def _(w, u, k, v, aa, bb, pp):
     """brute force in np.longdouble, no running maximum, the state stored as (a/b, 1, ln b)"""
-    L = np.longdouble
-    a, b = aa.astype(L) * np.exp(pp.astype(L)), bb.astype(L) * np.exp(pp.astype(L))
-    w, u, k, v = (z.astype(L) for z in (w, u, k, v))
-    out = np.empty(k.shape, L)
-    for t in range(len(k)):
-        out[t] = (a + np.exp(u + k[t]) * v[t]) / (b + np.exp(u + k[t]))
-        a, b = np.exp(-w) * a + np.exp(k[t]) * v[t], np.exp(-w) * b + np.exp(k[t])
-    dt = pp.dtype
-    return out.astype(dt), (a / b).astype(dt), np.ones_like(pp), np.log(b).astype(dt)
+    return wkv_stable_in_longdouble(w, u, k, v, aa, bb, pp)
 
 
 @sub(ST, "exp overflow")

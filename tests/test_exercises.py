@@ -35,7 +35,7 @@ from rwkv_np.exercises.model_mistakes import forward_variant, step_variant
 from rwkv_np.rwkv4 import reference
 from rwkv_np.rwkv4.eq14 import wkv_naive
 
-from helpers import REPO
+from helpers import REPO, wkv_stable_in_longdouble
 
 CHECKS = {name: getattr(E, "check_" + name) for name in S.__all__}
 NOTEBOOKS = sorted((REPO / "notebooks" / "exercises").glob("[0-9][0-9]_*.ipynb"))
@@ -183,18 +183,7 @@ def test_wkv_stable_by_brute_force_in_longdouble_fails():
     """No running maximum, every sum in np.longdouble (80-bit on x86: e^k finite up to k ~ 11356), the
     state stored as (a/b, 1, ln b) so that nothing overflows float32 on the way out: it passes keys of 100
     in float32 and of 1000 in float64, and fails at keys of 5e4."""
-    def wkv_stable(w, u, k, v, aa, bb, pp):
-        L = np.longdouble
-        a, b = aa.astype(L) * np.exp(pp.astype(L)), bb.astype(L) * np.exp(pp.astype(L))
-        w, u, k, v = (z.astype(L) for z in (w, u, k, v))
-        out = np.empty(k.shape, L)
-        for t in range(len(k)):
-            out[t] = (a + np.exp(u + k[t]) * v[t]) / (b + np.exp(u + k[t]))
-            a, b = np.exp(-w) * a + np.exp(k[t]) * v[t], np.exp(-w) * b + np.exp(k[t])
-        dt = pp.dtype
-        return out.astype(dt), (a / b).astype(dt), np.ones_like(pp), np.log(b).astype(dt)
-
-    result = E.check_wkv_stable(wkv_stable)
+    result = E.check_wkv_stable(wkv_stable_in_longdouble)
     _assert_named(result, "exp overflow")
     assert result.case.startswith("keys of 5e4 in float64")
     assert "np.longdouble above ~11356" in result.message
