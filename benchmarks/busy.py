@@ -48,6 +48,7 @@ FORMATS = {"fp32": ("float32", {}), "bf16": ("bfloat16", {"keep_16bit": True}),
            "int8": ("float32", {"quantize": "int8"})}
 CPP_FORMATS = {"FP32": 0, "FP16": 1}  # rwkv.cpp's data type ids
 QUICK_VOCAB = 8000
+VOCAB = [bench.SHAPE["V"]]  # the model's vocabulary (--quick's smaller one), handed to the children
 SCENARIOS = {"quiet": 0, "one core busy": 1, "both cores busy": 2}
 
 
@@ -56,7 +57,7 @@ def spinners(n: int) -> list[subprocess.Popen]:
 
 
 def child(impl: str, path: str, options: dict, threads: str, tokens: int, leave_at: int, pids: list[int],
-          cpp: str | None) -> dict:
+          cpp: str | None, vocab: int) -> dict:
     """In a fresh process: load as the command line does, then time generation and a prompt."""
     if impl == "rwkv_np":
         import rwkv_np
@@ -87,7 +88,6 @@ def child(impl: str, path: str, options: dict, threads: str, tokens: int, leave_
             return model.eval_sequence_in_chunks(toks, None, chunk_size=64, use_numpy=True)
     rng = np.random.default_rng(0)
     state = None
-    vocab = QUICK_VOCAB if "quick" in Path(path).name else bench.SHAPE["V"]
     for tok in rng.integers(0, vocab, 8):
         logits, state = step(int(tok), state)
     stamps, left = [], None
@@ -115,7 +115,7 @@ def run(path: Path, fmt: str, threads: str, busy: int, tokens: int, leave: bool,
             "impl": "rwkv_np" if cpp is None else "rwkv.cpp", "path": str(path),
             "options": FORMATS[fmt][1] if cpp is None else {}, "threads": threads, "tokens": tokens,
             "leave_at": tokens // 2 if leave else -1, "pids": [p.pid for p in procs] if leave else [],
-            "cpp": None if cpp is None else str(cpp)})]
+            "cpp": None if cpp is None else str(cpp), "vocab": VOCAB[0]})]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{fmt} {threads} threads, {busy} busy: failed\n{out.stderr[-3000:]}")
@@ -178,7 +178,7 @@ def main() -> None:
     if args.child:
         a = json.loads(args.child)
         print(json.dumps(child(a["impl"], a["path"], a["options"], a["threads"], a["tokens"], a["leave_at"], a["pids"],
-                               a["cpp"])))
+                               a["cpp"], a["vocab"])))
         return
     import tempfile
 
@@ -194,6 +194,7 @@ def main() -> None:
         bench.write_aligned_torch_zip(written["float32"], random_weights(config, 0), "float32")
         args.formats, args.tokens, args.rwkv_cpp = ["fp32"], 8, None
         del SCENARIOS["both cores busy"]
+        VOCAB[0] = QUICK_VOCAB
     elif not all(p.exists() for p in written.values()):
         written = bench.write_checkpoints(folder)
     # (label, path, fmt, thread counts, rwkv.cpp checkout or None)

@@ -10,7 +10,7 @@ Importing this module needs NumPy only; the engine (and Numba) is imported when 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import numpy as np
@@ -164,21 +164,16 @@ class RWKV:
     @contextmanager
     def _on_threads(self, kind: str, tokens: int, rows: int):
         """Run the block with Numba's loops and BLAS on the threads this work gets: one for a tiny model
-        or a product of fewer than BLAS_ONE_THREAD_BELOW rows (BLAS only), `threads` when fixed, else the
-        governor of this kind of work (recurrent tokens, or rows of the parallel form) decides."""
-        if self._small:  # tiny models: one thread, no waiting at the loops' ends
-            n = 1
-        elif self._threads is not None:
-            n = self._threads
+        or a product of fewer than BLAS_ONE_THREAD_BELOW rows (BLAS only), `threads` when fixed, else what
+        the governor of this kind of work (recurrent tokens, rows of the parallel form, batches) chooses."""
+        if self._small or self._threads is not None:  # tiny models: one thread, no waiting at the loops' ends
+            chosen = nullcontext(1 if self._small else self._threads)
         else:
-            gov = self._governors.get(kind)
-            if gov is None:
-                gov = self._governors[kind] = process.Threads(most=process.most_threads())
-            with gov.use(tokens) as n, process.numba_threads(n), \
-                    process.blas_threads(1 if rows < self.BLAS_ONE_THREAD_BELOW else n):
-                yield
-            return
-        with process.numba_threads(n), process.blas_threads(1 if rows < self.BLAS_ONE_THREAD_BELOW else n):
+            if kind not in self._governors:
+                self._governors[kind] = process.Threads(most=process.most_threads())
+            chosen = self._governors[kind].use(tokens)
+        with chosen as n, process.numba_threads(n), \
+                process.blas_threads(1 if rows < self.BLAS_ONE_THREAD_BELOW else n):
             yield
 
     # ---- running it ----------------------------------------------------------------------------
