@@ -240,7 +240,7 @@ def train_run(name: str, seed: int, cfg: dict, data_path: Path, run_dir: Path, c
               "wall_time_minutes": round(elapsed / 60, 2), "final_eval_minutes": round(eval_time / 60, 2),
               "steps": steps, "tokens": steps * B * ctx, "curve": curve, "command": command,
               "vectors": drift(name, seed, cfg, params)}
-    ckpt.atomic_write(run_dir / "result.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(run_dir / "result.json", result)
     return result
 
 
@@ -377,6 +377,12 @@ def summarise(cfg: dict, names: list[str], runs_dir: Path, data_path: Path, tiny
     }
 
 
+def write_json(path: Path, obj) -> None:
+    """obj as indented JSON at path (its folder made), written atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
 def run_jobs(jobs: list[tuple[object, list[str]]], at_once: int, progress) -> list:
     """Run each job's command line (key, argv) as its own process, at_once at a time, each on one thread
     (Numba and BLAS) with the repository importable; progress() after each one ends. Returns the keys
@@ -449,15 +455,12 @@ def main(argv=None) -> int:
                     str(runs_dir), *(["--tiny"] if args.tiny else []), *(["--data", args.data] if args.data else [])]
 
         def progress():  # results so far, marked incomplete
-            out.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write(out, (json.dumps(summarise(cfg, names, runs_dir, data_path, args.tiny, args),
-                                               indent=1) + "\n").encode())
+            write_json(out, summarise(cfg, names, runs_dir, data_path, args.tiny, args))
         failed = run_jobs([((n, s), cmd(n, s)) for n, s in todo], args.jobs, progress)
         if failed:
             print(f"failed: {failed}", file=sys.stderr)
     summary = summarise(cfg, names, runs_dir, data_path, args.tiny, args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
+    write_json(out, summary)
     for name, v in summary["variants"].items():
         print(f"{name:14s} {v['n_params']:>8,} params  held-out {v['held_out_loss_mean']}  "
               f"[{v['held_out_loss_min']}, {v['held_out_loss_max']}]", flush=True)

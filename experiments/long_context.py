@@ -245,15 +245,12 @@ def main(argv=None) -> int:
                     *(["--data", args.data] if args.data else [])]
 
         def progress():  # results so far, marked incomplete
-            out.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write(out, (json.dumps(summarise(cfg, runs, data_path, args.tiny, args, names, seeds),
-                                               indent=1) + "\n").encode())
+            AB.write_json(out, summarise(cfg, runs, data_path, args.tiny, args, names, seeds))
         failed = AB.run_jobs([((n, c, s), cmd(n, c, s)) for n, c, s in todo], args.jobs, progress)
         if failed:
             print(f"failed: {failed}", file=sys.stderr)
     summary = summarise(cfg, runs, data_path, args.tiny, args, names, seeds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
+    AB.write_json(out, summary)
     for r in summary["runs"]:
         if "held_out_loss" in r:
             print(f"{r['variant']:13s} ctx {r['ctx_len']:5d} s{r['seed']}: held-out {r['loss_by_eval_context']} "

@@ -22,7 +22,6 @@ The checkpoints are those the campaign leaves in experiments/runs/ (not committe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -39,7 +38,6 @@ import ablations as AB  # noqa: E402
 from rwkv_np import RWKV  # noqa: E402
 from rwkv_np import analysis as A  # noqa: E402
 from rwkv_np.errors import ArgumentError  # noqa: E402
-from rwkv_np.training import checkpoint as ckpt  # noqa: E402
 from rwkv_np.training.data import load_bytes  # noqa: E402
 
 RESULTS = HERE / "paths.json"
@@ -103,8 +101,7 @@ def main(argv=None) -> int:
                      "replaced, through each input alone (rwkv_np.analysis.previous_token_paths); state is null "
                      "for channel mixing"},
         "runs": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(out, (json.dumps(summary, indent=1) + "\n").encode())
+    AB.write_json(out, summary)
     print(f"wrote {out}", flush=True)
     return 0
 
